@@ -1,0 +1,65 @@
+"""What differs between the model families the engine drives, and nothing else.
+
+The engine runs the model's own modules; per family it only needs to know how to cut the
+config after the retrieval layer and which layer to use when none is given. Sliding-window
+layers (Gemma 3, Mistral, Qwen2 with sliding layers) need no entry here: transformers hands
+each layer's window to the attention function, which keeps exactly that window.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import UnsupportedModelError
+
+# Retrieval layers measured on the embedded model (benchmarks/README.md, "Choosing l_R").
+KNOWN_LAYERS: dict[str, int] = {"gemma3-270m": 5}
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """Per-family knowledge: which config fields list one entry per layer."""
+
+    model_types: tuple[str, ...]
+    per_layer_fields: tuple[str, ...] = field(default=("layer_types",))
+
+    def truncate(self, config: Any, num_layers: int) -> None:
+        """Make `config` describe only the first `num_layers` decoder layers."""
+        config.num_hidden_layers = num_layers
+        for name in self.per_layer_fields:
+            value = getattr(config, name, None)
+            if isinstance(value, list):
+                setattr(config, name, value[:num_layers])
+
+    def default_layer(self, config: Any, name: str) -> int:
+        """`l_R` when none is given: a measured one, else the paper's depth (3 of 32 layers)."""
+        if name in KNOWN_LAYERS:
+            return KNOWN_LAYERS[name]
+        return max(1, round(config.num_hidden_layers * 3 / 32))
+
+
+ADAPTERS: tuple[Adapter, ...] = (
+    Adapter(("llama",)),
+    Adapter(("mistral",)),
+    Adapter(("qwen2",)),
+    Adapter(("qwen3",)),
+    Adapter(("gemma3_text",)),
+)
+
+SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(t for a in ADAPTERS for t in a.model_types)
+
+
+def adapter_for(config: Any) -> Adapter:
+    """The adapter of `config`'s family, or a clear error naming what is supported."""
+    model_type = getattr(config, "model_type", None)
+    for adapter in ADAPTERS:
+        if model_type in adapter.model_types:
+            return adapter
+    hint = ""
+    if model_type == "gemma3":
+        hint = " (for a multimodal Gemma 3 checkpoint, use a text-only one: model_type 'gemma3_text')"
+    raise UnsupportedModelError(
+        f"model type {model_type!r} is not supported{hint}; ILRe drives: "
+        + ", ".join(SUPPORTED_MODEL_TYPES)
+    )

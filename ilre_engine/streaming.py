@@ -1,0 +1,181 @@
+"""Streaming chunked prefill up to the retrieval layer (steps 2 and 3 of the method).
+
+The model's own forward runs, chunk by chunk, with one thing swapped: its attention function.
+`stream_attention` is registered with transformers' `AttentionInterface` and receives each
+layer's query, key and value states *after* the layer's own projections, norms and rotary
+embedding. Below the retrieval layer it attends to a bounded set of kept keys (an attention
+sink of the first tokens plus a window of recent ones, or the layer's own sliding window) and
+then evicts; at the retrieval layer it stores the keys of every token and stops the forward
+by raising `RetrievalLayerReached`, so nothing above the key projection of that layer runs.
+
+All per-call state lives in a `StreamState` passed through the forward's keyword arguments,
+never in the modules, so one model serves many threads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from transformers import AttentionInterface
+
+ATTENTION_NAME = "ilre_stream"
+STATE_KWARG = "ilre_stream"
+
+
+class RetrievalLayerReached(Exception):
+    """Stops the forward inside the retrieval layer: what comes after its keys is not needed."""
+
+
+@dataclass
+class KeptKV:
+    """Keys and values one early layer keeps between chunks.
+
+    `sink_*` hold positions ``[0, len)`` and `recent_*` hold ``[recent_start, seen)``; the two
+    never overlap. Tensors are ``(1, kv_heads, n, head_dim)``.
+    """
+
+    sink_size: int
+    keep: int
+    sink_keys: torch.Tensor
+    sink_values: torch.Tensor
+    recent_keys: torch.Tensor
+    recent_values: torch.Tensor
+    recent_start: int
+
+    @classmethod
+    def empty(cls, like: torch.Tensor, sink_size: int, keep: int) -> KeptKV:
+        none = like[:, :, :0]
+        return cls(sink_size, keep, none, none, none, none, 0)
+
+    def nbytes(self) -> int:
+        tensors = (self.sink_keys, self.sink_values, self.recent_keys, self.recent_values)
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+
+@dataclass
+class StreamState:
+    """What one pass of chunks (the context, or a query after it) reads and writes.
+
+    Args:
+        retrieval_layer: index of `l_R`.
+        sink: first tokens every global early layer keeps.
+        window: recent tokens every global early layer keeps.
+        kept: per early layer, what it keeps; filled by the context pass, read by a query pass.
+        keys: ``(kv_heads, L, head_dim)`` buffer for the keys at `l_R` (context pass only).
+        update: the context pass evicts and stores; a query pass only reads.
+    """
+
+    retrieval_layer: int
+    sink: int
+    window: int
+    kept: dict[int, KeptKV] = field(default_factory=dict)
+    keys: torch.Tensor | None = None
+    update: bool = True
+    start: int = 0
+    length: int = 0
+    queries: torch.Tensor | None = None
+    scaling: float | None = None
+    kv_heads: int | None = None
+    head_dim: int | None = None
+
+    def kept_nbytes(self) -> int:
+        return sum(kv.nbytes() for kv in self.kept.values())
+
+
+def stream_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    sliding_window: int | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """Attention for one chunk of a streaming pass; signature of transformers' attention functions."""
+    state: StreamState | None = kwargs.get(STATE_KWARG)
+    if state is None:
+        raise RuntimeError(
+            f"attention implementation {ATTENTION_NAME!r} only runs inside ILRe's streaming prefill"
+        )
+    if kwargs.get("softcap") is not None:
+        raise RuntimeError("attention logit soft-capping is not supported by the streaming prefill")
+    layer = module.layer_idx
+    if layer == state.retrieval_layer:
+        if state.update:
+            state.keys[:, state.start : state.start + state.length] = key[0]
+        else:
+            state.queries = query[0]
+        state.scaling = scaling
+        raise RetrievalLayerReached
+
+    kept = state.kept.get(layer)
+    if kept is None:
+        # A sliding layer keeps exactly the window the model was trained with, and no sink.
+        if sliding_window:
+            kept = KeptKV.empty(key, 0, sliding_window)
+        else:
+            kept = KeptKV.empty(key, state.sink, state.window)
+    keys = torch.cat((kept.sink_keys, kept.recent_keys, key), dim=2)
+    values = torch.cat((kept.sink_values, kept.recent_values, value), dim=2)
+
+    device = query.device
+    sink_len = kept.sink_keys.shape[2]
+    key_positions = torch.cat(
+        (
+            torch.arange(sink_len, device=device),
+            torch.arange(kept.recent_start if kept.recent_keys.shape[2] else state.start,
+                         state.start + state.length, device=device),
+        )
+    )
+    query_positions = torch.arange(state.start, state.start + state.length, device=device)
+    distance = query_positions[:, None] - key_positions[None, :]
+    visible = (distance >= 0) & ((distance < kept.keep) | (key_positions < kept.sink_size)[None, :])
+    output = F.scaled_dot_product_attention(
+        query, keys, values, attn_mask=visible, scale=scaling, enable_gqa=True
+    )
+    if state.update:
+        state.kept[layer] = _evict(kept, key, value, keys, values, state.start, state.length)
+    return output.transpose(1, 2).contiguous(), None
+
+
+def _evict(
+    kept: KeptKV,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    start: int,
+    length: int,
+) -> KeptKV:
+    """What a layer keeps after the chunk ``[start, start + length)``: lengths are host integers,
+    so no device synchronisation happens here."""
+    seen = start + length
+    sink_len = kept.sink_keys.shape[2]
+    sink_keys, sink_values = kept.sink_keys, kept.sink_values
+    if sink_len < kept.sink_size and start < kept.sink_size:
+        # The recent part is empty until the sink is full, so the sink continues in this chunk.
+        extra = min(kept.sink_size, seen) - start
+        sink_keys = torch.cat((sink_keys, key[:, :, :extra]), dim=2)
+        sink_values = torch.cat((sink_values, value[:, :, :extra]), dim=2)
+    recent_start = max(kept.sink_size, seen - kept.keep)
+    # Views into this chunk's concatenation: it stays alive until the next chunk, which keeps
+    # memory at sink + window + chunk per layer without copying the window every chunk.
+    tail = max(seen - recent_start, 0)
+    recent_keys = keys[:, :, keys.shape[2] - tail :]
+    recent_values = values[:, :, values.shape[2] - tail :]
+    return KeptKV(
+        kept.sink_size,
+        kept.keep,
+        sink_keys,
+        sink_values,
+        recent_keys,
+        recent_values,
+        recent_start,
+    )
+
+
+AttentionInterface.register(ATTENTION_NAME, stream_attention)
