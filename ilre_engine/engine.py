@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 import math
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import streaming
-from .errors import BudgetError, EmptyInputError, InvalidDocumentError
+from . import persistence, streaming
+from .errors import BudgetError, EmptyInputError, EncodedContextError, InvalidDocumentError
 from .loading import ModelSource, load_trunk, resolve_model
 from .recall import attention_scores, pool_scores, select_within_budget
 from .streaming import KeptKV, RetrievalLayerReached, StreamState
@@ -73,6 +77,8 @@ class EncodedContext:
     model_name: str
     sink: int
     window: int
+    fingerprint: str
+    tokenizer_name: str
     input_token_counts: dict[str, int] = field(default_factory=dict, repr=False)
 
     @property
@@ -81,6 +87,16 @@ class EncodedContext:
 
     def __len__(self) -> int:
         return len(self.tokens)
+
+    def save(self, directory: str | os.PathLike[str]) -> Path:
+        """Write to `directory` atomically (format: `ilre_engine.persistence`)."""
+        return persistence.save(self, directory)
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str], engine: ILRe) -> EncodedContext:
+        """Read a saved context for `engine`; a different model, layer or tokenizer, a damaged
+        file or a newer format raises `EncodedContextError`."""
+        return persistence.load(directory, engine)
 
     def nbytes(self) -> int:
         """Bytes held on the device: keys at the retrieval layer plus the early layers' windows."""
@@ -213,6 +229,25 @@ class ILRe:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    @property
+    def tokenizer_name(self) -> str:
+        return getattr(self.tokenizer, "name_or_path", None) or type(self.tokenizer).__name__
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """Identity of the model's weights and shape up to the retrieval layer: the config's
+        architecture fields and the bytes of the embeddings' first rows and of `l_R`'s key
+        projection. Encoded contexts carry it, and engines refuse others' contexts."""
+        config = self.model.config
+        fields = ("model_type", "hidden_size", "num_attention_heads", "num_key_value_heads",
+                  "vocab_size", "head_dim")
+        digest = hashlib.sha256(json.dumps({f: getattr(config, f, None) for f in fields}).encode())
+        embeddings = self.model.get_input_embeddings().weight[:16]
+        key_projection = self.model.layers[self.layer].self_attn.k_proj.weight
+        for tensor in (embeddings, key_projection):
+            digest.update(tensor.detach().float().cpu().numpy().tobytes())
+        return digest.hexdigest()[:32]
+
     # -- encode ---------------------------------------------------------------------------
 
     def encode(
@@ -226,29 +261,79 @@ class ILRe:
         tokens = tokenize_documents(self.tokenizer, _as_documents(context))
         return self.encode_tokens(tokens, progress=progress)
 
-    @torch.inference_mode()
     def encode_tokens(
         self, tokens: TokenizedContext, *, progress: bool | None = None
     ) -> EncodedContext:
         """`encode` for already tokenised input."""
         cfg = self.config
-        length = len(tokens)
-        attention = self.model.config
-        kv_heads = attention.num_key_value_heads
-        head_dim = getattr(attention, "head_dim", None) or attention.hidden_size // attention.num_attention_heads
         state = StreamState(self.layer, cfg.sink, cfg.window)
-        state.keys = torch.empty(kv_heads, length, head_dim, dtype=self.model.dtype, device=self.device)
-        input_ids = torch.from_numpy(tokens.input_ids).to(self.device)
-        chunks = range(0, length, cfg.chunk_size)
-        # tqdm's disable=None hides the bar when stderr is not a terminal.
-        disable = (not progress) if progress is not None else (None if len(chunks) > 8 else True)
-        for start in tqdm(chunks, desc="ILRe encode", unit="chunk", disable=disable, leave=False):
-            state.start, state.length = start, min(cfg.chunk_size, length - start)
-            self._forward(input_ids[start : start + state.length], state)
+        keys = self._stream(tokens.input_ids, 0, state, progress)
         return EncodedContext(
-            tokens=tokens, keys=state.keys, kept=state.kept, layer=self.layer,
-            model_name=self.name, sink=cfg.sink, window=cfg.window,
+            tokens=tokens, keys=keys, kept=state.kept, layer=self.layer, model_name=self.name,
+            sink=cfg.sink, window=cfg.window, fingerprint=self.fingerprint,
+            tokenizer_name=self.tokenizer_name,
         )
+
+    @torch.inference_mode()
+    def extend(
+        self,
+        encoded: EncodedContext,
+        documents: str | Sequence[str],
+        *,
+        progress: bool | None = None,
+    ) -> EncodedContext:
+        """A new encoded context with `documents` appended after `encoded`'s documents.
+
+        Only the new tokens are read: the stream continues from the early layers' kept keys
+        and values, so the result equals encoding all documents at once. `encoded` itself
+        is left as it was.
+        """
+        self._check_compatible(encoded)
+        added = tokenize_documents(
+            self.tokenizer, _as_documents(documents), first_document=len(encoded.documents)
+        )
+        state = StreamState(self.layer, encoded.sink, encoded.window, kept=dict(encoded.kept))
+        keys = self._stream(added.input_ids, len(encoded), state, progress)
+        return EncodedContext(
+            tokens=encoded.tokens.concat(added),
+            keys=torch.cat([encoded.keys, keys], dim=1),
+            kept=state.kept,
+            layer=self.layer,
+            model_name=self.name,
+            sink=encoded.sink,
+            window=encoded.window,
+            fingerprint=self.fingerprint,
+            tokenizer_name=self.tokenizer_name,
+        )
+
+    @torch.inference_mode()
+    def _stream(
+        self, input_ids: np.ndarray, offset: int, state: StreamState, progress: bool | None
+    ) -> torch.Tensor:
+        """Feed `input_ids` (positions from `offset`) in chunks; return their keys at `l_R`."""
+        length = len(input_ids)
+        config = self.model.config
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        state.keys = torch.empty(
+            config.num_key_value_heads, length, head_dim, dtype=self.model.dtype, device=self.device
+        )
+        ids = torch.from_numpy(input_ids).to(self.device)
+        chunk = self.config.chunk_size
+        starts = range(0, length, chunk)
+        # tqdm's disable=None hides the bar when stderr is not a terminal.
+        disable = (not progress) if progress is not None else (None if len(starts) > 8 else True)
+        for start in tqdm(starts, desc="ILRe encode", unit="chunk", disable=disable, leave=False):
+            state.start, state.length = offset + start, min(chunk, length - start)
+            state.key_offset = offset
+            self._forward(ids[start : start + state.length], state)
+        return state.keys
+
+    def _check_compatible(self, encoded: EncodedContext) -> None:
+        if encoded.fingerprint != self.fingerprint or encoded.layer != self.layer:
+            raise EncodedContextError(
+                f"this context was encoded by {encoded.model_name!r} at layer {encoded.layer}; "
+                f"this engine is {self.name!r} at layer {self.layer}"
+            )
 
     def _forward(self, input_ids: torch.Tensor, state: StreamState) -> None:
         positions = torch.arange(state.start, state.start + state.length, device=input_ids.device)
@@ -283,6 +368,10 @@ class ILRe:
         query_ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         queries, scaling = self.query_states(encoded, query_ids)
         heads = attention_scores(queries, encoded.keys, scaling, self.config.score_block)
+        # The beginning-of-sequence token is the attention sink: it takes most of the mass and
+        # must not spread it to its neighbours through pooling. It stays in the softmax, where
+        # it absorbs the attention of query tokens that look for nothing in particular.
+        heads[:, torch.from_numpy(encoded.tokens.doc_ids < 0).to(heads.device)] = 0.0
         return pool_scores(heads, self.config.kernel_sizes).cpu().numpy()
 
     def recall(
@@ -298,6 +387,7 @@ class ILRe:
         Give exactly one of `budget_tokens` (reader-LLM tokens, counted with the engine's
         budget tokenizer) or `ratio` (a fraction of the context's tokens, in (0, 1]).
         """
+        self._check_compatible(encoded)
         input_tokens = self.input_tokens(encoded)
         budget = self._budget(input_tokens, budget_tokens, ratio)
         documents = encoded.documents

@@ -13,6 +13,8 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -145,13 +147,31 @@ def load_trunk(
             f"layer {layer} is out of range: {source.name} has {config.num_hidden_layers} layers"
         )
     adapter.truncate(config, layer + 1)
-    model = AutoModel.from_pretrained(
-        source.path,
-        config=config,
-        dtype=dtype,
-        attn_implementation=attn_implementation,
-        **source.hub_kwargs,
-    )
+    with _quiet_transformers():
+        # Loading from a full checkpoint reports every skipped layer as unexpected: by design.
+        model = AutoModel.from_pretrained(
+            source.path,
+            config=config,
+            dtype=dtype,
+            attn_implementation=attn_implementation,
+            **source.hub_kwargs,
+        )
+        tokenizer = AutoTokenizer.from_pretrained(source.path, **source.hub_kwargs)
     model.to(device).eval()
-    tokenizer = AutoTokenizer.from_pretrained(source.path, **source.hub_kwargs)
     return model, tokenizer, layer
+
+
+@contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()

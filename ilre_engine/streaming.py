@@ -63,7 +63,8 @@ class StreamState:
         sink: first tokens every global early layer keeps.
         window: recent tokens every global early layer keeps.
         kept: per early layer, what it keeps; filled by the context pass, read by a query pass.
-        keys: ``(kv_heads, L, head_dim)`` buffer for the keys at `l_R` (context pass only).
+        keys: ``(kv_heads, n, head_dim)`` buffer for the keys at `l_R` of the positions
+            ``[key_offset, key_offset + n)`` (context pass only).
         update: the context pass evicts and stores; a query pass only reads.
     """
 
@@ -75,6 +76,7 @@ class StreamState:
     update: bool = True
     start: int = 0
     length: int = 0
+    key_offset: int = 0
     queries: torch.Tensor | None = None
     scaling: float | None = None
     kv_heads: int | None = None
@@ -106,7 +108,8 @@ def stream_attention(
     layer = module.layer_idx
     if layer == state.retrieval_layer:
         if state.update:
-            state.keys[:, state.start : state.start + state.length] = key[0]
+            begin = state.start - state.key_offset
+            state.keys[:, begin : begin + state.length] = key[0]
         else:
             state.queries = query[0]
         state.scaling = scaling

@@ -50,9 +50,26 @@ class TokenizedContext:
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
 
+    def concat(self, other: TokenizedContext) -> TokenizedContext:
+        """This context followed by `other`, a continuation tokenised with `first_document`."""
+        return TokenizedContext(
+            documents=self.documents + other.documents,
+            input_ids=np.concatenate([self.input_ids, other.input_ids]),
+            doc_ids=np.concatenate([self.doc_ids, other.doc_ids]),
+            offsets=np.concatenate([self.offsets, other.offsets]),
+            word_ids=np.concatenate([self.word_ids, other.word_ids + len(self.word_ids)]),
+        )
 
-def tokenize_documents(tokenizer: Any, documents: Sequence[str]) -> TokenizedContext:
-    """Tokenise `documents` with character offsets (needs a fast Hugging Face tokenizer)."""
+
+def tokenize_documents(
+    tokenizer: Any, documents: Sequence[str], *, first_document: int = 0
+) -> TokenizedContext:
+    """Tokenise `documents` with character offsets (needs a fast Hugging Face tokenizer).
+
+    With `first_document` > 0 the result continues a context of that many documents: it
+    starts with a separator instead of the beginning-of-sequence token, and its document
+    indices start there.
+    """
     if not getattr(tokenizer, "is_fast", False):
         raise ILReError(
             f"{type(tokenizer).__name__} is not a fast tokenizer: ILRe needs character offsets"
@@ -62,13 +79,15 @@ def tokenize_documents(tokenizer: Any, documents: Sequence[str]) -> TokenizedCon
     )
     separator = tokenizer(DOCUMENT_SEPARATOR, add_special_tokens=False)["input_ids"]
     prefix = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    if first_document:
+        prefix = []
 
     ids: list[np.ndarray] = [np.asarray(prefix, dtype=np.int64)]
     docs: list[np.ndarray] = [np.full(len(prefix), -1, dtype=np.int32)]
     offsets: list[np.ndarray] = [np.zeros((len(prefix), 2), dtype=np.int64)]
     continues: list[np.ndarray] = [np.zeros(len(prefix), dtype=bool)]
     for index, (text, doc_ids, doc_offsets) in enumerate(
-        zip(documents, encoded["input_ids"], encoded["offset_mapping"])
+        zip(documents, encoded["input_ids"], encoded["offset_mapping"]), start=first_document
     ):
         if index:
             ids.append(np.asarray(separator, dtype=np.int64))
