@@ -158,6 +158,22 @@ def _as_documents(context: str | Sequence[str]) -> tuple[str, ...]:
     return tuple(checked)
 
 
+def resolve_budget(input_tokens: int, budget_tokens: int | None, ratio: float | None) -> int:
+    """The budget in tokens: exactly one of `budget_tokens` (> 0) or `ratio` (in (0, 1]) of
+    `input_tokens`; anything else raises `BudgetError`."""
+    if (budget_tokens is None) == (ratio is None):
+        raise BudgetError("give exactly one of budget_tokens or ratio")
+    if budget_tokens is not None:
+        if isinstance(budget_tokens, bool) or not isinstance(budget_tokens, (int, np.integer)):
+            raise BudgetError(f"budget_tokens must be an integer, got {budget_tokens!r}")
+        if budget_tokens <= 0:
+            raise BudgetError(f"budget_tokens must be > 0, got {budget_tokens}")
+        return int(budget_tokens)
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 < ratio <= 1.0:
+        raise BudgetError(f"ratio must be in (0, 1], got {ratio!r}")
+    return max(1, math.floor(float(ratio) * input_tokens))
+
+
 def _default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -364,15 +380,23 @@ class ILRe:
         """``(L,)`` pooled recall score of every context token for `query`."""
         if not isinstance(query, str) or not query.strip():
             raise EmptyInputError("the query is empty")
+        prefix = self.config.query_template.split("{query}", 1)[0]
         text = self.config.query_template.format(query=query)
         query_ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         queries, scaling = self.query_states(encoded, query_ids)
-        heads = attention_scores(queries, encoded.keys, scaling, self.config.score_block)
+        # Only the query's own tokens vote: the template's lead-in ("Question:") attends to
+        # document starts whatever is asked, and would spend the budget on them.
+        lead_in = len(self.tokenizer(prefix, add_special_tokens=False)["input_ids"]) if prefix else 0
+        lead_in = min(lead_in, len(query_ids) - 1)
+        heads = attention_scores(
+            queries[:, lead_in:], encoded.keys, scaling, self.config.score_block
+        )
         # The beginning-of-sequence token is the attention sink: it takes most of the mass and
         # must not spread it to its neighbours through pooling. It stays in the softmax, where
         # it absorbs the attention of query tokens that look for nothing in particular.
-        heads[:, torch.from_numpy(encoded.tokens.doc_ids < 0).to(heads.device)] = 0.0
-        return pool_scores(heads, self.config.kernel_sizes).cpu().numpy()
+        doc_ids = torch.from_numpy(encoded.tokens.doc_ids).to(heads.device)
+        heads[:, doc_ids < 0] = 0.0
+        return pool_scores(heads, self.config.kernel_sizes, segments=doc_ids).cpu().numpy()
 
     def recall(
         self,
@@ -389,7 +413,7 @@ class ILRe:
         """
         self._check_compatible(encoded)
         input_tokens = self.input_tokens(encoded)
-        budget = self._budget(input_tokens, budget_tokens, ratio)
+        budget = resolve_budget(input_tokens, budget_tokens, ratio)
         documents = encoded.documents
         if input_tokens <= budget:
             spans = tuple(Span(i, 0, len(d), 1.0) for i, d in enumerate(documents) if d)
@@ -408,7 +432,7 @@ class ILRe:
         ratio: float | None = None,
     ) -> RecallResult:
         """`encode` then `recall`."""
-        self._budget(1, budget_tokens, ratio)  # refuse a bad budget before the work
+        resolve_budget(1, budget_tokens, ratio)  # refuse a bad budget before the work
         return self.recall(self.encode(context), query, budget_tokens=budget_tokens, ratio=ratio)
 
     def input_tokens(self, encoded: EncodedContext) -> int:
@@ -419,17 +443,3 @@ class ILRe:
                 join_spans(encoded.documents, [Span(i, 0, len(d), 0.0) for i, d in enumerate(encoded.documents)])
             )
         return counts[self.counter.name]
-
-    @staticmethod
-    def _budget(input_tokens: int, budget_tokens: int | None, ratio: float | None) -> int:
-        if (budget_tokens is None) == (ratio is None):
-            raise BudgetError("give exactly one of budget_tokens or ratio")
-        if budget_tokens is not None:
-            if isinstance(budget_tokens, bool) or not isinstance(budget_tokens, (int, np.integer)):
-                raise BudgetError(f"budget_tokens must be an integer, got {budget_tokens!r}")
-            if budget_tokens <= 0:
-                raise BudgetError(f"budget_tokens must be > 0, got {budget_tokens}")
-            return int(budget_tokens)
-        if not isinstance(ratio, (int, float)) or not 0.0 < float(ratio) <= 1.0 or math.isnan(ratio):
-            raise BudgetError(f"ratio must be in (0, 1], got {ratio!r}")
-        return max(1, math.floor(float(ratio) * input_tokens))

@@ -63,9 +63,27 @@ def allocate_kernels(num_heads: int, kernel_sizes: Sequence[int]) -> list[int]:
     return [int(kernel_sizes[head % len(kernel_sizes)]) for head in range(num_heads)]
 
 
-def pool_scores(head_scores: torch.Tensor, kernel_sizes: Sequence[int]) -> torch.Tensor:
-    """``(L,)`` token scores: each head max-pooled with its allocated kernel, then averaged."""
+def pool_scores(
+    head_scores: torch.Tensor,
+    kernel_sizes: Sequence[int],
+    segments: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``(L,)`` token scores: each head max-pooled with its allocated kernel, then averaged.
+
+    With `segments` (``(L,)`` ids, e.g. the document of each token), pooling never carries a
+    score across a change of segment: the sequence is spread out with zero-score gaps as wide
+    as the largest kernel's reach before pooling, and gathered back after.
+    """
     sizes = allocate_kernels(head_scores.shape[0], kernel_sizes)
+    reach = max(sizes) // 2
+    index = None
+    if segments is not None and reach and len(segments) > 1:
+        change = torch.zeros_like(segments, dtype=torch.long)
+        change[1:] = (segments[1:] != segments[:-1]).long()
+        index = torch.arange(len(segments), device=segments.device) + reach * change.cumsum(0)
+        spread = head_scores.new_zeros(head_scores.shape[0], int(index[-1]) + 1)
+        spread[:, index] = head_scores
+        head_scores = spread
     pooled = torch.empty_like(head_scores)
     for size in sorted(set(sizes)):
         heads = [h for h, s in enumerate(sizes) if s == size]
@@ -73,6 +91,8 @@ def pool_scores(head_scores: torch.Tensor, kernel_sizes: Sequence[int]) -> torch
         if size > 1:
             rows = F.max_pool1d(rows[None], size, stride=1, padding=size // 2)[0]
         pooled[heads] = rows
+    if index is not None:
+        pooled = pooled[:, index]
     return pooled.mean(0)
 
 

@@ -1,0 +1,180 @@
+"""The engine as a user drives it: budgets, results, reuse, refusals, the CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ilre_engine import (
+    GAP_MARKER,
+    BudgetError,
+    EmptyInputError,
+    EncodedContext,
+    EncodedContextError,
+    ILRe,
+    InvalidDocumentError,
+    UnsupportedModelError,
+)
+
+SAMPLE = Path(__file__).parents[1] / "ilre_engine" / "data" / "sample.txt"
+QUESTION = "How much longer must the lifeboat crew wait at low tide?"
+
+
+@pytest.fixture(scope="module")
+def sample():
+    return SAMPLE.read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def encoded(engine, sample):
+    return engine.encode(sample)
+
+
+def test_recall_keeps_the_answer_within_budget(engine, encoded, sample):
+    result = engine.recall(encoded, QUESTION, budget_tokens=60)
+    assert "twenty-five minutes" in result.text
+    assert result.output_tokens <= 60 < result.input_tokens
+    assert result.output_tokens == engine.counter.count(result.text)
+    assert result.text == GAP_MARKER.join(sample[s.start : s.end] for s in result.spans)
+    assert not result.unchanged
+
+
+def test_ratio_budget(engine, encoded):
+    result = engine.recall(encoded, QUESTION, ratio=0.1)
+    assert result.budget_tokens == int(0.1 * result.input_tokens)
+    assert result.output_tokens <= result.budget_tokens
+
+
+def test_encoded_context_is_reusable_and_deterministic(engine, encoded):
+    first = engine.recall(encoded, QUESTION, budget_tokens=50)
+    engine.recall(encoded, "Who is Margaret Elwin?", budget_tokens=50)
+    assert engine.recall(encoded, QUESTION, budget_tokens=50) == first
+    assert engine.compress(encoded.documents[0], QUESTION, budget_tokens=50) == first
+
+
+def test_a_budget_over_the_context_returns_it_unchanged(engine, sample):
+    result = engine.compress(["Short one.", "Short two."], "anything", budget_tokens=1000)
+    assert result.unchanged and result.text == "Short one." + GAP_MARKER + "Short two."
+    assert [(s.document, s.start, s.end) for s in result.spans] == [(0, 0, 10), (1, 0, 10)]
+
+
+def test_documents_are_recalled_as_one_context(engine):
+    documents = [
+        "The weather in spring is mild and the gardens are in bloom.",
+        "The vault combination is 7 3 9 1, known only to the director.",
+        "Trains leave the station every twenty minutes on weekdays.",
+    ]
+    result = engine.compress(documents, "What is the vault combination?", budget_tokens=16)
+    assert "7 3 9 1" in result.text
+    best = max(result.spans, key=lambda s: s.score)
+    assert best.document == 1 and "7 3 9 1" in documents[1][best.start : best.end]
+
+
+def test_extend_equals_encoding_everything(engine, sample):
+    parts = [sample[:1500], sample[1500:3000], sample[3000:]]
+    whole = engine.encode(parts)
+    grown = engine.extend(engine.encode(parts[:1]), parts[1:])
+    assert (whole.tokens.input_ids == grown.tokens.input_ids).all()
+    # Chunks fall at other positions, so scores agree to float32 rounding, spans exactly.
+    expected = engine.recall(whole, QUESTION, budget_tokens=40)
+    actual = engine.recall(grown, QUESTION, budget_tokens=40)
+    assert actual.text == expected.text
+    assert [(s.document, s.start, s.end) for s in actual.spans] == [
+        (s.document, s.start, s.end) for s in expected.spans
+    ]
+    assert [s.score for s in actual.spans] == pytest.approx([s.score for s in expected.spans], rel=1e-4)
+
+
+def test_saved_context_loads_back_identical(engine, encoded, tmp_path):
+    encoded.save(tmp_path / "ctx")
+    loaded = EncodedContext.load(tmp_path / "ctx", engine)
+    assert engine.recall(loaded, QUESTION, budget_tokens=40) == engine.recall(encoded, QUESTION, budget_tokens=40)
+
+
+def test_a_damaged_save_is_refused(engine, encoded, tmp_path):
+    encoded.save(tmp_path / "ctx")
+    tensors = next((tmp_path / "ctx").glob("tensors-*.safetensors"))
+    data = bytearray(tensors.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    tensors.write_bytes(bytes(data))
+    with pytest.raises(EncodedContextError, match="damaged"):
+        EncodedContext.load(tmp_path / "ctx", engine)
+
+
+@pytest.mark.parametrize(
+    ("budget", "ratio"),
+    [(None, None), (10, 0.5), (0, None), (-3, None), (None, 0.0), (None, 1.5), (None, float("nan")), (2.5, None)],
+)
+def test_bad_budgets_are_refused(engine, encoded, budget, ratio):
+    with pytest.raises(BudgetError):
+        engine.recall(encoded, QUESTION, budget_tokens=budget, ratio=ratio)
+
+
+@pytest.mark.parametrize("context", ["", "   \n\t ", [], ["", "  "]])
+def test_empty_contexts_are_refused(engine, context):
+    with pytest.raises(EmptyInputError):
+        engine.compress(context, QUESTION, budget_tokens=10)
+
+
+@pytest.mark.parametrize("query", ["", "   "])
+def test_empty_queries_are_refused(engine, encoded, query):
+    with pytest.raises(EmptyInputError):
+        engine.recall(encoded, query, budget_tokens=10)
+
+
+def test_non_text_and_invalid_utf8_are_refused(engine):
+    with pytest.raises(InvalidDocumentError, match="document 1 is a dict"):
+        engine.compress(["fine", {"not": "text"}], QUESTION, budget_tokens=10)
+    with pytest.raises(InvalidDocumentError, match="document 0 is not valid UTF-8 at byte offset 3"):
+        engine.compress([b"abc\xff\xfe"], QUESTION, budget_tokens=10)
+
+
+def test_unsupported_models_fail_at_load(tmp_path):
+    from transformers import GPT2Config
+
+    GPT2Config(n_layer=2, n_embd=32, n_head=2).save_pretrained(tmp_path)
+    with pytest.raises(UnsupportedModelError, match="'gpt2' is not supported.*llama"):
+        ILRe.from_pretrained(tmp_path)
+    with pytest.raises(UnsupportedModelError, match="GGUF file not found"):
+        ILRe.from_pretrained(tmp_path / "missing.gguf")
+
+
+def test_layer_out_of_range_is_refused():
+    with pytest.raises(UnsupportedModelError, match="layer 18 is out of range"):
+        ILRe.from_pretrained(layer=18)
+
+
+def run_cli(*args, stdin: str | None = None):
+    return subprocess.run(
+        [sys.executable, "-m", "ilre_engine.cli", *args], input=stdin, capture_output=True, text=True
+    )
+
+
+def test_cli_json_output(sample):
+    done = run_cli("compress", "--query", QUESTION, "--budget", "60", "--json", str(SAMPLE))
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert set(result) >= {"text", "spans", "input_tokens", "output_tokens"}
+    assert "twenty-five minutes" in result["text"] and result["output_tokens"] <= 60
+    for span in result["spans"]:
+        assert sample[span["start"] : span["end"]] in result["text"]
+
+
+def test_cli_reads_stdin_and_refuses_bad_input_in_one_line():
+    done = run_cli("compress", "--query", "what?", "--ratio", "0.5", stdin="Alpha beta.\nGamma delta.")
+    assert done.returncode == 0 and done.stdout.strip()
+    for args, stdin, message in [
+        (("--budget", "0"), "text", "budget_tokens must be > 0"),
+        (("--ratio", "2"), "text", "ratio must be in (0, 1]"),
+        (("--budget", "5"), "  \n", "the context is empty"),
+        (("--budget", "5", "/no/such/file"), None, "cannot read /no/such/file"),
+    ]:
+        done = run_cli("compress", "--query", "q", *args, stdin=stdin)
+        assert done.returncode == 2
+        assert done.stderr.strip() == f"ilre: error: {done.stderr.strip()[len('ilre: error: '):]}"
+        assert message in done.stderr and "Traceback" not in done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1

