@@ -58,7 +58,9 @@ def adapter_for(config: Any) -> Adapter:
             return adapter
     hint = ""
     if model_type == "gemma3":
-        hint = " (for a multimodal Gemma 3 checkpoint, use a text-only one: model_type 'gemma3_text')"
+        hint = (
+            " (for a multimodal Gemma 3 checkpoint, use a text-only one: model_type 'gemma3_text')"
+        )
     raise UnsupportedModelError(
         f"model type {model_type!r} is not supported{hint}; ILRe drives: "
         + ", ".join(SUPPORTED_MODEL_TYPES)

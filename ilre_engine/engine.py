@@ -149,9 +149,7 @@ def _as_documents(context: str | Sequence[str]) -> tuple[str, ...]:
                     f"document {index} is not valid UTF-8 at byte offset {error.start}"
                 ) from error
         if not isinstance(document, str):
-            raise InvalidDocumentError(
-                f"document {index} is a {type(document).__name__}, not text"
-            )
+            raise InvalidDocumentError(f"document {index} is a {type(document).__name__}, not text")
         checked.append(document)
     if not any(d.strip() for d in checked):
         raise EmptyInputError("the context is empty (only whitespace)")
@@ -237,7 +235,11 @@ class ILRe:
             source, layer, device=device, dtype=dtype, attn_implementation=streaming.ATTENTION_NAME
         )
         return cls(
-            trunk, tokenizer, layer=layer, name=source.name, config=config,
+            trunk,
+            tokenizer,
+            layer=layer,
+            name=source.name,
+            config=config,
             budget_tokenizer=budget_tokenizer,
         )
 
@@ -255,8 +257,14 @@ class ILRe:
         architecture fields and the bytes of the embeddings' first rows and of `l_R`'s key
         projection. Encoded contexts carry it, and engines refuse others' contexts."""
         config = self.model.config
-        fields = ("model_type", "hidden_size", "num_attention_heads", "num_key_value_heads",
-                  "vocab_size", "head_dim")
+        fields = (
+            "model_type",
+            "hidden_size",
+            "num_attention_heads",
+            "num_key_value_heads",
+            "vocab_size",
+            "head_dim",
+        )
         digest = hashlib.sha256(json.dumps({f: getattr(config, f, None) for f in fields}).encode())
         embeddings = self.model.get_input_embeddings().weight[:16]
         key_projection = self.model.layers[self.layer].self_attn.k_proj.weight
@@ -285,8 +293,14 @@ class ILRe:
         state = StreamState(self.layer, cfg.sink, cfg.window)
         keys = self._stream(tokens.input_ids, 0, state, progress)
         return EncodedContext(
-            tokens=tokens, keys=keys, kept=state.kept, layer=self.layer, model_name=self.name,
-            sink=cfg.sink, window=cfg.window, fingerprint=self.fingerprint,
+            tokens=tokens,
+            keys=keys,
+            kept=state.kept,
+            layer=self.layer,
+            model_name=self.name,
+            sink=cfg.sink,
+            window=cfg.window,
+            fingerprint=self.fingerprint,
             tokenizer_name=self.tokenizer_name,
         )
 
@@ -329,7 +343,9 @@ class ILRe:
         """Feed `input_ids` (positions from `offset`) in chunks; return their keys at `l_R`."""
         length = len(input_ids)
         config = self.model.config
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        head_dim = (
+            getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        )
         state.keys = torch.empty(
             config.num_key_value_heads, length, head_dim, dtype=self.model.dtype, device=self.device
         )
@@ -355,7 +371,9 @@ class ILRe:
         positions = torch.arange(state.start, state.start + state.length, device=input_ids.device)
         try:
             self.model(
-                input_ids=input_ids[None], position_ids=positions[None], use_cache=False,
+                input_ids=input_ids[None],
+                position_ids=positions[None],
+                use_cache=False,
                 **{streaming.STATE_KWARG: state},
             )
         except RetrievalLayerReached:
@@ -370,7 +388,9 @@ class ILRe:
     ) -> tuple[torch.Tensor, float]:
         """``(query_heads, Tq, head_dim)`` query states at the retrieval layer, and the
         attention scaling, for query tokens read as a continuation of the encoded stream."""
-        state = StreamState(self.layer, encoded.sink, encoded.window, kept=encoded.kept, update=False)
+        state = StreamState(
+            self.layer, encoded.sink, encoded.window, kept=encoded.kept, update=False
+        )
         state.start, state.length = len(encoded), len(query_ids)
         self._forward(torch.as_tensor(query_ids, dtype=torch.long, device=self.device), state)
         return state.queries, state.scaling
@@ -386,7 +406,9 @@ class ILRe:
         queries, scaling = self.query_states(encoded, query_ids)
         # Only the query's own tokens vote: the template's lead-in ("Question:") attends to
         # document starts whatever is asked, and would spend the budget on them.
-        lead_in = len(self.tokenizer(prefix, add_special_tokens=False)["input_ids"]) if prefix else 0
+        lead_in = (
+            len(self.tokenizer(prefix, add_special_tokens=False)["input_ids"]) if prefix else 0
+        )
         lead_in = min(lead_in, len(query_ids) - 1)
         heads = attention_scores(
             queries[:, lead_in:], encoded.keys, scaling, self.config.score_block
@@ -436,10 +458,13 @@ class ILRe:
         return self.recall(self.encode(context), query, budget_tokens=budget_tokens, ratio=ratio)
 
     def input_tokens(self, encoded: EncodedContext) -> int:
-        """The whole context in budget tokens, its documents joined as `RecallResult.text` joins spans."""
+        """The whole context in budget tokens, documents joined as `RecallResult.text` joins spans."""
         counts = encoded.input_token_counts
         if self.counter.name not in counts:
             counts[self.counter.name] = self.counter.count(
-                join_spans(encoded.documents, [Span(i, 0, len(d), 0.0) for i, d in enumerate(encoded.documents)])
+                join_spans(
+                    encoded.documents,
+                    [Span(i, 0, len(d), 0.0) for i, d in enumerate(encoded.documents)],
+                )
             )
         return counts[self.counter.name]

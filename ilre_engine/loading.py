@@ -139,7 +139,9 @@ def load_trunk(
     try:
         config = AutoConfig.from_pretrained(source.path, **source.hub_kwargs)
     except (OSError, ValueError) as error:
-        raise UnsupportedModelError(f"cannot load a model config from {source.name!r}: {error}") from error
+        raise UnsupportedModelError(
+            f"cannot load a model config from {source.name!r}: {error}"
+        ) from error
     adapter = adapter_for(config)
     layer = adapter.default_layer(config, source.name) if layer is None else int(layer)
     if not 0 <= layer < config.num_hidden_layers:

@@ -91,7 +91,7 @@ def save(encoded: EncodedContext, directory: str | os.PathLike[str]) -> Path:
         "num_tokens": len(encoded),
         "num_documents": len(encoded.documents),
         "kept": {
-            str(layer): {"sink_size": kv.sink_size, "keep": kv.keep, "recent_start": kv.recent_start}
+            str(layer): {"sink_size": kv.sink_size, "keep": kv.keep}
             for layer, kv in encoded.kept.items()
         },
         "shapes": {k: list(v.shape) for k, v in tensors.items()},
@@ -105,7 +105,9 @@ def save(encoded: EncodedContext, directory: str | os.PathLike[str]) -> Path:
     os.replace(scratch, root / MANIFEST)
     keep = {tensor_file.name, documents_file.name, MANIFEST}
     for stale in root.iterdir():
-        if stale.name not in keep and stale.name.startswith(("tensors-", "documents-", f".{MANIFEST}")):
+        if stale.name not in keep and stale.name.startswith(
+            ("tensors-", "documents-", f".{MANIFEST}")
+        ):
             stale.unlink(missing_ok=True)
     return root
 
@@ -157,14 +159,17 @@ def load(directory: str | os.PathLike[str], engine: ILRe) -> EncodedContext:
     for name, shape in manifest["shapes"].items():
         if name not in tensors or list(tensors[name].shape) != shape:
             raise EncodedContextError(f"{root}: tensor {name!r} is missing or has the wrong shape")
-    if len(documents) != manifest["num_documents"] or tensors["keys"].shape[1] != manifest["num_tokens"]:
+    if (
+        len(documents) != manifest["num_documents"]
+        or tensors["keys"].shape[1] != manifest["num_tokens"]
+    ):
         raise EncodedContextError(f"{root}: documents or tokens do not match the manifest")
 
     device, dtype = engine.device, engine.model.dtype
     kept = {}
     for layer, info in manifest["kept"].items():
         parts = {n: tensors[f"kept.{layer}.{n}"].to(device, dtype)[None] for n in _KEPT_FIELDS}
-        kept[int(layer)] = KeptKV(info["sink_size"], info["keep"], recent_start=info["recent_start"], **parts)
+        kept[int(layer)] = KeptKV(info["sink_size"], info["keep"], **parts)
     tokens = TokenizedContext(
         documents=tuple(documents),
         input_ids=tensors["input_ids"].numpy().astype(np.int64),

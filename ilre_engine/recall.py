@@ -39,7 +39,11 @@ def attention_scores(
     starts = range(0, length, block)
     if length <= block:
         probabilities = torch.softmax(logits(0), dim=-1)
-        return probabilities.view(kv_heads, group, query_len, length).mean(2).reshape(query_heads, length)
+        return (
+            probabilities.view(kv_heads, group, query_len, length)
+            .mean(2)
+            .reshape(query_heads, length)
+        )
 
     log_norm = torch.full((kv_heads, group * query_len), -torch.inf, device=keys.device)
     for start in starts:
@@ -49,7 +53,9 @@ def attention_scores(
         probabilities = torch.exp(logits(start) - log_norm[..., None])
         width = probabilities.shape[-1]
         scores[:, start : start + width] = (
-            probabilities.view(kv_heads, group, query_len, width).mean(2).reshape(query_heads, width)
+            probabilities.view(kv_heads, group, query_len, width)
+            .mean(2)
+            .reshape(query_heads, width)
         )
     return scores
 

@@ -32,8 +32,8 @@ class RetrievalLayerReached(Exception):
 class KeptKV:
     """Keys and values one early layer keeps between chunks.
 
-    `sink_*` hold positions ``[0, len)`` and `recent_*` hold ``[recent_start, seen)``; the two
-    never overlap. Tensors are ``(1, kv_heads, n, head_dim)``.
+    `sink_*` hold positions ``[0, len)`` and `recent_*` the positions just before the next
+    chunk; the two never overlap. Tensors are ``(1, kv_heads, n, head_dim)``.
     """
 
     sink_size: int
@@ -42,12 +42,11 @@ class KeptKV:
     sink_values: torch.Tensor
     recent_keys: torch.Tensor
     recent_values: torch.Tensor
-    recent_start: int
 
     @classmethod
     def empty(cls, like: torch.Tensor, sink_size: int, keep: int) -> KeptKV:
         none = like[:, :, :0]
-        return cls(sink_size, keep, none, none, none, none, 0)
+        return cls(sink_size, keep, none, none, none, none)
 
     def nbytes(self) -> int:
         tensors = (self.sink_keys, self.sink_values, self.recent_keys, self.recent_values)
@@ -82,8 +81,31 @@ class StreamState:
     kv_heads: int | None = None
     head_dim: int | None = None
 
-    def kept_nbytes(self) -> int:
-        return sum(kv.nbytes() for kv in self.kept.values())
+    masks: dict[tuple[int, ...], torch.Tensor] = field(default_factory=dict)
+
+    def visibility(self, kept: KeptKV) -> torch.Tensor:
+        """``(length, kept + length)`` boolean mask of the current chunk over what `kept` holds
+        and the chunk itself: causal, within `kept.keep` tokens, or in the sink. Layers with the
+        same layout share one mask per chunk."""
+        sink_len, recent_len = kept.sink_keys.shape[2], kept.recent_keys.shape[2]
+        layout = (self.start, self.length, sink_len, recent_len, kept.keep, kept.sink_size)
+        mask = self.masks.get(layout)
+        if mask is None:
+            if self.masks and next(iter(self.masks))[:2] != layout[:2]:
+                self.masks.clear()  # a new chunk
+            device = kept.sink_keys.device
+            key_positions = torch.cat(
+                (
+                    torch.arange(sink_len, device=device),
+                    torch.arange(self.start - recent_len, self.start + self.length, device=device),
+                )
+            )
+            query_positions = torch.arange(self.start, self.start + self.length, device=device)
+            distance = query_positions[:, None] - key_positions[None, :]
+            in_sink = (key_positions < kept.sink_size)[None, :]
+            mask = (distance >= 0) & ((distance < kept.keep) | in_sink)
+            self.masks[layout] = mask
+        return mask
 
 
 def stream_attention(
@@ -97,7 +119,7 @@ def stream_attention(
     sliding_window: int | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
-    """Attention for one chunk of a streaming pass; signature of transformers' attention functions."""
+    """Attention for one chunk of a streaming pass (a transformers attention function)."""
     state: StreamState | None = kwargs.get(STATE_KWARG)
     if state is None:
         raise RuntimeError(
@@ -124,24 +146,22 @@ def stream_attention(
             kept = KeptKV.empty(key, state.sink, state.window)
     keys = torch.cat((kept.sink_keys, kept.recent_keys, key), dim=2)
     values = torch.cat((kept.sink_values, kept.recent_values, value), dim=2)
-
-    device = query.device
-    sink_len = kept.sink_keys.shape[2]
-    key_positions = torch.cat(
-        (
-            torch.arange(sink_len, device=device),
-            torch.arange(kept.recent_start if kept.recent_keys.shape[2] else state.start,
-                         state.start + state.length, device=device),
-        )
-    )
-    query_positions = torch.arange(state.start, state.start + state.length, device=device)
-    distance = query_positions[:, None] - key_positions[None, :]
-    visible = (distance >= 0) & ((distance < kept.keep) | (key_positions < kept.sink_size)[None, :])
-    output = F.scaled_dot_product_attention(
-        query, keys, values, attn_mask=visible, scale=scaling, enable_gqa=True
-    )
     if state.update:
         state.kept[layer] = _evict(kept, key, value, keys, values, state.start, state.length)
+
+    visible = state.visibility(kept)
+    if query.device.type == "cuda" and keys.shape[1] != query.shape[1]:
+        # SDPA's masked CUDA kernels take no grouped heads (enable_gqa would fall back to the
+        # math kernel, which materialises every score): repeat the few key heads instead.
+        group = query.shape[1] // keys.shape[1]
+        keys, values = keys.repeat_interleave(group, 1), values.repeat_interleave(group, 1)
+        output = F.scaled_dot_product_attention(
+            query, keys, values, attn_mask=visible, scale=scaling
+        )
+    else:
+        output = F.scaled_dot_product_attention(
+            query, keys, values, attn_mask=visible, scale=scaling, enable_gqa=True
+        )
     return output.transpose(1, 2).contiguous(), None
 
 
@@ -177,7 +197,6 @@ def _evict(
         sink_values,
         recent_keys,
         recent_values,
-        recent_start,
     )
 
 

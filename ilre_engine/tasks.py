@@ -60,7 +60,11 @@ def insert_at_depth(text: str, sentence: str, depth: float) -> str:
     """Insert `sentence` at the sentence boundary nearest to ``depth * len(text)``."""
     target = int(depth * len(text))
     boundaries = [m.end() for m in re.finditer(r"[.!?]\s+", text)] or [len(text)]
-    cut = min(boundaries, key=lambda b: abs(b - target)) if 0 < depth < 1 else (0 if depth <= 0 else len(text))
+    cut = (
+        min(boundaries, key=lambda b: abs(b - target))
+        if 0 < depth < 1
+        else (0 if depth <= 0 else len(text))
+    )
     return text[:cut] + sentence + " " + text[cut:]
 
 
@@ -78,6 +82,20 @@ def needle_task(text: str, depth: float, rng: random.Random) -> RetrievalTask:
 
 
 _CITIES = (
-    "Lisbon", "Nairobi", "Osaka", "Reykjavik", "Montevideo", "Krakow", "Hanoi", "Quito",
-    "Tbilisi", "Dakar", "Valparaiso", "Tromso", "Cusco", "Zanzibar", "Ljubljana", "Windhoek",
+    "Lisbon",
+    "Nairobi",
+    "Osaka",
+    "Reykjavik",
+    "Montevideo",
+    "Krakow",
+    "Hanoi",
+    "Quito",
+    "Tbilisi",
+    "Dakar",
+    "Valparaiso",
+    "Tromso",
+    "Cusco",
+    "Zanzibar",
+    "Ljubljana",
+    "Windhoek",
 )

@@ -74,9 +74,7 @@ def tokenize_documents(
         raise ILReError(
             f"{type(tokenizer).__name__} is not a fast tokenizer: ILRe needs character offsets"
         )
-    encoded = tokenizer(
-        list(documents), add_special_tokens=False, return_offsets_mapping=True
-    )
+    encoded = tokenizer(list(documents), add_special_tokens=False, return_offsets_mapping=True)
     separator = tokenizer(DOCUMENT_SEPARATOR, add_special_tokens=False)["input_ids"]
     prefix = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     if first_document:
@@ -87,7 +85,8 @@ def tokenize_documents(
     offsets: list[np.ndarray] = [np.zeros((len(prefix), 2), dtype=np.int64)]
     continues: list[np.ndarray] = [np.zeros(len(prefix), dtype=bool)]
     for index, (text, doc_ids, doc_offsets) in enumerate(
-        zip(documents, encoded["input_ids"], encoded["offset_mapping"]), start=first_document
+        zip(documents, encoded["input_ids"], encoded["offset_mapping"], strict=True),
+        start=first_document,
     ):
         if index:
             ids.append(np.asarray(separator, dtype=np.int64))
@@ -144,7 +143,12 @@ class Span:
     score: float
 
     def to_dict(self) -> dict[str, int | float]:
-        return {"document": self.document, "start": self.start, "end": self.end, "score": self.score}
+        return {
+            "document": self.document,
+            "start": self.start,
+            "end": self.end,
+            "score": self.score,
+        }
 
 
 def spans_from_mask(
@@ -163,7 +167,7 @@ def spans_from_mask(
     # only its own run.
     span_scores = np.maximum.reduceat(np.where(selected, scores, -np.inf), starts)
     spans: list[Span] = []
-    for first, last, score in zip(starts, ends - 1, span_scores):
+    for first, last, score in zip(starts, ends - 1, span_scores, strict=True):
         document = int(context.doc_ids[first])
         text = context.documents[document]
         start, end = int(context.offsets[first, 0]), int(context.offsets[last, 1])

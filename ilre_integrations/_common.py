@@ -112,7 +112,9 @@ class EncodedCorpus:
     def __len__(self) -> int:
         return len(self.metadata)
 
-    def add(self, texts: Sequence[str], metadatas: Sequence[Mapping[str, Any]] | None = None) -> None:
+    def add(
+        self, texts: Sequence[str], metadatas: Sequence[Mapping[str, Any]] | None = None
+    ) -> None:
         """Encode `texts` after the documents already in the corpus."""
         texts = require_texts(texts)
         metadatas = [dict(m) for m in metadatas] if metadatas is not None else [{} for _ in texts]
@@ -137,7 +139,9 @@ class EncodedCorpus:
         result = self.engine.recall(encoded, query, budget_tokens=budget_tokens, ratio=ratio)
         recalls = per_document(self.engine, result, encoded.documents)
         return result, [
-            DocumentRecall(r.index, r.text, r.spans, r.score, r.output_tokens, self.metadata[r.index])
+            DocumentRecall(
+                r.index, r.text, r.spans, r.score, r.output_tokens, self.metadata[r.index]
+            )
             for r in recalls
         ]
 

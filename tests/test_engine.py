@@ -86,13 +86,17 @@ def test_extend_equals_encoding_everything(engine, sample):
     assert [(s.document, s.start, s.end) for s in actual.spans] == [
         (s.document, s.start, s.end) for s in expected.spans
     ]
-    assert [s.score for s in actual.spans] == pytest.approx([s.score for s in expected.spans], rel=1e-4)
+    assert [s.score for s in actual.spans] == pytest.approx(
+        [s.score for s in expected.spans], rel=1e-4
+    )
 
 
 def test_saved_context_loads_back_identical(engine, encoded, tmp_path):
     encoded.save(tmp_path / "ctx")
     loaded = EncodedContext.load(tmp_path / "ctx", engine)
-    assert engine.recall(loaded, QUESTION, budget_tokens=40) == engine.recall(encoded, QUESTION, budget_tokens=40)
+    assert engine.recall(loaded, QUESTION, budget_tokens=40) == engine.recall(
+        encoded, QUESTION, budget_tokens=40
+    )
 
 
 def test_a_damaged_save_is_refused(engine, encoded, tmp_path):
@@ -107,7 +111,16 @@ def test_a_damaged_save_is_refused(engine, encoded, tmp_path):
 
 @pytest.mark.parametrize(
     ("budget", "ratio"),
-    [(None, None), (10, 0.5), (0, None), (-3, None), (None, 0.0), (None, 1.5), (None, float("nan")), (2.5, None)],
+    [
+        (None, None),
+        (10, 0.5),
+        (0, None),
+        (-3, None),
+        (None, 0.0),
+        (None, 1.5),
+        (None, float("nan")),
+        (2.5, None),
+    ],
 )
 def test_bad_budgets_are_refused(engine, encoded, budget, ratio):
     with pytest.raises(BudgetError):
@@ -129,7 +142,9 @@ def test_empty_queries_are_refused(engine, encoded, query):
 def test_non_text_and_invalid_utf8_are_refused(engine):
     with pytest.raises(InvalidDocumentError, match="document 1 is a dict"):
         engine.compress(["fine", {"not": "text"}], QUESTION, budget_tokens=10)
-    with pytest.raises(InvalidDocumentError, match="document 0 is not valid UTF-8 at byte offset 3"):
+    with pytest.raises(
+        InvalidDocumentError, match="document 0 is not valid UTF-8 at byte offset 3"
+    ):
         engine.compress([b"abc\xff\xfe"], QUESTION, budget_tokens=10)
 
 
@@ -137,7 +152,7 @@ def test_unsupported_models_fail_at_load(tmp_path):
     from transformers import GPT2Config
 
     GPT2Config(n_layer=2, n_embd=32, n_head=2).save_pretrained(tmp_path)
-    with pytest.raises(UnsupportedModelError, match="'gpt2' is not supported.*llama"):
+    with pytest.raises(UnsupportedModelError, match=r"'gpt2' is not supported.*llama"):
         ILRe.from_pretrained(tmp_path)
     with pytest.raises(UnsupportedModelError, match="GGUF file not found"):
         ILRe.from_pretrained(tmp_path / "missing.gguf")
@@ -150,7 +165,10 @@ def test_layer_out_of_range_is_refused():
 
 def run_cli(*args, stdin: str | None = None):
     return subprocess.run(
-        [sys.executable, "-m", "ilre_engine.cli", *args], input=stdin, capture_output=True, text=True
+        [sys.executable, "-m", "ilre_engine.cli", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
     )
 
 
@@ -165,7 +183,9 @@ def test_cli_json_output(sample):
 
 
 def test_cli_reads_stdin_and_refuses_bad_input_in_one_line():
-    done = run_cli("compress", "--query", "what?", "--ratio", "0.5", stdin="Alpha beta.\nGamma delta.")
+    done = run_cli(
+        "compress", "--query", "what?", "--ratio", "0.5", stdin="Alpha beta.\nGamma delta."
+    )
     assert done.returncode == 0 and done.stdout.strip()
     for args, stdin, message in [
         (("--budget", "0"), "text", "budget_tokens must be > 0"),
@@ -175,6 +195,6 @@ def test_cli_reads_stdin_and_refuses_bad_input_in_one_line():
     ]:
         done = run_cli("compress", "--query", "q", *args, stdin=stdin)
         assert done.returncode == 2
-        assert done.stderr.strip() == f"ilre: error: {done.stderr.strip()[len('ilre: error: '):]}"
+        assert done.stderr.strip() == f"ilre: error: {done.stderr.strip()[len('ilre: error: ') :]}"
         assert message in done.stderr and "Traceback" not in done.stderr
         assert len(done.stderr.strip().splitlines()) == 1

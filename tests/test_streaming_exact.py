@@ -43,7 +43,9 @@ def test_keys_equal_full_forward_without_eviction(models, chunk_size):
     assert relative_error(encoded.keys, expected) < 1e-4
 
 
-@pytest.mark.parametrize(("chunk_size", "sink", "window"), [(16, 4, 32), (37, 8, 20), (64, 0, 50), (7, 16, 9)])
+@pytest.mark.parametrize(
+    ("chunk_size", "sink", "window"), [(16, 4, 32), (37, 8, 20), (64, 0, 50), (7, 16, 9)]
+)
 def test_keys_equal_sink_window_reference_with_eviction(models, chunk_size, sink, window):
     name, full, trunk = models
     context = random_context(LENGTH, seed=1)
@@ -61,13 +63,15 @@ def test_keys_equal_sink_window_reference_with_eviction(models, chunk_size, sink
 
 
 def test_query_states_continue_the_stream(models):
-    name, full, trunk = models
+    _, full, trunk = models
     context = random_context(LENGTH, seed=2)
     query = np.random.default_rng(3).integers(0, 256, size=11)
     engine = tiny_engine(trunk, LAYER, chunk_size=32, sink=4, window=40)
     encoded = engine.encode_tokens(context)
     queries, scaling = engine.query_states(encoded, query.tolist())
-    _, expected = reference_states(full, np.concatenate([context.input_ids, query]), LAYER, sink=4, window=40)
+    _, expected = reference_states(
+        full, np.concatenate([context.input_ids, query]), LAYER, sink=4, window=40
+    )
     assert relative_error(queries, expected[:, LENGTH:]) < 1e-4
     assert scaling == pytest.approx(trunk.layers[LAYER].self_attn.scaling)
 

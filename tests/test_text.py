@@ -22,7 +22,9 @@ ALPHABET = st.characters(
     include_characters="\n\t  \u3000🎉👩‍💻東京",
 )
 DOCUMENTS = st.lists(st.text(ALPHABET, min_size=0, max_size=60), min_size=1, max_size=4)
-SLOW = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+SLOW = settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 
 
 def check_spans(documents, spans, text):
@@ -49,7 +51,9 @@ def test_every_span_is_its_document_slice(tokenizer, documents, data):
         mine = context.doc_ids == index
         offsets = context.offsets[mine]
         assert (offsets[:, 0] <= offsets[:, 1]).all() and (offsets[:, 1] <= len(document)).all()
-    selected = np.array(data.draw(st.lists(st.booleans(), min_size=len(context), max_size=len(context))), dtype=bool)
+    selected = np.array(
+        data.draw(st.lists(st.booleans(), min_size=len(context), max_size=len(context))), dtype=bool
+    )
     scores = np.random.default_rng(0).random(len(context))
     spans = spans_from_mask(context, selected, scores)
     check_spans(documents, spans, join_spans(documents, spans))
@@ -86,7 +90,7 @@ def test_selection_grows_to_whole_words(tokenizer):
     assert len(inside), "the long word must be split into several tokens for this test"
     scores = np.zeros(len(context), dtype=np.float32)
     scores[inside[0]] = 1.0
-    spans, text = select_within_budget(context, scores, 7, TokenCounter().count)
+    _, text = select_within_budget(context, scores, 7, TokenCounter().count)
     assert "antidisestablishmentarianism" in text
 
 

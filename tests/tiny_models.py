@@ -1,9 +1,6 @@
 """Tiny randomly initialised models of every supported family, and reference forwards.
 
-A reference forward is the model's own (untruncated) forward with attention functions that
-only *observe*: they wrap transformers' SDPA attention, record what the retrieval layer sees,
-and (for the eviction reference) replace each global layer's causal mask by the sink + window
-mask over the whole sequence. They share no code with the streaming prefill.
+The references are `ilre_engine.reference`: the model's own full forward, observed.
 """
 
 from __future__ import annotations
@@ -13,7 +10,6 @@ import copy
 import numpy as np
 import torch
 from transformers import (
-    AttentionInterface,
     AutoModel,
     Gemma3TextConfig,
     LlamaConfig,
@@ -21,10 +17,8 @@ from transformers import (
     Qwen2Config,
     Qwen3Config,
 )
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
-from ilre_engine import ILRe
+from ilre_engine import ILRe, reference
 from ilre_engine.architectures import adapter_for
 from ilre_engine.streaming import ATTENTION_NAME
 from ilre_engine.text import TokenizedContext
@@ -53,7 +47,12 @@ def tiny_configs() -> dict[str, object]:
             **COMMON,
             head_dim=16,
             sliding_window=24,
-            layer_types=["sliding_attention", "full_attention", "sliding_attention", "full_attention"],
+            layer_types=[
+                "sliding_attention",
+                "full_attention",
+                "sliding_attention",
+                "full_attention",
+            ],
         ),
     }
 
@@ -64,7 +63,9 @@ def build_models(config, layer: int, seed: int = 0) -> tuple[torch.nn.Module, to
     full = AutoModel.from_config(config, attn_implementation="sdpa", dtype=torch.float32).eval()
     trunk_config = copy.deepcopy(config)
     adapter_for(trunk_config).truncate(trunk_config, layer + 1)
-    trunk = AutoModel.from_config(trunk_config, attn_implementation=ATTENTION_NAME, dtype=torch.float32)
+    trunk = AutoModel.from_config(
+        trunk_config, attn_implementation=ATTENTION_NAME, dtype=torch.float32
+    )
     missing, _ = trunk.load_state_dict(full.state_dict(), strict=False)
     assert not missing, missing
     return full, trunk.eval()
@@ -88,50 +89,8 @@ def random_context(length: int, vocab: int = 256, seed: int = 0) -> TokenizedCon
     )
 
 
-_captured: dict[str, torch.Tensor] = {}
-_lambda = {"sink": 0, "window": 0}
+def reference_states(full, ids: np.ndarray, layer: int, sink=None, window=None):
+    return reference.reference_states(full, torch.as_tensor(ids), layer, sink=sink, window=window)
 
 
-def _capture(module, query, key, value, attention_mask, **kwargs):
-    if module.layer_idx == _captured["layer"]:
-        _captured["keys"] = key[0].clone()
-        _captured["queries"] = query[0].clone()
-    return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-
-
-def _capture_lambda(module, query, key, value, attention_mask, **kwargs):
-    if not kwargs.get("sliding_window"):
-        positions = torch.arange(key.shape[2])
-        distance = positions[:, None] - positions[None, :]
-        visible = (distance >= 0) & ((distance < _lambda["window"]) | (positions < _lambda["sink"])[None, :])
-        attention_mask = visible[None, None]
-    return _capture(module, query, key, value, attention_mask, **kwargs)
-
-
-AttentionInterface.register("ilre_test_capture", _capture)
-AttentionInterface.register("ilre_test_lambda", _capture_lambda)
-ALL_MASK_ATTENTION_FUNCTIONS.register("ilre_test_capture", sdpa_mask)
-ALL_MASK_ATTENTION_FUNCTIONS.register("ilre_test_lambda", sdpa_mask)
-
-
-@torch.inference_mode()
-def reference_states(
-    full: torch.nn.Module, ids: np.ndarray, layer: int, sink: int | None = None, window: int | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Keys and queries at `layer` from one full forward: plain causal masks, or with `window`
-    set, the sink + window mask on every global layer."""
-    _captured["layer"] = layer
-    if window is None:
-        full.set_attn_implementation("ilre_test_capture")
-    else:
-        _lambda.update(sink=sink, window=window)
-        full.set_attn_implementation("ilre_test_lambda")
-    try:
-        full(input_ids=torch.as_tensor(ids)[None], use_cache=False)
-    finally:
-        full.set_attn_implementation("sdpa")
-    return _captured["keys"], _captured["queries"]
-
-
-def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
-    return float((actual.double() - expected.double()).norm() / expected.double().norm())
+relative_error = reference.relative_error
