@@ -395,7 +395,6 @@ class ILRe:
         self._forward(torch.as_tensor(query_ids, dtype=torch.long, device=self.device), state)
         return state.queries, state.scaling
 
-    @torch.inference_mode()
     def token_scores(self, encoded: EncodedContext, query: str) -> np.ndarray:
         """``(L,)`` pooled recall score of every context token for `query`."""
         if not isinstance(query, str) or not query.strip():
@@ -403,22 +402,28 @@ class ILRe:
         prefix = self.config.query_template.split("{query}", 1)[0]
         text = self.config.query_template.format(query=query)
         query_ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        queries, scaling = self.query_states(encoded, query_ids)
         # Only the query's own tokens vote: the template's lead-in ("Question:") attends to
         # document starts whatever is asked, and would spend the budget on them.
-        lead_in = (
-            len(self.tokenizer(prefix, add_special_tokens=False)["input_ids"]) if prefix else 0
-        )
+        lead_in = len(self.tokenizer(prefix, add_special_tokens=False)["input_ids"])
+        return self.scores_for_ids(encoded, query_ids, lead_in).cpu().numpy()
+
+    @torch.inference_mode()
+    def scores_for_ids(
+        self, encoded: EncodedContext, query_ids: Sequence[int], lead_in: int = 0
+    ) -> torch.Tensor:
+        """`token_scores` for query token ids, on the device; the first `lead_in` query tokens
+        are read but do not vote."""
+        queries, scaling = self.query_states(encoded, query_ids)
         lead_in = min(lead_in, len(query_ids) - 1)
         heads = attention_scores(
             queries[:, lead_in:], encoded.keys, scaling, self.config.score_block
         )
+        doc_ids = torch.from_numpy(encoded.tokens.doc_ids).to(heads.device)
         # The beginning-of-sequence token is the attention sink: it takes most of the mass and
         # must not spread it to its neighbours through pooling. It stays in the softmax, where
         # it absorbs the attention of query tokens that look for nothing in particular.
-        doc_ids = torch.from_numpy(encoded.tokens.doc_ids).to(heads.device)
         heads[:, doc_ids < 0] = 0.0
-        return pool_scores(heads, self.config.kernel_sizes, segments=doc_ids).cpu().numpy()
+        return pool_scores(heads, self.config.kernel_sizes, segments=doc_ids)
 
     def recall(
         self,
@@ -458,7 +463,8 @@ class ILRe:
         return self.recall(self.encode(context), query, budget_tokens=budget_tokens, ratio=ratio)
 
     def input_tokens(self, encoded: EncodedContext) -> int:
-        """The whole context in budget tokens, documents joined as `RecallResult.text` joins spans."""
+        """The whole context in budget tokens, documents joined as `RecallResult.text` joins
+        spans."""
         counts = encoded.input_token_counts
         if self.counter.name not in counts:
             counts[self.counter.name] = self.counter.count(

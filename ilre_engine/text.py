@@ -201,10 +201,10 @@ class TokenCounter:
     def __init__(self, tokenizer: str | Any = "cl100k_base") -> None:
         self.source = tokenizer
         if isinstance(tokenizer, str):
-            encoding = _tiktoken_encoding(tokenizer)
+            # Resolved on first use, so an engine that never counts never loads an encoding.
             self.name = tokenizer
             self._count: Callable[[str], int] = lambda text: len(
-                encoding.encode(text, disallowed_special=())
+                _tiktoken_encoding(tokenizer).encode(text, disallowed_special=())
             )
         elif hasattr(tokenizer, "encode") and hasattr(tokenizer, "n_vocab"):
             self.name = tokenizer.name

@@ -1,0 +1,307 @@
+"""GPU long context: ILRe encode + recall against full prefill, Llama-3.1-8B shape, one GPU.
+
+    python benchmarks/gpu_long_context.py                       # everything, ~6 minutes on an H100
+    python benchmarks/gpu_long_context.py --lengths 131072 --full-lengths 16384,32768 --quick
+
+Random bf16 weights built from a config on the GPU (timing does not depend on weight values):
+hidden 4096, 32 layers, 32 query / 8 key heads, head_dim 128, intermediate 14336, vocab
+128256, llama3 rope, l_R = 3. Steps, all in one process:
+
+1. The engine's trunk alone (embeddings + layers 0..3): resident memory, then per length
+   encode (streaming prefill, keys at l_R) and recall (a 64-token query: query pass, scores
+   over every key, multi-kernel pooling, top 5% tokens), `--repeats` times, median; peak
+   memory per length.
+2. SDPA backends on one chunk of the sink + window pattern (the mask the engine uses), and
+   FlashAttention with a lower-right causal mask (what a per-chunk window would allow).
+3. The full 32-layer model, sharing the trunk's weights: exactness of the streaming keys at
+   l_R against the model's own forward (bf16), without and with eviction; then full prefill
+   (SDPA, KV cache) at `--full-lengths` while it fits, and a quadratic fit beyond.
+
+Prints one table and writes JSON to `--out`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import AutoModel, LlamaConfig
+
+from ilre_engine import ILRe, ILReConfig
+from ilre_engine.architectures import adapter_for
+from ilre_engine.reference import reference_states, relative_error
+from ilre_engine.streaming import ATTENTION_NAME
+from ilre_engine.text import TokenizedContext
+
+GiB = 2**30
+
+
+def llama_8b(max_positions: int, smoke: bool = False) -> LlamaConfig:
+    """The Llama-3.1-8B shape; `smoke` shrinks every width 16x to check the script on a CPU."""
+    shrink = 16 if smoke else 1
+    return LlamaConfig(
+        hidden_size=4096 // shrink,
+        num_hidden_layers=32,
+        num_attention_heads=4 if smoke else 32,
+        num_key_value_heads=2 if smoke else 8,
+        head_dim=16 if smoke else 128,
+        intermediate_size=14336 // shrink,
+        vocab_size=128256 // shrink,
+        max_position_embeddings=max_positions,
+        rope_parameters={
+            "rope_type": "llama3",
+            "rope_theta": 500000.0,
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+        },
+    )
+
+
+def random_tokens(length: int, vocab: int, seed: int) -> TokenizedContext:
+    ids = np.random.default_rng(seed).integers(0, vocab, size=length).astype(np.int64)
+    return TokenizedContext(
+        documents=(" " * length,),
+        input_ids=ids,
+        doc_ids=np.zeros(length, dtype=np.int32),
+        offsets=np.stack([np.arange(length), np.arange(1, length + 1)], axis=1),
+        word_ids=np.arange(length),
+    )
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def seconds(fn) -> float:
+    sync()
+    started = time.perf_counter()
+    fn()
+    sync()
+    return time.perf_counter() - started
+
+
+def ilre_flops_per_token(config: LlamaConfig, layer: int, cfg: ILReConfig) -> float:
+    """Matrix FLOPs per context token: layers below l_R in full, the key projection at l_R,
+    attention over sink + window + (on average) half a chunk."""
+    d, heads, kv, hd, inter = (
+        config.hidden_size,
+        config.num_attention_heads,
+        config.num_key_value_heads,
+        config.head_dim,
+        config.intermediate_size,
+    )
+    projections = d * (heads * hd + 2 * kv * hd) + heads * hd * d + 3 * d * inter
+    attention = 4 * heads * hd * (cfg.sink + cfg.window + cfg.chunk_size / 2)
+    return layer * (2 * projections + attention) + 2 * d * kv * hd
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--lengths", default="131072,262144,524288,1048576")
+    parser.add_argument("--full-lengths", default="16384,32768,65536,131072,262144")
+    parser.add_argument("--chunk", type=int, default=4096)
+    parser.add_argument("--sink", type=int, default=128)
+    parser.add_argument("--window", type=int, default=1024)
+    parser.add_argument("--layer", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--check-length", type=int, default=8192)
+    parser.add_argument("--out", default="gpu_long_context.json")
+    parser.add_argument("--smoke", action="store_true", help="tiny widths on the CPU")
+    args = parser.parse_args()
+    device = "cpu" if args.smoke else "cuda"
+    cuda = device == "cuda"
+    torch.backends.cuda.matmul.allow_tf32 = False
+    lengths = [int(x) for x in args.lengths.split(",")]
+    report: dict = {
+        "device": torch.cuda.get_device_name() if cuda else "cpu (smoke)",
+        "torch": torch.__version__,
+    }
+    import transformers
+
+    report["transformers"] = transformers.__version__
+    config = llama_8b(max(lengths) + 4096, args.smoke)
+    trunk_config = llama_8b(max(lengths) + 4096, args.smoke)
+    adapter_for(trunk_config).truncate(trunk_config, args.layer + 1)
+    cfg = ILReConfig(chunk_size=args.chunk, sink=args.sink, window=args.window, score_block=32768)
+
+    # 1. the trunk alone
+    torch.manual_seed(0)
+    with torch.device(device):
+        trunk = AutoModel.from_config(
+            trunk_config, dtype=torch.bfloat16, attn_implementation=ATTENTION_NAME
+        ).eval()
+    report["resident_gib"] = torch.cuda.memory_allocated() / GiB if cuda else 0.0
+    engine = ILRe(trunk, tokenizer=None, layer=args.layer, name="llama-3.1-8b-shape", config=cfg)
+    query = np.random.default_rng(1).integers(0, config.vocab_size, size=64).tolist()
+    warm = engine.encode_tokens(random_tokens(4 * args.chunk, config.vocab_size, 0))
+    engine.scores_for_ids(warm, query)
+    del warm
+    report["ilre"] = [time_ilre(engine, config, args, length, query, cuda) for length in lengths]
+
+    # 2. SDPA backends on one chunk of the sink + window pattern
+    if cuda:
+        report["sdpa"] = sdpa_backends(args.chunk, args.sink, args.window)
+        print(json.dumps(report["sdpa"]), flush=True)
+
+    # 3. the full model: exactness, then full prefill
+    with torch.device(device):
+        full = AutoModel.from_config(
+            config, dtype=torch.bfloat16, attn_implementation="sdpa"
+        ).eval()
+    missing, _ = full.load_state_dict(trunk.state_dict(), strict=False)
+    assert not [k for k in missing if k.startswith(("embed", "layers.0.", "layers.3."))]
+    report["exactness"] = exactness(engine, full, args, config.vocab_size)
+    print(json.dumps(report["exactness"]), flush=True)
+    del engine, trunk
+    report["full_prefill"] = full_prefill(
+        full, [int(x) for x in args.full_lengths.split(",")], device
+    )
+    with open(args.out, "w") as handle:
+        json.dump(report, handle, indent=1)
+    print_table(report)
+
+
+def time_ilre(engine: ILRe, config, args, length: int, query: list[int], cuda: bool) -> dict:
+    """Median encode and recall seconds at `length`, and the peak memory of those runs."""
+    tokens = random_tokens(length, config.vocab_size, length)
+    encode_s, recall_s = [], []
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    for _ in range(args.repeats):
+        holder = {}
+        encode_s.append(
+            seconds(lambda h=holder: h.update(e=engine.encode_tokens(tokens, progress=False)))
+        )
+        encoded = holder.pop("e")
+
+        def recall(encoded=encoded) -> None:
+            scores = engine.scores_for_ids(encoded, query)
+            torch.topk(scores, max(1, len(scores) // 20))
+
+        recall_s.append(seconds(recall))
+        del encoded
+    row = {
+        "tokens": length,
+        "encode_s": statistics.median(encode_s),
+        "recall_s": statistics.median(recall_s),
+        "encode_runs": encode_s,
+        "recall_runs": recall_s,
+        "peak_gib": torch.cuda.max_memory_allocated() / GiB if cuda else 0.0,
+    }
+    row["total_s"] = row["encode_s"] + row["recall_s"]
+    flops = ilre_flops_per_token(config, args.layer, engine.config) * length
+    row["encode_tflops"] = flops / row["encode_s"] / 1e12
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def sdpa_backends(chunk: int, sink: int, window: int) -> dict[str, float | str]:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.nn.attention.bias import causal_lower_right
+
+    kv = sink + window + chunk
+    q = torch.randn(1, 32, chunk, 128, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(1, 32, kv, 128, device="cuda", dtype=torch.bfloat16)
+    v = torch.randn_like(k)
+    qpos = torch.arange(window + sink, window + sink + chunk, device="cuda")
+    kpos = torch.arange(kv, device="cuda")
+    distance = qpos[:, None] - kpos[None, :]
+    mask = (distance >= 0) & ((distance < window) | (kpos < sink)[None, :])
+    out: dict[str, float | str] = {"shape": f"q {chunk} x kv {kv}, 32 heads, d 128"}
+    cases = {
+        "efficient+mask": (SDPBackend.EFFICIENT_ATTENTION, mask),
+        "cudnn+mask": (SDPBackend.CUDNN_ATTENTION, mask),
+        "math+mask": (SDPBackend.MATH, mask),
+        "flash+lower_right_causal": (SDPBackend.FLASH_ATTENTION, causal_lower_right(chunk, kv)),
+        "efficient+lower_right_causal": (
+            SDPBackend.EFFICIENT_ATTENTION,
+            causal_lower_right(chunk, kv),
+        ),
+    }
+    for name, (backend, attn_mask) in cases.items():
+        try:
+            with sdpa_kernel(backend):
+                F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+                runs = [
+                    seconds(
+                        lambda m=attn_mask: F.scaled_dot_product_attention(q, k, v, attn_mask=m)
+                    )
+                    for _ in range(10)
+                ]
+            out[name + "_ms"] = statistics.median(runs) * 1e3
+        except RuntimeError as error:
+            out[name + "_ms"] = f"unavailable: {str(error).splitlines()[0][:80]}"
+    return out
+
+
+def exactness(engine: ILRe, full, args, vocab: int) -> dict[str, float]:
+    tokens = random_tokens(args.check_length, vocab, 7)
+    ids = torch.from_numpy(tokens.input_ids)
+    result = {}
+    base = engine.config
+    for name, window in (("no_eviction", args.check_length), ("sink_window", args.window)):
+        engine.config = ILReConfig(
+            chunk_size=1000, sink=args.sink, window=window, score_block=base.score_block
+        )
+        keys = engine.encode_tokens(tokens, progress=False).keys
+        reference_window = None if window >= args.check_length else window
+        expected, _ = reference_states(
+            full, ids, args.layer, sink=args.sink, window=reference_window
+        )
+        result[name + "_relative_error"] = relative_error(keys, expected)
+    engine.config = base
+    return result
+
+
+def full_prefill(full, lengths: list[int], device: str) -> dict:
+    measured = {}
+    with torch.inference_mode():
+        full(input_ids=torch.randint(0, 1000, (1, 4096), device=device), use_cache=True)
+        for length in lengths:
+            ids = torch.randint(0, full.config.vocab_size, (1, length), device=device)
+            if device == "cuda":
+                torch.cuda.empty_cache()
+            try:
+                measured[length] = seconds(lambda ids=ids: full(input_ids=ids, use_cache=True))
+            except torch.OutOfMemoryError:
+                measured[length] = None
+                break
+            print(json.dumps({"full_prefill_tokens": length, "s": measured[length]}), flush=True)
+    points = [(n, s) for n, s in measured.items() if s is not None]
+    fit = np.polyfit([n for n, _ in points], [s for _, s in points], 2).tolist()
+    return {"measured_s": measured, "quadratic_fit": fit}
+
+
+def print_table(report: dict) -> None:
+    fit = np.poly1d(report["full_prefill"]["quadratic_fit"])
+    measured = report["full_prefill"]["measured_s"]
+    print(f"\n{report['device']}, torch {report['torch']}, transformers {report['transformers']}")
+    print(f"trunk resident: {report['resident_gib']:.2f} GiB; exactness: {report['exactness']}")
+    print(
+        "| tokens | encode s | recall s | total s | encode TFLOP/s | peak GiB "
+        "| full prefill s | speedup |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for row in report["ilre"]:
+        n = row["tokens"]
+        full_s = measured.get(n) or measured.get(str(n))
+        label = f"{full_s:.1f}" if full_s else f"{fit(n):.0f} (fit)"
+        full_s = full_s or fit(n)
+        print(
+            f"| {n} | {row['encode_s']:.2f} | {row['recall_s']:.3f} | {row['total_s']:.2f} "
+            f"| {row['encode_tflops']:.0f} | {row['peak_gib']:.2f} | {label} "
+            f"| {full_s / row['total_s']:.0f}x |"
+        )
+
+
+if __name__ == "__main__":
+    main()
