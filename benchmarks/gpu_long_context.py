@@ -15,7 +15,7 @@ hidden 4096, 32 layers, 32 query / 8 key heads, head_dim 128, intermediate 14336
    FlashAttention with a lower-right causal mask (what a per-chunk window would allow).
 3. The full 32-layer model, sharing the trunk's weights: exactness of the streaming keys at
    l_R against the model's own forward (bf16), without and with eviction; then full prefill
-   (SDPA, KV cache) at `--full-lengths` while it fits, and a quadratic fit beyond.
+   (SDPA) at `--full-lengths` while it fits, and a quadratic fit beyond.
 
 Prints one table and writes JSON to `--out`.
 """
@@ -113,6 +113,9 @@ def main() -> None:
     parser.add_argument("--layer", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--check-length", type=int, default=8192)
+    parser.add_argument(
+        "--sweep-chunks", default="2048,8192", help="other chunk sizes, timed once at the longest"
+    )
     parser.add_argument("--out", default="gpu_long_context.json")
     parser.add_argument("--smoke", action="store_true", help="tiny widths on the CPU")
     args = parser.parse_args()
@@ -145,6 +148,10 @@ def main() -> None:
     engine.scores_for_ids(warm, query)
     del warm
     report["ilre"] = [time_ilre(engine, config, args, length, query, cuda) for length in lengths]
+    report["chunk_sweep"] = chunk_sweep(engine, config, args, max(lengths))
+    if cuda:
+        report["kernels"] = kernel_breakdown(engine, random_tokens(131072, config.vocab_size, 3))
+        print(json.dumps(report["kernels"]), flush=True)
 
     # 2. SDPA backends on one chunk of the sink + window pattern
     if cuda:
@@ -202,6 +209,53 @@ def time_ilre(engine: ILRe, config, args, length: int, query: list[int], cuda: b
     row["encode_tflops"] = flops / row["encode_s"] / 1e12
     print(json.dumps(row), flush=True)
     return row
+
+
+def chunk_sweep(engine: ILRe, config, args, length: int) -> list[dict]:
+    """Encode seconds at `length` for each of `--sweep-chunks` (one run each)."""
+    rows, base = [], engine.config
+    tokens = random_tokens(length, config.vocab_size, 5)
+    for chunk in (int(x) for x in args.sweep_chunks.split(",") if x):
+        engine.config = ILReConfig(
+            chunk_size=chunk, sink=args.sink, window=args.window, score_block=base.score_block
+        )
+        engine.encode_tokens(random_tokens(2 * chunk, config.vocab_size, 0), progress=False)
+        rows.append(
+            {
+                "chunk": chunk,
+                "encode_s": seconds(lambda: engine.encode_tokens(tokens, progress=False)),
+            }
+        )
+        print(json.dumps(rows[-1]), flush=True)
+    engine.config = base
+    return rows
+
+
+def kernel_breakdown(engine: ILRe, tokens: TokenizedContext) -> dict[str, float]:
+    """GPU time of one encode by kernel family (ms), against its wall time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    families = {
+        "matmul": ("gemm", "cutlass", "nvjet", "xmma", "sm90_", "matmul"),
+        "attention": ("attention", "fmha", "flash", "cudnn", "sdpa", "mha"),
+    }
+    totals = {"matmul": 0.0, "attention": 0.0, "other": 0.0}
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        wall = seconds(lambda: engine.encode_tokens(tokens, progress=False))
+    for event in prof.key_averages():
+        micros = getattr(event, "self_device_time_total", None)
+        if micros is None:
+            micros = getattr(event, "self_cuda_time_total", 0.0)
+        if not micros:
+            continue
+        name = event.key.lower()
+        family = next((f for f, keys in families.items() if any(k in name for k in keys)), "other")
+        totals[family] += micros / 1e3
+    totals = {f"{k}_ms": v for k, v in totals.items()}
+    totals["kernels_ms"] = sum(totals.values())
+    totals["wall_ms"] = wall * 1e3
+    totals["tokens"] = len(tokens)
+    return totals
 
 
 def sdpa_backends(chunk: int, sink: int, window: int) -> dict[str, float | str]:
@@ -271,7 +325,9 @@ def full_prefill(full, lengths: list[int], device: str) -> dict:
             if device == "cuda":
                 torch.cuda.empty_cache()
             try:
-                measured[length] = seconds(lambda ids=ids: full(input_ids=ids, use_cache=True))
+                # No KV cache: at 256k it would not fit beside the activations in 80 GB, and
+                # writing it is a small part of the time.
+                measured[length] = seconds(lambda ids=ids: full(input_ids=ids, use_cache=False))
             except torch.OutOfMemoryError:
                 measured[length] = None
                 break
