@@ -1,6 +1,6 @@
 """ILRe: context compression by in-model token recall at an intermediate layer."""
 
-from .engine import EncodedContext, ILRe, ILReConfig, RecallResult
+from .engine import EncodedContext, ILRe, ILReConfig, RecallResult, resolve_budget
 from .errors import (
     BudgetError,
     ContextTooLongError,
@@ -31,4 +31,5 @@ __all__ = [
     "Span",
     "TokenCounter",
     "UnsupportedModelError",
+    "resolve_budget",
 ]

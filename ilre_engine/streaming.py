@@ -18,17 +18,10 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import AttentionInterface
 
 ATTENTION_NAME = "ilre_stream"
 STATE_KWARG = "ilre_stream"
-_CUDA_BACKENDS = [
-    SDPBackend.CUDNN_ATTENTION,
-    SDPBackend.EFFICIENT_ATTENTION,
-    SDPBackend.FLASH_ATTENTION,
-    SDPBackend.MATH,
-]
 
 
 class RetrievalLayerReached(Exception):
@@ -163,12 +156,11 @@ def stream_attention(
         group = query.shape[1] // keys.shape[1]
         if group > 1:
             keys, values = keys.repeat_interleave(group, 1), values.repeat_interleave(group, 1)
-        # cuDNN runs this masked pattern 2.5x faster than the default memory-efficient kernel
-        # on an H100 (benchmarks/README.md); SDPA falls back down the list where it cannot.
-        with sdpa_kernel(_CUDA_BACKENDS, set_priority=True):
-            output = F.scaled_dot_product_attention(
-                query, keys, values, attn_mask=visible, scale=scaling
-            )
+        # Backends are left to SDPA: choosing one (sdpa_kernel) flips process-wide flags,
+        # which races between threads and leaks into the user's other models.
+        output = F.scaled_dot_product_attention(
+            query, keys, values, attn_mask=visible, scale=scaling
+        )
     else:
         output = F.scaled_dot_product_attention(
             query, keys, values, attn_mask=visible, scale=scaling, enable_gqa=True
