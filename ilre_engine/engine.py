@@ -292,17 +292,7 @@ class ILRe:
         cfg = self.config
         state = StreamState(self.layer, cfg.sink, cfg.window)
         keys = self._stream(tokens.input_ids, 0, state, progress)
-        return EncodedContext(
-            tokens=tokens,
-            keys=keys,
-            kept=state.kept,
-            layer=self.layer,
-            model_name=self.name,
-            sink=cfg.sink,
-            window=cfg.window,
-            fingerprint=self.fingerprint,
-            tokenizer_name=self.tokenizer_name,
-        )
+        return self._encoded(tokens, keys, state)
 
     @torch.inference_mode()
     def extend(
@@ -324,14 +314,21 @@ class ILRe:
         )
         state = StreamState(self.layer, encoded.sink, encoded.window, kept=dict(encoded.kept))
         keys = self._stream(added.input_ids, len(encoded), state, progress)
+        return self._encoded(
+            encoded.tokens.concat(added), torch.cat([encoded.keys, keys], dim=1), state
+        )
+
+    def _encoded(
+        self, tokens: TokenizedContext, keys: torch.Tensor, state: StreamState
+    ) -> EncodedContext:
         return EncodedContext(
-            tokens=encoded.tokens.concat(added),
-            keys=torch.cat([encoded.keys, keys], dim=1),
+            tokens=tokens,
+            keys=keys,
             kept=state.kept,
             layer=self.layer,
             model_name=self.name,
-            sink=encoded.sink,
-            window=encoded.window,
+            sink=state.sink,
+            window=state.window,
             fingerprint=self.fingerprint,
             tokenizer_name=self.tokenizer_name,
         )

@@ -8,7 +8,6 @@ ready-to-load copy in the cache directory, written atomically.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -23,6 +22,7 @@ import torch
 
 from .architectures import adapter_for
 from .errors import UnsupportedModelError
+from .persistence import file_sha256
 
 EMBEDDED_MODEL = "gemma3-270m"
 """Name of the embedded default model (Gemma 3 270M, Q4_K_M GGUF, from PyPI)."""
@@ -65,7 +65,7 @@ def resolve_model(
     if path.suffix == ".gguf":
         if not path.is_file():
             raise UnsupportedModelError(f"GGUF file not found: {path}")
-        digest = _file_digest(path)
+        digest = file_sha256(path)
         target = cache_root(cache_dir) / "models" / f"{path.stem}-{digest[:16]}"
         return ModelSource(str(_convert_gguf(path, target)), str(path), {})
     if path.exists():
@@ -87,14 +87,6 @@ def _embedded_model_dir(cache_dir: str | os.PathLike[str] | None) -> Path:
     with tempfile.TemporaryDirectory(prefix="ilre-gguf-") as scratch:
         gguf = embedded.assemble(Path(scratch) / embedded.MODEL_NAME)
         return _convert_gguf(Path(gguf), target)
-
-
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 24), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _convert_gguf(gguf: Path, target: Path) -> Path:

@@ -41,7 +41,8 @@ MANIFEST = "manifest.json"
 _KEPT_FIELDS = ("sink_keys", "sink_values", "recent_keys", "recent_values")
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 16 MiB blocks."""
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 24), b""):
@@ -96,8 +97,8 @@ def save(encoded: EncodedContext, directory: str | os.PathLike[str]) -> Path:
         },
         "shapes": {k: list(v.shape) for k, v in tensors.items()},
         "files": {
-            "tensors": {"name": tensor_file.name, "sha256": _sha256(tensor_file)},
-            "documents": {"name": documents_file.name, "sha256": _sha256(documents_file)},
+            "tensors": {"name": tensor_file.name, "sha256": file_sha256(tensor_file)},
+            "documents": {"name": documents_file.name, "sha256": file_sha256(documents_file)},
         },
     }
     scratch = root / f".{MANIFEST}.{tag}"
@@ -148,7 +149,7 @@ def load(directory: str | os.PathLike[str], engine: ILRe) -> EncodedContext:
         path = root / files[role]["name"]
         if not path.is_file():
             raise EncodedContextError(f"{root} is incomplete: {path.name} is missing")
-        if _sha256(path) != files[role]["sha256"]:
+        if file_sha256(path) != files[role]["sha256"]:
             raise EncodedContextError(f"{path} is damaged (checksum mismatch)")
         paths[role] = path
     try:
