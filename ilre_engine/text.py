@@ -155,7 +155,8 @@ def spans_from_mask(
     context: TokenizedContext, selected: np.ndarray, scores: np.ndarray
 ) -> list[Span]:
     """Merge selected tokens into spans: runs of consecutive tokens of one document, trimmed of
-    surrounding whitespace; a span's score is the highest score among its tokens."""
+    surrounding whitespace, dropped when they hold no letter or digit; a span's score is the
+    highest score among its tokens."""
     selected = selected & (context.doc_ids >= 0)
     if not selected.any():
         return []
@@ -175,8 +176,8 @@ def spans_from_mask(
             start += 1
         while end > start and text[end - 1].isspace():
             end -= 1
-        if start >= end:
-            continue
+        if not any(ch.isalnum() for ch in text[start:end]):
+            continue  # a lone quote or dash spends budget and tells the reader nothing
         if spans and spans[-1].document == document and spans[-1].end >= start:
             previous = spans.pop()
             start, score = previous.start, max(previous.score, float(score))

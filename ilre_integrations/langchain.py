@@ -63,7 +63,7 @@ __all__ = [
 
 DEFAULT_TOKENS_PER_K = 256
 """Budget tokens per requested result: ``k`` maps to ``budget_tokens = k * tokens_per_k``, so
-``k=4`` keeps about as much text as four 256-token chunks."""
+``k=4`` keeps at most as much text as four 256-token chunks."""
 
 RELEVANCE_KEY = "relevance_score"
 
@@ -339,9 +339,7 @@ class ILReRetriever(BaseRetriever):
         budget, fraction, max_results = self._budget(k, budget_tokens, ratio)
         result, recalls = self.corpus.recall(query, budget_tokens=budget, ratio=fraction)
         ranked = sorted(recalls, key=lambda recall: recall.score, reverse=True)[:max_results]
-        return [
-            _to_document(None, recall, result, {"document": recall.index}) for recall in ranked
-        ]
+        return [_to_document(None, recall, result, {"document": recall.index}) for recall in ranked]
 
     async def _aget_relevant_documents(
         self,

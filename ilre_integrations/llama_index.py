@@ -117,8 +117,14 @@ class ILRePostprocessor(BaseNodePostprocessor):
             ratio: fraction of the nodes' tokens kept, in (0, 1].
         """
         super().__init__(
-            engine=engine, model=model, layer=layer, device=device, config=config,
-            budget_tokenizer=budget_tokenizer, budget_tokens=budget_tokens, ratio=ratio,
+            engine=engine,
+            model=model,
+            layer=layer,
+            device=device,
+            config=config,
+            budget_tokenizer=budget_tokenizer,
+            budget_tokens=budget_tokens,
+            ratio=ratio,
             callback_manager=callback_manager or CallbackManager(),
         )
         # Checked after pydantic's validation, so that these errors reach the caller as
@@ -173,8 +179,9 @@ class ILReRetriever(BaseRetriever):
     order, so the compressed context reads in the source's order.
 
     `insert` and `insert_nodes` encode only the new documents; `persist` and
-    `from_persist_dir` save and load the encoded corpus (the format the LangChain retriever
-    uses too), refusing a corpus encoded by a different model or layer.
+    `from_persist_dir` save and load the encoded corpus (`corpus`, an `EncodedCorpus`: the
+    format the LangChain retriever uses too), refusing a corpus encoded by a different model
+    or layer.
 
     Example:
         >>> retriever = ILReRetriever(documents, budget_tokens=1024)
@@ -212,8 +219,9 @@ class ILReRetriever(BaseRetriever):
             ratio: fraction of the corpus' tokens kept per query, in (0, 1].
         """
         resolve_budget(1, budget_tokens, ratio)  # refuse a bad budget before loading anything
-        settings = _given(layer=layer, device=device, config=config,
-                          budget_tokenizer=budget_tokenizer)
+        settings = _given(
+            layer=layer, device=device, config=config, budget_tokenizer=budget_tokenizer
+        )
         _check_engine_settings(engine, {**settings, **_given(model=model)})
         super().__init__(callback_manager=callback_manager, verbose=verbose)
         self.engine: ILRe = engine if engine is not None else shared_engine(model, **settings)
@@ -222,10 +230,6 @@ class ILReRetriever(BaseRetriever):
         self.ratio = ratio
         if nodes:
             self.insert_nodes(nodes)
-
-    def __len__(self) -> int:
-        """Number of documents in the corpus."""
-        return len(self.corpus)
 
     def insert_nodes(self, nodes: Sequence[BaseNode]) -> None:
         """Encode `nodes` after the documents already held (which are not read again)."""

