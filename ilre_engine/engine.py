@@ -172,6 +172,12 @@ def resolve_budget(input_tokens: int, budget_tokens: int | None, ratio: float | 
     return max(1, math.floor(float(ratio) * input_tokens))
 
 
+def _whole_documents(documents: Sequence[str]) -> tuple[tuple[Span, ...], str]:
+    """Every non-empty document as one span, and their text as `RecallResult.text` joins it."""
+    spans = tuple(Span(i, 0, len(d), 1.0) for i, d in enumerate(documents) if d)
+    return spans, join_spans(documents, spans)
+
+
 def _default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -351,9 +357,9 @@ class ILRe:
         starts = range(0, length, chunk)
         # tqdm's disable=None hides the bar when stderr is not a terminal.
         disable = (not progress) if progress is not None else (None if len(starts) > 8 else True)
+        state.key_offset = offset
         for start in tqdm(starts, desc="ILRe encode", unit="chunk", disable=disable, leave=False):
             state.start, state.length = offset + start, min(chunk, length - start)
-            state.key_offset = offset
             self._forward(ids[start : start + state.length], state)
         return state.keys
 
@@ -438,11 +444,9 @@ class ILRe:
         self._check_compatible(encoded)
         input_tokens = self.input_tokens(encoded)
         budget = resolve_budget(input_tokens, budget_tokens, ratio)
-        documents = encoded.documents
         if input_tokens <= budget:
-            spans = tuple(Span(i, 0, len(d), 1.0) for i, d in enumerate(documents) if d)
-            text = join_spans(documents, spans)
-            return RecallResult(text, spans, input_tokens, self.counter.count(text), budget, True)
+            spans, text = _whole_documents(encoded.documents)
+            return RecallResult(text, spans, input_tokens, input_tokens, budget, True)
         scores = self.token_scores(encoded, query)
         spans, text = select_within_budget(encoded.tokens, scores, budget, self.counter.count)
         return RecallResult(text, tuple(spans), input_tokens, self.counter.count(text), budget)
@@ -464,10 +468,5 @@ class ILRe:
         spans."""
         counts = encoded.input_token_counts
         if self.counter.name not in counts:
-            counts[self.counter.name] = self.counter.count(
-                join_spans(
-                    encoded.documents,
-                    [Span(i, 0, len(d), 0.0) for i, d in enumerate(encoded.documents)],
-                )
-            )
+            counts[self.counter.name] = self.counter.count(_whole_documents(encoded.documents)[1])
         return counts[self.counter.name]

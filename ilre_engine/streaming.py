@@ -78,9 +78,6 @@ class StreamState:
     key_offset: int = 0
     queries: torch.Tensor | None = None
     scaling: float | None = None
-    kv_heads: int | None = None
-    head_dim: int | None = None
-
     masks: dict[tuple[int, ...], torch.Tensor] = field(default_factory=dict)
 
     def visibility(self, kept: KeptKV) -> torch.Tensor:

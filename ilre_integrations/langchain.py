@@ -40,8 +40,7 @@ from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables import Runnable, RunnableLambda, run_in_executor
 from pydantic import ConfigDict, Field
 
-from ilre_engine import ILRe, ILReConfig, RecallResult
-from ilre_engine.engine import resolve_budget
+from ilre_engine import ILRe, ILReConfig, RecallResult, resolve_budget
 from ilre_engine.errors import BudgetError
 
 from ._common import (

@@ -34,8 +34,7 @@ from llama_index.core.schema import (
     TextNode,
 )
 
-from ilre_engine import ILRe, ILReConfig, RecallResult
-from ilre_engine.engine import resolve_budget
+from ilre_engine import ILRe, ILReConfig, RecallResult, resolve_budget
 from ilre_engine.errors import EmptyInputError, ILReError, InvalidDocumentError
 
 from ._common import (
