@@ -198,3 +198,22 @@ def test_cli_reads_stdin_and_refuses_bad_input_in_one_line():
         assert done.stderr.strip() == f"ilre: error: {done.stderr.strip()[len('ilre: error: ') :]}"
         assert message in done.stderr and "Traceback" not in done.stderr
         assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_threads_sharing_an_engine_get_the_sequential_results(engine, sample):
+    from concurrent.futures import ThreadPoolExecutor
+
+    questions = [
+        QUESTION,
+        "Who is Margaret Elwin?",
+        "What did the engineers recommend?",
+        "Where is the bar?",
+    ]
+    jobs = [(sample[i * 500 :], q) for i, q in enumerate(questions)] * 2
+    expected = [engine.compress(text, q, budget_tokens=40) for text, q in jobs]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        actual = list(pool.map(lambda job: engine.compress(job[0], job[1], budget_tokens=40), jobs))
+    assert [r.text for r in actual] == [r.text for r in expected]
+    assert [[(s.document, s.start, s.end) for s in r.spans] for r in actual] == [
+        [(s.document, s.start, s.end) for s in r.spans] for r in expected
+    ]
