@@ -1,7 +1,8 @@
 """GPU long context: ILRe encode + recall against full prefill, Llama-3.1-8B shape, one GPU.
 
-    python benchmarks/gpu_long_context.py                       # everything, ~6 minutes on an H100
-    python benchmarks/gpu_long_context.py --lengths 131072 --full-lengths 16384,32768 --quick
+    python benchmarks/gpu_long_context.py --compile             # everything, ~6 minutes on an H100
+    python benchmarks/gpu_long_context.py --lengths 131072 --full-lengths 16384,32768
+    python benchmarks/gpu_long_context.py --smoke --compile --lengths 8192 --full-lengths 2048
 
 Random bf16 weights built from a config on the GPU (timing does not depend on weight values):
 hidden 4096, 32 layers, 32 query / 8 key heads, head_dim 128, intermediate 14336, vocab
@@ -10,7 +11,9 @@ hidden 4096, 32 layers, 32 query / 8 key heads, head_dim 128, intermediate 14336
 1. The engine's trunk alone (embeddings + layers 0..3): resident memory, then per length
    encode (streaming prefill, keys at l_R) and recall (a 64-token query: query pass, scores
    over every key, multi-kernel pooling, top 5% tokens), `--repeats` times, median; peak
-   memory per length.
+   memory per length. With `--compile`, the eager engine is timed first at
+   `--eager-lengths` (the same process, the same weights), then `ILRe.compile()` fuses the
+   decoder layers and everything after runs compiled.
 2. SDPA backends on one chunk of the sink + window pattern (the mask the engine uses), and
    FlashAttention with a lower-right causal mask (what a per-chunk window would allow).
 3. The full 32-layer model, sharing the trunk's weights: exactness of the streaming keys at
@@ -23,6 +26,7 @@ Prints one table and writes JSON to `--out`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import time
@@ -32,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModel, LlamaConfig
 
-from ilre_engine import ILRe, ILReConfig
+from ilre_engine import ILRe, ILReConfig, compiled
 from ilre_engine.architectures import adapter_for
 from ilre_engine.reference import reference_states, relative_error
 from ilre_engine.streaming import ATTENTION_NAME
@@ -107,15 +111,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--lengths", default="131072,262144,524288,1048576")
     parser.add_argument("--full-lengths", default="16384,32768,65536,131072,262144")
-    parser.add_argument("--chunk", type=int, default=4096)
+    parser.add_argument("--chunk", type=int, default=2048)
     parser.add_argument("--sink", type=int, default=128)
     parser.add_argument("--window", type=int, default=1024)
     parser.add_argument("--layer", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--check-length", type=int, default=8192)
     parser.add_argument(
-        "--sweep-chunks", default="2048,8192", help="other chunk sizes, timed once at the longest"
+        "--sweep-chunks", default="1024,4096", help="other chunk sizes, timed once at the longest"
     )
+    parser.add_argument("--compile", action="store_true", help="time ILRe.compile()'s engine")
+    parser.add_argument(
+        "--eager-lengths", default="1048576", help="with --compile: eager runs first, at these"
+    )
+    parser.add_argument("--eager-chunk", type=int, help="chunk of the eager runs (--chunk)")
+    parser.add_argument("--skip-full", action="store_true", help="no full model (step 3)")
     parser.add_argument("--out", default="gpu_long_context.json")
     parser.add_argument("--smoke", action="store_true", help="tiny widths on the CPU")
     args = parser.parse_args()
@@ -130,8 +140,8 @@ def main() -> None:
     import transformers
 
     report["transformers"] = transformers.__version__
-    config = llama_8b(max(lengths) + 4096, args.smoke)
-    trunk_config = llama_8b(max(lengths) + 4096, args.smoke)
+    config = llama_8b(max(lengths) + 4 * args.chunk + 4096, args.smoke)
+    trunk_config = llama_8b(max(lengths) + 4 * args.chunk + 4096, args.smoke)
     adapter_for(trunk_config).truncate(trunk_config, args.layer + 1)
     cfg = ILReConfig(chunk_size=args.chunk, sink=args.sink, window=args.window, score_block=32768)
 
@@ -144,9 +154,23 @@ def main() -> None:
     report["resident_gib"] = torch.cuda.memory_allocated() / GiB if cuda else 0.0
     engine = ILRe(trunk, tokenizer=None, layer=args.layer, name="llama-3.1-8b-shape", config=cfg)
     query = np.random.default_rng(1).integers(0, config.vocab_size, size=64).tolist()
-    warm = engine.encode_tokens(random_tokens(4 * args.chunk, config.vocab_size, 0))
-    engine.scores_for_ids(warm, query)
-    del warm
+    warm = random_tokens(4 * args.chunk + 123, config.vocab_size, 0)
+    engine.scores_for_ids(engine.encode_tokens(warm), query)
+    report["compiled"] = args.compile
+    if args.compile:
+        report["eager_chunk"] = args.eager_chunk or args.chunk
+        engine.config = dataclasses.replace(cfg, chunk_size=report["eager_chunk"])
+        report["eager"] = [
+            time_ilre(engine, config, args, int(n), query, cuda)
+            for n in args.eager_lengths.split(",")
+            if n
+        ]
+        engine.config = cfg
+        # The first compiled encode and query compile the layers (one graph for any length).
+        report["compile_s"] = seconds(
+            lambda e=engine: e.compile().scores_for_ids(e.encode_tokens(warm), query)
+        )
+        print(json.dumps({"compile_s": report["compile_s"]}), flush=True)
     report["ilre"] = [time_ilre(engine, config, args, length, query, cuda) for length in lengths]
     report["chunk_sweep"] = chunk_sweep(engine, config, args, max(lengths))
     if cuda:
@@ -159,6 +183,10 @@ def main() -> None:
         print(json.dumps(report["sdpa"]), flush=True)
 
     # 3. the full model: exactness, then full prefill
+    if args.skip_full:
+        with open(args.out, "w") as handle:
+            json.dump(report, handle, indent=1)
+        return
     with torch.device(device):
         full = AutoModel.from_config(
             config, dtype=torch.bfloat16, attn_implementation="sdpa"
@@ -212,7 +240,7 @@ def time_ilre(engine: ILRe, config, args, length: int, query: list[int], cuda: b
 
 
 def chunk_sweep(engine: ILRe, config, args, length: int) -> list[dict]:
-    """Encode seconds at `length` for each of `--sweep-chunks` (one run each)."""
+    """Median encode seconds at `length` for each of `--sweep-chunks` (`--repeats` runs)."""
     rows, base = [], engine.config
     tokens = random_tokens(length, config.vocab_size, 5)
     for chunk in (int(x) for x in args.sweep_chunks.split(",") if x):
@@ -220,12 +248,11 @@ def chunk_sweep(engine: ILRe, config, args, length: int) -> list[dict]:
             chunk_size=chunk, sink=args.sink, window=args.window, score_block=base.score_block
         )
         engine.encode_tokens(random_tokens(2 * chunk, config.vocab_size, 0), progress=False)
-        rows.append(
-            {
-                "chunk": chunk,
-                "encode_s": seconds(lambda: engine.encode_tokens(tokens, progress=False)),
-            }
-        )
+        runs = [
+            seconds(lambda: engine.encode_tokens(tokens, progress=False))
+            for _ in range(args.repeats)
+        ]
+        rows.append({"chunk": chunk, "encode_s": statistics.median(runs), "encode_runs": runs})
         print(json.dumps(rows[-1]), flush=True)
     engine.config = base
     return rows
@@ -276,6 +303,22 @@ def sdpa_backends(chunk: int, sink: int, window: int) -> dict[str, float | str]:
     distance = qpos[:, None] - kpos[None, :]
     mask = (distance >= 0) & ((distance < window) | (kpos < sink)[None, :])
     out: dict[str, float | str] = {"shape": f"q {chunk} x kv {kv}, 32 heads, d 128"}
+    # The compiled engine's kernel: FlexAttention, block-sparse, the 8 key heads as they are.
+    grouped = k[:, ::4].contiguous(), v[:, ::4].contiguous()
+    with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+        expected = F.scaled_dot_product_attention(
+            q,
+            grouped[0].repeat_interleave(4, 1),
+            grouped[1].repeat_interleave(4, 1),
+            attn_mask=mask,
+        )
+    flex = compiled.sink_window_attention(q, *grouped, sink, window, None)
+    out["flex_relative_error"] = relative_error(flex, expected)
+    runs = [
+        seconds(lambda: compiled.sink_window_attention(q, *grouped, sink, window, None))
+        for _ in range(10)
+    ]
+    out["flex+block_mask+grouped_heads_ms"] = statistics.median(runs) * 1e3
     cases = {
         "efficient+mask": (SDPBackend.EFFICIENT_ATTENTION, mask),
         "cudnn+mask": (SDPBackend.CUDNN_ATTENTION, mask),
@@ -345,18 +388,22 @@ def print_table(report: dict) -> None:
     measured = report["full_prefill"]["measured_s"]
     print(f"\n{report['device']}, torch {report['torch']}, transformers {report['transformers']}")
     print(f"trunk resident: {report['resident_gib']:.2f} GiB; exactness: {report['exactness']}")
+    print(f"compiled: {report['compiled']}; chunk sweep: {report['chunk_sweep']}")
     print(
-        "| tokens | encode s | recall s | total s | encode TFLOP/s | peak GiB "
+        "| engine | tokens | encode s | recall s | total s | encode TFLOP/s | peak GiB "
         "| full prefill s | speedup |"
     )
-    print("|---|---|---|---|---|---|---|---|")
-    for row in report["ilre"]:
+    print("|---|---|---|---|---|---|---|---|---|")
+    rows = [("eager", row) for row in report.get("eager", [])]
+    rows += [("compiled" if report["compiled"] else "eager", row) for row in report["ilre"]]
+    for engine, row in rows:
         n = row["tokens"]
         full_s = measured.get(n) or measured.get(str(n))
         label = f"{full_s:.1f}" if full_s else f"{fit(n):.0f} (fit)"
         full_s = full_s or fit(n)
         print(
-            f"| {n} | {row['encode_s']:.2f} | {row['recall_s']:.3f} | {row['total_s']:.2f} "
+            f"| {engine} | {n} | {row['encode_s']:.2f} | {row['recall_s']:.3f} "
+            f"| {row['total_s']:.2f} "
             f"| {row['encode_tflops']:.0f} | {row['peak_gib']:.2f} | {label} "
             f"| {full_s / row['total_s']:.0f}x |"
         )
