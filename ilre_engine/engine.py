@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import persistence, streaming
+from . import compiled, persistence, streaming
 from .errors import BudgetError, EmptyInputError, EncodedContextError, InvalidDocumentError
 from .loading import ModelSource, load_trunk, resolve_model
 from .recall import attention_scores, pool_scores, select_within_budget
@@ -217,6 +217,7 @@ class ILRe:
         config: ILReConfig | None = None,
         budget_tokenizer: str | Any = "cl100k_base",
         cache_dir: str | os.PathLike[str] | None = None,
+        compile: bool = False,
         **hub_kwargs: Any,
     ) -> ILRe:
         """Load an engine.
@@ -231,6 +232,8 @@ class ILRe:
             budget_tokenizer: the reader LLM's tokenizer, in which budgets are counted.
             cache_dir: where converted GGUF models live (default: ``$ILRE_CACHE_DIR`` or the
                 user cache directory).
+            compile: fuse the decoder layers' element-wise work with `torch.compile` (see
+                `compile`): worth it on a GPU for long contexts.
             hub_kwargs: passed to transformers' ``from_pretrained`` (revision, token, ...).
         """
         device = torch.device(device) if device is not None else _default_device()
@@ -240,7 +243,7 @@ class ILRe:
         trunk, tokenizer, layer = load_trunk(
             source, layer, device=device, dtype=dtype, attn_implementation=streaming.ATTENTION_NAME
         )
-        return cls(
+        engine = cls(
             trunk,
             tokenizer,
             layer=layer,
@@ -248,6 +251,18 @@ class ILRe:
             config=config,
             budget_tokenizer=budget_tokenizer,
         )
+        return engine.compile() if compile else engine
+
+    def compile(self) -> ILRe:
+        """Compile the model's decoder layers (`ilre_engine.compiled`) and return this engine.
+
+        On a GPU the norms, rotary embedding, activation and residual adds then run as fused
+        kernels (1M tokens, Llama-3.1-8B shape on an H100: see benchmarks/README.md). The
+        first encode pays the compilation (tens of seconds); results equal the eager ones up
+        to floating-point rounding.
+        """
+        compiled.compile_layers(self.model)
+        return self
 
     @property
     def device(self) -> torch.device:
@@ -357,7 +372,7 @@ class ILRe:
         starts = range(0, length, chunk)
         # tqdm's disable=None hides the bar when stderr is not a terminal.
         disable = (not progress) if progress is not None else (None if len(starts) > 8 else True)
-        state.key_offset = offset
+        state.key_offset, state.chunk = offset, chunk
         for start in tqdm(starts, desc="ILRe encode", unit="chunk", disable=disable, leave=False):
             state.start, state.length = offset + start, min(chunk, length - start)
             self._forward(ids[start : start + state.length], state)

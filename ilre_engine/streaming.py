@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface
 
+from . import compiled
+
 ATTENTION_NAME = "ilre_stream"
 STATE_KWARG = "ilre_stream"
 
@@ -65,6 +67,8 @@ class StreamState:
         keys: ``(kv_heads, n, head_dim)`` buffer for the keys at `l_R` of the positions
             ``[key_offset, key_offset + n)`` (context pass only).
         update: the context pass evicts and stores; a query pass only reads.
+        chunk: length of the context pass's full chunks; only those take a compiled layer's
+            fused attention (`ilre_engine.compiled`), so it compiles for one shape.
     """
 
     retrieval_layer: int
@@ -76,6 +80,7 @@ class StreamState:
     start: int = 0
     length: int = 0
     key_offset: int = 0
+    chunk: int = 0
     queries: torch.Tensor | None = None
     scaling: float | None = None
     masks: dict[tuple[int, ...], torch.Tensor] = field(default_factory=dict)
@@ -105,6 +110,9 @@ class StreamState:
         return mask
 
 
+# Compiled decoder layers (`ilre_engine.compiled`) call this eagerly: it reads and mutates
+# Python state and raises to stop the forward, which a compiled graph cannot hold.
+@torch.compiler.disable
 def stream_attention(
     module: torch.nn.Module,
     query: torch.Tensor,
@@ -146,6 +154,11 @@ def stream_attention(
     if state.update:
         state.kept[layer] = _evict(kept, key, value, keys, values, state.start, state.length)
 
+    if query.device.type == "cuda" and _fused_chunk(module, state, kept):
+        output = compiled.sink_window_attention(
+            query, keys, values, kept.sink_size, kept.keep, scaling
+        )
+        return output.transpose(1, 2).contiguous(), None
     visible = state.visibility(kept)
     if query.device.type == "cuda":
         # SDPA's masked CUDA kernels take no grouped heads (enable_gqa would fall back to the
@@ -163,6 +176,19 @@ def stream_attention(
             query, keys, values, attn_mask=visible, scale=scaling, enable_gqa=True
         )
     return output.transpose(1, 2).contiguous(), None
+
+
+def _fused_chunk(module: torch.nn.Module, state: StreamState, kept: KeptKV) -> bool:
+    """A full context chunk in a compiled layer, once the sink and the window are full: its
+    mask is then `compiled.sink_window_attention`'s, wherever the chunk is."""
+    recent = kept.recent_keys.shape[2]
+    return (
+        getattr(module, compiled.FUSED_ATTENTION, False)
+        and state.length == state.chunk
+        and kept.sink_keys.shape[2] == kept.sink_size
+        and recent == kept.keep
+        and state.start - recent >= kept.sink_size
+    )
 
 
 def _evict(
