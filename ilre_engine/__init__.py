@@ -7,6 +7,7 @@ from .errors import (
     EmptyInputError,
     EncodedContextError,
     ILReError,
+    InsufficientMemoryError,
     InvalidDocumentError,
     UnsupportedModelError,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "ILRe",
     "ILReConfig",
     "ILReError",
+    "InsufficientMemoryError",
     "InvalidDocumentError",
     "RecallResult",
     "Span",

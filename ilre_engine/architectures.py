@@ -1,7 +1,8 @@
 """What differs between the model families the engine drives, and nothing else.
 
 The engine runs the model's own modules; per family it only needs to know how to cut the
-config after the retrieval layer and which layer to use when none is given. Sliding-window
+config after the retrieval layer and which layer to use when neither `layer=` nor a
+calibration profile (`ilre_engine.profiles`) gives one. Sliding-window
 layers (Gemma 3, Mistral, Qwen2 with sliding layers) need no entry here: transformers hands
 each layer's window to the attention function, which keeps exactly that window.
 """
@@ -12,9 +13,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import UnsupportedModelError
-
-# Retrieval layers measured on the embedded model (benchmarks/README.md, "Choosing l_R").
-KNOWN_LAYERS: dict[str, int] = {"gemma3-270m": 5}
 
 
 @dataclass(frozen=True)
@@ -32,10 +30,9 @@ class Adapter:
             if isinstance(value, list):
                 setattr(config, name, value[:num_layers])
 
-    def default_layer(self, config: Any, name: str) -> int:
-        """`l_R` when none is given: a measured one, else the paper's depth (3 of 32 layers)."""
-        if name in KNOWN_LAYERS:
-            return KNOWN_LAYERS[name]
+    def default_layer(self, config: Any) -> int:
+        """`l_R` when neither `layer=` nor a calibration profile gives one: the paper's depth
+        (3 of 32 layers)."""
         return max(1, round(config.num_hidden_layers * 3 / 32))
 
 

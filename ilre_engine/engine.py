@@ -8,7 +8,7 @@ import json
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +17,17 @@ import torch
 from tqdm.auto import tqdm
 
 from . import compiled, persistence, streaming
-from .errors import BudgetError, EmptyInputError, EncodedContextError, InvalidDocumentError
-from .loading import ModelSource, load_trunk, resolve_model
-from .recall import attention_scores, pool_scores, select_within_budget
+from .errors import (
+    BudgetError,
+    ContextTooLongError,
+    EmptyInputError,
+    EncodedContextError,
+    InvalidDocumentError,
+)
+from .loading import ModelSource, ProfileChoice, load_trunk, resolve_model
+from .memory import MemoryEstimate, check_memory, estimate_encode_bytes
+from .profiles import Profile
+from .recall import head_scores, pool_scores, select_within_budget
 from .streaming import KeptKV, RetrievalLayerReached, StreamState
 from .text import Span, TokenCounter, TokenizedContext, join_spans, tokenize_documents
 
@@ -37,6 +45,9 @@ class ILReConfig:
         kernel_sizes: odd max-pooling kernel sizes, dealt round-robin over query heads.
         query_template: how the query is phrased after the context; ``{query}`` is replaced.
         score_block: keys per block when scoring (bounds the memory of the softmax).
+        max_tokens: the longest context, in model tokens, an encode accepts (documents
+            added by `ILRe.extend` count with the earlier ones); None takes the model's
+            ``max_position_embeddings``, past which its positions were never trained.
     """
 
     chunk_size: int = 1024
@@ -45,11 +56,14 @@ class ILReConfig:
     kernel_sizes: tuple[int, ...] = (1, 5, 9, 17)
     query_template: str = "\n\nQuestion: {query}"
     score_block: int = 65536
+    max_tokens: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("chunk_size", "window", "score_block"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1 or None, got {self.max_tokens}")
         if self.sink < 0:
             raise ValueError(f"sink must be >= 0, got {self.sink}")
         if not self.kernel_sizes or any(k < 1 or k % 2 == 0 for k in self.kernel_sizes):
@@ -172,6 +186,11 @@ def resolve_budget(input_tokens: int, budget_tokens: int | None, ratio: float | 
     return max(1, math.floor(float(ratio) * input_tokens))
 
 
+def _check_query(query: str) -> None:
+    if not isinstance(query, str) or not query.strip():
+        raise EmptyInputError("the query is empty")
+
+
 def _whole_documents(documents: Sequence[str]) -> tuple[tuple[Span, ...], str]:
     """Every non-empty document as one span, and their text as `RecallResult.text` joins it."""
     spans = tuple(Span(i, 0, len(d), 1.0) for i, d in enumerate(documents) if d)
@@ -198,6 +217,7 @@ class ILRe:
         name: str,
         config: ILReConfig | None = None,
         budget_tokenizer: str | Any = "cl100k_base",
+        profile: Profile | None = None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -205,6 +225,7 @@ class ILRe:
         self.name = name
         self.config = config or ILReConfig()
         self.counter = TokenCounter(budget_tokenizer)
+        self.profile = profile
 
     @classmethod
     def from_pretrained(
@@ -218,6 +239,7 @@ class ILRe:
         budget_tokenizer: str | Any = "cl100k_base",
         cache_dir: str | os.PathLike[str] | None = None,
         compile: bool = False,
+        profile: ProfileChoice = None,
         **hub_kwargs: Any,
     ) -> ILRe:
         """Load an engine.
@@ -225,24 +247,42 @@ class ILRe:
         Args:
             model: None for the embedded Gemma 3 270M (offline), a Hugging Face id, a local
                 directory, or a ``.gguf`` file.
-            layer: the retrieval layer `l_R`; None takes the model's known or default layer.
+            layer: the retrieval layer `l_R`; None takes the profile's, else the paper's
+                depth (3 of 32 layers, scaled to the model).
             device: defaults to CUDA when available, else CPU.
             dtype: defaults to bfloat16 on CUDA, float32 elsewhere.
-            config: streaming and recall knobs.
+            config: streaming and recall knobs; None takes the profile's kernels and
+                streaming settings, else the defaults.
             budget_tokenizer: the reader LLM's tokenizer, in which budgets are counted.
             cache_dir: where converted GGUF models live (default: ``$ILRE_CACHE_DIR`` or the
                 user cache directory).
             compile: fuse the decoder layers' element-wise work with `torch.compile` (see
                 `compile`): worth it on a GPU for long contexts.
+            profile: the calibration profile (`ilre_engine.profiles`): None finds the one
+                that matches the model (the user's, then the shipped ones), a `Profile` or
+                a path uses that one, False uses none.
             hub_kwargs: passed to transformers' ``from_pretrained`` (revision, token, ...).
         """
         device = torch.device(device) if device is not None else _default_device()
         if dtype is None:
             dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         source: ModelSource = resolve_model(model, cache_dir, **hub_kwargs)
-        trunk, tokenizer, layer = load_trunk(
-            source, layer, device=device, dtype=dtype, attn_implementation=streaming.ATTENTION_NAME
+        trunk, tokenizer, layer, applied = load_trunk(
+            source,
+            layer,
+            profile=profile,
+            cache_dir=cache_dir,
+            device=device,
+            dtype=dtype,
+            attn_implementation=streaming.ATTENTION_NAME,
         )
+        if config is None and applied is not None:
+            config = ILReConfig(
+                chunk_size=applied.chunk_size,
+                sink=applied.sink,
+                window=applied.window,
+                kernel_sizes=applied.kernel_sizes,
+            )
         engine = cls(
             trunk,
             tokenizer,
@@ -250,6 +290,7 @@ class ILRe:
             name=source.name,
             config=config,
             budget_tokenizer=budget_tokenizer,
+            profile=applied,
         )
         return engine.compile() if compile else engine
 
@@ -311,6 +352,7 @@ class ILRe:
     ) -> EncodedContext:
         """`encode` for already tokenised input."""
         cfg = self.config
+        self._check_capacity(len(tokens))
         state = StreamState(self.layer, cfg.sink, cfg.window)
         keys = self._stream(tokens.input_ids, 0, state, progress)
         return self._encoded(tokens, keys, state)
@@ -333,11 +375,50 @@ class ILRe:
         added = tokenize_documents(
             self.tokenizer, _as_documents(documents), first_document=len(encoded.documents)
         )
+        self._check_capacity(len(encoded) + len(added), new_tokens=len(added))
         state = StreamState(self.layer, encoded.sink, encoded.window, kept=dict(encoded.kept))
         keys = self._stream(added.input_ids, len(encoded), state, progress)
         return self._encoded(
             encoded.tokens.concat(added), torch.cat([encoded.keys, keys], dim=1), state
         )
+
+    @property
+    def max_tokens(self) -> int | None:
+        """The longest context an encode accepts (`ILReConfig.max_tokens`, else the model's
+        ``max_position_embeddings``; None when neither is known)."""
+        return self.config.max_tokens or getattr(self.model.config, "max_position_embeddings", None)
+
+    def memory_estimate(self, num_tokens: int) -> MemoryEstimate:
+        """Bytes on the engine's device to encode `num_tokens` tokens and recall over them
+        (the formula is in `ilre_engine.memory`)."""
+        cfg = self.config
+        return estimate_encode_bytes(
+            self.model.config,
+            self.layer,
+            length=num_tokens,
+            chunk_size=cfg.chunk_size,
+            sink=cfg.sink,
+            window=cfg.window,
+            score_block=cfg.score_block,
+            dtype=self.model.dtype,
+        )
+
+    def _check_capacity(self, total_tokens: int, new_tokens: int | None = None) -> None:
+        """Refuse, before any work, a context over `max_tokens` or over the device's memory.
+        An extend (`new_tokens` of `total_tokens` are new) briefly holds the new keys twice:
+        in their own buffer, then in the concatenation with the earlier ones."""
+        limit = self.max_tokens
+        if limit is not None and total_tokens > limit:
+            raise ContextTooLongError(
+                f"the context is {total_tokens:,} model tokens, over the limit of {limit:,} "
+                "(raise it with ILReConfig(max_tokens=...); the default is the model's "
+                "max_position_embeddings)"
+            )
+        estimate = self.memory_estimate(total_tokens)
+        if new_tokens is not None:
+            new_keys = self.memory_estimate(new_tokens).keys
+            estimate = replace(estimate, keys=estimate.keys + new_keys)
+        check_memory(estimate, self.device, total_tokens)
 
     def _encoded(
         self, tokens: TokenizedContext, keys: torch.Tensor, state: StreamState
@@ -413,34 +494,36 @@ class ILRe:
         self._forward(torch.as_tensor(query_ids, dtype=torch.long, device=self.device), state)
         return state.queries, state.scaling
 
-    def token_scores(self, encoded: EncodedContext, query: str) -> np.ndarray:
-        """``(L,)`` pooled recall score of every context token for `query`."""
-        if not isinstance(query, str) or not query.strip():
-            raise EmptyInputError("the query is empty")
+    def query_ids(self, query: str) -> tuple[list[int], int]:
+        """The model tokens of `query` phrased by `query_template`, and how many of them are
+        the template's lead-in."""
+        _check_query(query)
         prefix = self.config.query_template.split("{query}", 1)[0]
         text = self.config.query_template.format(query=query)
-        query_ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        # Only the query's own tokens vote: the template's lead-in ("Question:") attends to
-        # document starts whatever is asked, and would spend the budget on them.
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         lead_in = len(self.tokenizer(prefix, add_special_tokens=False)["input_ids"])
-        return self.scores_for_ids(encoded, query_ids, lead_in).cpu().numpy()
+        return ids, min(lead_in, len(ids) - 1)
+
+    def token_scores(self, encoded: EncodedContext, query: str) -> np.ndarray:
+        """``(L,)`` pooled recall score of every context token for `query`."""
+        return self.scores_for_ids(encoded, *self.query_ids(query)).cpu().numpy()
 
     @torch.inference_mode()
     def scores_for_ids(
         self, encoded: EncodedContext, query_ids: Sequence[int], lead_in: int = 0
     ) -> torch.Tensor:
-        """`token_scores` for query token ids, on the device; the first `lead_in` query tokens
-        are read but do not vote."""
+        """`token_scores` for query token ids, on the device. The first `lead_in` query tokens
+        are read but do not vote: the template's lead-in ("Question:") attends to document
+        starts whatever is asked, and would spend the budget on them."""
         queries, scaling = self.query_states(encoded, query_ids)
-        lead_in = min(lead_in, len(query_ids) - 1)
-        heads = attention_scores(
-            queries[:, lead_in:], encoded.keys, scaling, self.config.score_block
+        doc_ids = torch.from_numpy(encoded.tokens.doc_ids).to(self.device)
+        heads = head_scores(
+            queries[:, min(lead_in, len(query_ids) - 1) :],
+            encoded.keys,
+            scaling,
+            doc_ids,
+            self.config.score_block,
         )
-        doc_ids = torch.from_numpy(encoded.tokens.doc_ids).to(heads.device)
-        # The beginning-of-sequence token is the attention sink: it takes most of the mass and
-        # must not spread it to its neighbours through pooling. It stays in the softmax, where
-        # it absorbs the attention of query tokens that look for nothing in particular.
-        heads[:, doc_ids < 0] = 0.0
         return pool_scores(heads, self.config.kernel_sizes, segments=doc_ids)
 
     def recall(
@@ -457,6 +540,7 @@ class ILRe:
         budget tokenizer) or `ratio` (a fraction of the context's tokens, in (0, 1]).
         """
         self._check_compatible(encoded)
+        _check_query(query)
         input_tokens = self.input_tokens(encoded)
         budget = resolve_budget(input_tokens, budget_tokens, ratio)
         if input_tokens <= budget:
@@ -475,7 +559,9 @@ class ILRe:
         ratio: float | None = None,
     ) -> RecallResult:
         """`encode` then `recall`."""
-        resolve_budget(1, budget_tokens, ratio)  # refuse a bad budget before the work
+        # Refuse a bad budget or query before the work.
+        resolve_budget(1, budget_tokens, ratio)
+        _check_query(query)
         return self.recall(self.encode(context), query, budget_tokens=budget_tokens, ratio=ratio)
 
     def input_tokens(self, encoded: EncodedContext) -> int:

@@ -27,6 +27,12 @@ class ContextTooLongError(ILReError):
     """A context is longer than the configured maximum."""
 
 
+class InsufficientMemoryError(ILReError, MemoryError):
+    """Encoding would need more memory than the device has; raised before any work starts.
+
+    Also a `MemoryError`, so code that already handles running out of memory catches it."""
+
+
 class UnsupportedModelError(ILReError):
     """The engine cannot drive this model (architecture, missing files, too few layers)."""
 

@@ -21,8 +21,9 @@ from typing import Any
 import torch
 
 from .architectures import adapter_for
-from .errors import UnsupportedModelError
+from .errors import ILReError, UnsupportedModelError
 from .persistence import file_sha256
+from .profiles import Profile, config_sha256, find_profile
 
 EMBEDDED_MODEL = "gemma3-270m"
 """Name of the embedded default model (Gemma 3 270M, Q4_K_M GGUF, from PyPI)."""
@@ -117,25 +118,62 @@ def _convert_gguf(gguf: Path, target: Path) -> Path:
     return target
 
 
-def load_trunk(
-    source: ModelSource,
-    layer: int | None,
-    *,
-    device: torch.device,
-    dtype: torch.dtype,
-    attn_implementation: str,
-) -> tuple[torch.nn.Module, Any, int]:
-    """The base model truncated after the retrieval layer, its tokenizer, and that layer."""
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
+ProfileChoice = Profile | str | os.PathLike[str] | bool | None
+"""A profile, a profile file, None to look one up for the model, or False for none."""
+
+
+def load_config(source: ModelSource) -> Any:
+    """The model's (full) config, or `UnsupportedModelError`."""
+    from transformers import AutoConfig
 
     try:
-        config = AutoConfig.from_pretrained(source.path, **source.hub_kwargs)
+        return AutoConfig.from_pretrained(source.path, **source.hub_kwargs)
     except (OSError, ValueError) as error:
         raise UnsupportedModelError(
             f"cannot load a model config from {source.name!r}: {error}"
         ) from error
+
+
+def resolve_profile(
+    choice: ProfileChoice,
+    source: ModelSource,
+    config: Any,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> Profile | None:
+    """The calibration profile that applies to `source`: see `ProfileChoice`."""
+    if choice is False:
+        return None
+    if choice is None or choice is True:
+        return find_profile(source.name, config, cache_root(cache_dir))
+    profile = choice if isinstance(choice, Profile) else Profile.load(choice)
+    if profile.config_sha256 != config_sha256(config):
+        raise ILReError(
+            f"the profile for {profile.model_name!r} was calibrated on a model with another "
+            f"architecture than {source.name!r}"
+        )
+    return profile
+
+
+def load_trunk(
+    source: ModelSource,
+    layer: int | None,
+    *,
+    profile: ProfileChoice = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    device: torch.device,
+    dtype: torch.dtype,
+    attn_implementation: str,
+) -> tuple[torch.nn.Module, Any, int, Profile | None]:
+    """The base model truncated after the retrieval layer, its tokenizer, that layer (given,
+    else the profile's, else the family's default) and the profile that applies."""
+    from transformers import AutoModel, AutoTokenizer
+
+    config = load_config(source)
     adapter = adapter_for(config)
-    layer = adapter.default_layer(config, source.name) if layer is None else int(layer)
+    applied = resolve_profile(profile, source, config, cache_dir)
+    if layer is None:
+        layer = applied.layer if applied is not None else adapter.default_layer(config)
+    layer = int(layer)
     if not 0 <= layer < config.num_hidden_layers:
         raise UnsupportedModelError(
             f"layer {layer} is out of range: {source.name} has {config.num_hidden_layers} layers"
@@ -152,7 +190,7 @@ def load_trunk(
         )
         tokenizer = AutoTokenizer.from_pretrained(source.path, **source.hub_kwargs)
     model.to(device).eval()
-    return model, tokenizer, layer
+    return model, tokenizer, layer, applied
 
 
 @contextmanager

@@ -25,8 +25,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from .errors import EncodedContextError
 from .streaming import KeptKV
@@ -152,31 +152,37 @@ def load(directory: str | os.PathLike[str], engine: ILRe) -> EncodedContext:
         if file_sha256(path) != files[role]["sha256"]:
             raise EncodedContextError(f"{path} is damaged (checksum mismatch)")
         paths[role] = path
+    device, dtype = engine.device, engine.model.dtype
     try:
-        tensors = load_file(str(paths["tensors"]))
         documents = json.loads(paths["documents"].read_text(encoding="utf-8"))
+        # The file is memory-mapped and each tensor goes straight to the engine's device, one
+        # at a time: a large corpus is never held twice.
+        with safe_open(str(paths["tensors"]), framework="pt", device=str(device)) as handle:
+            names = set(handle.keys())
+            for name, shape in manifest["shapes"].items():
+                if name not in names or list(handle.get_slice(name).get_shape()) != shape:
+                    raise EncodedContextError(
+                        f"{root}: tensor {name!r} is missing or has the wrong shape"
+                    )
+            tensors = {name: handle.get_tensor(name) for name in manifest["shapes"]}
     except (SafetensorError, OSError, json.JSONDecodeError) as error:
         raise EncodedContextError(f"{root} is damaged: {error}") from error
-    for name, shape in manifest["shapes"].items():
-        if name not in tensors or list(tensors[name].shape) != shape:
-            raise EncodedContextError(f"{root}: tensor {name!r} is missing or has the wrong shape")
     if (
         len(documents) != manifest["num_documents"]
         or tensors["keys"].shape[1] != manifest["num_tokens"]
     ):
         raise EncodedContextError(f"{root}: documents or tokens do not match the manifest")
 
-    device, dtype = engine.device, engine.model.dtype
     kept = {}
     for layer, info in manifest["kept"].items():
         parts = {n: tensors[f"kept.{layer}.{n}"].to(device, dtype)[None] for n in _KEPT_FIELDS}
         kept[int(layer)] = KeptKV(info["sink_size"], info["keep"], **parts)
     tokens = TokenizedContext(
         documents=tuple(documents),
-        input_ids=tensors["input_ids"].numpy().astype(np.int64),
-        doc_ids=tensors["doc_ids"].numpy().astype(np.int32),
-        offsets=tensors["offsets"].numpy().astype(np.int64),
-        word_ids=tensors["word_ids"].numpy().astype(np.int64),
+        input_ids=tensors["input_ids"].cpu().numpy().astype(np.int64),
+        doc_ids=tensors["doc_ids"].cpu().numpy().astype(np.int32),
+        offsets=tensors["offsets"].cpu().numpy().astype(np.int64),
+        word_ids=tensors["word_ids"].cpu().numpy().astype(np.int64),
     )
     return EncodedContext(
         tokens=tokens,

@@ -60,6 +60,24 @@ def attention_scores(
     return scores
 
 
+def head_scores(
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    scaling: float,
+    doc_ids: torch.Tensor,
+    block: int = 65536,
+) -> torch.Tensor:
+    """`attention_scores` with the tokens of no document (``doc_ids < 0``) zeroed.
+
+    The beginning-of-sequence token is the attention sink: it takes most of the mass and must
+    not spread it to its neighbours through pooling. It stays in the softmax, where it absorbs
+    the attention of query tokens that look for nothing in particular.
+    """
+    scores = attention_scores(queries, keys, scaling, block)
+    scores[:, doc_ids < 0] = 0.0
+    return scores
+
+
 def allocate_kernels(num_heads: int, kernel_sizes: Sequence[int]) -> list[int]:
     """Kernel size of each head: sizes are dealt round-robin over heads, so each group of
     heads that shares a key head sees several sizes. With fewer heads than sizes, the

@@ -69,6 +69,10 @@ class StreamState:
         update: the context pass evicts and stores; a query pass only reads.
         chunk: length of the context pass's full chunks; only those take a compiled layer's
             fused attention (`ilre_engine.compiled`), so it compiles for one shape.
+        observe: early layers whose keys (context pass, into the preallocated
+            ``observed_keys[layer]``, laid out like `keys`) or query states (query pass, into
+            ``observed_queries``) are recorded on the way to `l_R`: layer calibration reads
+            every candidate layer in one pass.
     """
 
     retrieval_layer: int
@@ -84,6 +88,9 @@ class StreamState:
     queries: torch.Tensor | None = None
     scaling: float | None = None
     masks: dict[tuple[int, ...], torch.Tensor] = field(default_factory=dict)
+    observe: frozenset[int] = frozenset()
+    observed_keys: dict[int, torch.Tensor] = field(default_factory=dict)
+    observed_queries: dict[int, torch.Tensor] = field(default_factory=dict)
 
     def visibility(self, kept: KeptKV) -> torch.Tensor:
         """``(length, kept + length)`` boolean mask of the current chunk over what `kept` holds
@@ -141,6 +148,12 @@ def stream_attention(
             state.queries = query[0]
         state.scaling = scaling
         raise RetrievalLayerReached
+    if layer in state.observe:
+        if state.update:
+            begin = state.start - state.key_offset
+            state.observed_keys[layer][:, begin : begin + state.length] = key[0]
+        else:
+            state.observed_queries[layer] = query[0]
 
     kept = state.kept.get(layer)
     if kept is None:

@@ -176,12 +176,10 @@ class ILReCompressor(BaseDocumentCompressor):
 
         Raises:
             InvalidDocumentError: a ``page_content`` is not a string.
-            EmptyInputError: the query is empty.
+            EmptyInputError: the query is empty, or every document is only whitespace.
         """
         texts = require_texts([document.page_content for document in documents])
-        # Nothing to read is nothing kept, as for a document that keeps nothing; the engine
-        # would refuse an all-whitespace context.
-        if not any(text.strip() for text in texts):
+        if not texts:
             return []
         engine = self.get_engine()
         result = engine.compress(texts, query, budget_tokens=self.budget_tokens, ratio=self.ratio)

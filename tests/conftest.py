@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+
+SAMPLE = Path(__file__).parents[1] / "ilre_engine" / "data" / "sample.txt"
+"""The bundled sample the README's first command compresses."""
+QUESTION = "How much longer must the lifeboat crew wait at low tide?"
+"""A question the sample answers ("twenty-five minutes")."""
 
 
 @pytest.fixture(scope="session")
@@ -16,3 +23,8 @@ def engine():
 @pytest.fixture(scope="session")
 def tokenizer(engine):
     return engine.tokenizer
+
+
+@pytest.fixture(scope="session")
+def sample():
+    return SAMPLE.read_text(encoding="utf-8")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -19,14 +18,7 @@ from ilre_engine import (
     InvalidDocumentError,
     UnsupportedModelError,
 )
-
-SAMPLE = Path(__file__).parents[1] / "ilre_engine" / "data" / "sample.txt"
-QUESTION = "How much longer must the lifeboat crew wait at low tide?"
-
-
-@pytest.fixture(scope="module")
-def sample():
-    return SAMPLE.read_text(encoding="utf-8")
+from tests.conftest import QUESTION, SAMPLE
 
 
 @pytest.fixture(scope="module")

@@ -32,6 +32,7 @@ from langchain_text_splitters import RecursiveCharacterTextSplitter
 from ilre_engine import GAP_MARKER, ILRe, ILReConfig
 from ilre_engine.errors import (
     BudgetError,
+    EmptyInputError,
     EncodedContextError,
     InvalidDocumentError,
     UnsupportedModelError,
@@ -280,7 +281,8 @@ def test_compressor_in_a_document_compressor_pipeline(engine, compressor, docume
 def test_compressor_empty_input(compressor, task):
     assert compressor.compress_documents([], task.query) == []
     blank = [Document(page_content=""), Document(page_content=" \n ")]
-    assert compressor.compress_documents(blank, task.query) == []
+    with pytest.raises(EmptyInputError, match="only whitespace"):
+        compressor.compress_documents(blank, task.query)
 
 
 def test_compressor_refuses_content_that_is_not_text(compressor, documents, task):

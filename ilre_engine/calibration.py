@@ -1,0 +1,301 @@
+"""Choosing the retrieval layer offline (step 1 of the method): `calibrate`.
+
+Retrieval tasks (needle-in-a-haystack variants from `ilre_engine.tasks`) are built over real
+prose at several lengths. Each sample is read **once**, by a streaming prefill up to the
+deepest candidate layer that records the keys of every candidate layer on the way (and the
+query's states at each of them), so the keys at layer ``l`` are exactly those an engine with
+``l_R = l`` computes. Every layer then scores the context for the query, pools with every
+candidate kernel set, and is measured by **answer recall**: the share of answers all of
+whose words rank within the top ``budget x L`` tokens (a word enters a selection with its
+best-scoring token, as the engine grows tokens to whole words), averaged over samples,
+lengths and budgets.
+
+The chosen layer is the shallowest whose recall (with its best kernels) is within
+`tolerance` of the best layer's: the cost of an encode grows with the layer, and a deeper
+layer that recalls about as well is not worth it. The kernels are the best at that layer.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .engine import ILRe, ILReConfig
+from .errors import ILReError
+from .loading import load_config, resolve_model
+from .profiles import Profile, config_sha256
+from .recall import head_scores, pool_scores
+from .streaming import StreamState
+from .tasks import TASK_FAMILIES, RetrievalTask, haystack
+from .text import TokenizedContext, tokenize_documents
+
+CALIBRATION_FAMILIES = (
+    "niah_single",
+    "niah_multikey",
+    "niah_multivalue",
+    "niah_multiquery",
+    "niah_paraphrase",
+)
+"""The four RULER needle variants, plus paraphrased needles: without them a shallow layer
+that only matches the question's words would win on needles that repeat those words."""
+
+KERNEL_CANDIDATES: tuple[tuple[int, ...], ...] = (
+    (1,),
+    (5,),
+    (9,),
+    (17,),
+    (1, 5, 9, 17),
+    (1, 3, 5, 9),
+    (5, 9, 17, 33),
+)
+
+
+@dataclass(frozen=True)
+class CalibrationSettings:
+    """What `calibrate` measures.
+
+    Attributes:
+        lengths: context lengths in model tokens.
+        samples: tasks per family and length (depths evenly spread).
+        families: `ilre_engine.tasks.TASK_FAMILIES` names.
+        budgets: shares of the context's tokens the answers must rank within.
+        kernel_sets: candidate pooling kernels.
+        layers: candidate layers (None: every layer of the model).
+        tolerance: how far below the best recall (absolute) the chosen layer may be.
+        seed: seeds the tasks.
+    """
+
+    lengths: tuple[int, ...] = (4000, 8000)
+    samples: int = 2
+    families: tuple[str, ...] = CALIBRATION_FAMILIES
+    budgets: tuple[float, ...] = (0.01, 0.02, 0.05)
+    kernel_sets: tuple[tuple[int, ...], ...] = KERNEL_CANDIDATES
+    layers: tuple[int, ...] | None = None
+    tolerance: float = 0.02
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        unknown = [f for f in self.families if f not in TASK_FAMILIES]
+        if unknown:
+            raise ILReError(f"unknown task families {unknown}; known: {sorted(TASK_FAMILIES)}")
+        if self.samples < 1 or not self.lengths or not self.budgets:
+            raise ILReError("calibration needs at least one length, budget and sample")
+        if any(not 0 < b <= 1 for b in self.budgets):
+            raise ILReError(f"budgets must be in (0, 1], got {self.budgets}")
+
+
+def calibrate(
+    model: str | None = None,
+    settings: CalibrationSettings | None = None,
+    *,
+    config: ILReConfig | None = None,
+    device: str | torch.device | None = None,
+    cache_dir: str | None = None,
+    progress: bool = True,
+) -> Profile:
+    """Measure every candidate layer's recall on `model` and choose `l_R` and the kernels.
+
+    Args:
+        model: as for `ILRe.from_pretrained` (None: the embedded model).
+        settings: what to measure; defaults are documented on `CalibrationSettings`.
+        config: the streaming settings to measure with (sink, window, chunk size).
+        device: where to run (default: CUDA when available).
+        cache_dir: the ILRe cache directory (converted models).
+        progress: show a progress bar over samples.
+
+    Returns:
+        The profile; save it with `Profile.save` (``ilre calibrate`` writes it where
+        `ILRe.from_pretrained` finds it).
+    """
+    settings = settings or CalibrationSettings()
+    config = config or ILReConfig()
+    started = time.perf_counter()
+    source = resolve_model(model, cache_dir)
+    full_config = load_config(source)
+    num_layers = full_config.num_hidden_layers
+    layers = tuple(sorted(set(settings.layers or range(num_layers))))
+    if not layers or layers[0] < 0 or layers[-1] >= num_layers:
+        raise ILReError(f"candidate layers must be within 0..{num_layers - 1}, got {layers}")
+    engine = ILRe.from_pretrained(
+        model,
+        layer=layers[-1],
+        device=device,
+        config=config,
+        cache_dir=cache_dir,
+        profile=False,
+    )
+    # recall[layer][kernels] -> one value per (family, length, sample, budget)
+    recall: dict[int, dict[tuple[int, ...], list[float]]] = {
+        layer: {kernels: [] for kernels in settings.kernel_sets} for layer in layers
+    }
+    # by_group[layer][kernels]["family=..." / "length=..." / "budget=..."] -> values
+    by_group: dict[int, dict[tuple[int, ...], dict[str, list[float]]]] = {
+        layer: {kernels: {} for kernels in settings.kernel_sets} for layer in layers
+    }
+    rng = random.Random(settings.seed)
+    jobs = [
+        (length, family, (i + 0.5) / settings.samples)
+        for length in settings.lengths
+        for family in settings.families
+        for i in range(settings.samples)
+    ]
+    texts = {length: haystack(engine.tokenizer, length) for length in settings.lengths}
+    for length, family, depth in tqdm(jobs, desc="ILRe calibrate", disable=not progress):
+        task = TASK_FAMILIES[family](texts[length], depth, rng)
+        per_layer = _layer_recall(engine, task, layers, settings)
+        for layer, per_kernels in per_layer.items():
+            for kernels, per_budget in per_kernels.items():
+                recall[layer][kernels].extend(per_budget)
+                groups = by_group[layer][kernels]
+                for budget, value in zip(settings.budgets, per_budget, strict=True):
+                    for key in (f"family={family}", f"length={length}", f"budget={budget}"):
+                        groups.setdefault(key, []).append(value)
+
+    table = {
+        str(layer): {_kernel_key(k): float(np.mean(v)) for k, v in per_kernels.items()}
+        for layer, per_kernels in recall.items()
+    }
+    best_kernels = {
+        layer: max(
+            settings.kernel_sets, key=lambda k, layer=layer: table[str(layer)][_kernel_key(k)]
+        )
+        for layer in layers
+    }
+    layer_recall = {layer: table[str(layer)][_kernel_key(best_kernels[layer])] for layer in layers}
+    best = max(layer_recall.values())
+    chosen = min(layer for layer in layers if layer_recall[layer] >= best - settings.tolerance)
+    details = {
+        str(layer): {
+            "kernels": _kernel_key(best_kernels[layer]),
+            **{
+                key: float(np.mean(values))
+                for key, values in sorted(by_group[layer][best_kernels[layer]].items())
+            },
+        }
+        for layer in layers
+    }
+    from . import __version__
+
+    return Profile(
+        model_name=source.name,
+        config_sha256=config_sha256(full_config),
+        layer=chosen,
+        kernel_sizes=best_kernels[chosen],
+        sink=config.sink,
+        window=config.window,
+        chunk_size=config.chunk_size,
+        recall=table,
+        details=details,
+        settings={
+            "lengths": list(settings.lengths),
+            "samples": settings.samples,
+            "families": list(settings.families),
+            "budgets": list(settings.budgets),
+            "kernel_sets": [_kernel_key(k) for k in settings.kernel_sets],
+            "layers": list(layers),
+            "tolerance": settings.tolerance,
+            "seed": settings.seed,
+            "metric": "share of answers whose every word ranks within the top budget x L tokens",
+        },
+        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        ilre_version=__version__,
+        seconds=round(time.perf_counter() - started, 1),
+    )
+
+
+def _kernel_key(kernels: Sequence[int]) -> str:
+    return ",".join(str(k) for k in kernels)
+
+
+@torch.inference_mode()
+def observe_layers(
+    engine: ILRe, tokens: TokenizedContext, query_ids: Sequence[int], layers: Sequence[int]
+) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor], float]:
+    """Keys ``(kv_heads, L, D)`` and query states ``(heads, Tq, D)`` at each of `layers` (the
+    last must be ``engine.layer``) from one streaming pass of the context and one of the query:
+    what engines with each of those retrieval layers would compute. Also the scaling."""
+    if max(layers) != engine.layer:
+        raise ILReError(f"the deepest observed layer must be the engine's ({engine.layer})")
+    length, cfg, config = len(tokens), engine.config, engine.model.config
+    observed = frozenset(layers) - {engine.layer}
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    state = StreamState(engine.layer, cfg.sink, cfg.window, observe=observed)
+    for layer in observed:
+        state.observed_keys[layer] = torch.empty(
+            config.num_key_value_heads,
+            length,
+            head_dim,
+            dtype=engine.model.dtype,
+            device=engine.device,
+        )
+    keys = {engine.layer: engine._stream(tokens.input_ids, 0, state, progress=False)}
+    keys.update(state.observed_keys)
+
+    query = StreamState(
+        engine.layer, cfg.sink, cfg.window, kept=state.kept, update=False, observe=observed
+    )
+    query.start, query.length = length, len(query_ids)
+    engine._forward(torch.as_tensor(query_ids, dtype=torch.long, device=engine.device), query)
+    return keys, {engine.layer: query.queries, **query.observed_queries}, query.scaling
+
+
+@torch.inference_mode()
+def _layer_recall(
+    engine: ILRe,
+    task: RetrievalTask,
+    layers: Sequence[int],
+    settings: CalibrationSettings,
+) -> dict[int, dict[tuple[int, ...], list[float]]]:
+    """Per candidate layer and kernel set, the answer recall at each budget."""
+    tokens = tokenize_documents(engine.tokenizer, [task.context])
+    query_ids, lead_in = engine.query_ids(task.query)
+    keys, queries, scaling = observe_layers(engine, tokens, query_ids, layers)
+    answer_words = _answer_words(tokens, task.answer_spans)
+    # The tokens of the answers' words: a word is kept when any of its tokens is selected.
+    members = np.flatnonzero(np.isin(tokens.word_ids, np.concatenate(answer_words)))
+    member_words = tokens.word_ids[members]
+    members_on_device = torch.from_numpy(members).to(engine.device)
+    doc_ids = torch.from_numpy(tokens.doc_ids).to(engine.device)
+    selectable = int((tokens.doc_ids >= 0).sum())
+    results: dict[int, dict[tuple[int, ...], list[float]]] = {}
+    for layer in layers:
+        heads = head_scores(
+            queries[layer][:, lead_in:], keys[layer], scaling, doc_ids, engine.config.score_block
+        )
+        results[layer] = {}
+        for kernels in settings.kernel_sets:
+            scores = pool_scores(heads, kernels, segments=doc_ids)
+            scores[doc_ids < 0] = -math.inf
+            # A token's rank: how many tokens score strictly higher. A word enters the
+            # selection with its best token; an answer once its last word has entered.
+            ranks = (scores[None, :] > scores[members_on_device][:, None]).sum(1).cpu().numpy()
+            word_rank = {w: ranks[member_words == w].min() for w in np.unique(member_words)}
+            answer_ranks = np.array([max(word_rank[w] for w in words) for words in answer_words])
+            results[layer][kernels] = [
+                float(np.mean(answer_ranks < max(1, math.floor(budget * selectable))))
+                for budget in settings.budgets
+            ]
+    return results
+
+
+def _answer_words(
+    tokens: TokenizedContext, answer_spans: Sequence[tuple[int, int]]
+) -> list[np.ndarray]:
+    """Per answer, the ids of the words whose tokens overlap its characters (one document)."""
+    words = []
+    for start, end in answer_spans:
+        inside = (
+            (tokens.doc_ids == 0) & (tokens.offsets[:, 0] < end) & (tokens.offsets[:, 1] > start)
+        )
+        if not inside.any():
+            raise ILReError(f"no token covers the answer at characters {start}..{end}")
+        words.append(np.unique(tokens.word_ids[inside]))
+    return words
