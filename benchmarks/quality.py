@@ -32,7 +32,7 @@ Methods:
   is cut to the budget when it overshoots (counted in the JSON). Slow: ``--llmlingua-lengths``.
 - Floors: ``truncation`` (the first budget tokens) and ``random`` (random chunks).
 
-Prints a Markdown table (rows: family x length; columns: methods at each ratio) and writes
+Prints Markdown tables (one per ratio; rows: family x length; columns: methods) and writes
 the raw records to ``--out`` after every sample.
 """
 
@@ -187,6 +187,32 @@ def truncate(text: str, budget: int, counter) -> str:
     return prefix
 
 
+class LegacyCacheModel(torch.nn.Module):
+    """A causal LM that takes and returns its cache as per-layer ``[key, value]`` lists.
+
+    llmlingua 0.2.2 slices and unpacks the cache as those lists, the format transformers
+    dropped in 5.0 (on 5.x it fails with "too many values to unpack"). Every layer of the
+    cache built here keeps all its keys: with the config's per-layer types, Gemma 3's sliding
+    layers would keep only their window, and llmlingua reads the cached length off layer 0,
+    which slides. The model's masks still apply each layer's window, so outputs are the
+    model's own.
+    """
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *args, past_key_values=None, **kwargs):
+        from transformers import DynamicCache
+
+        cache = DynamicCache(ddp_cache_data=past_key_values) if past_key_values else None
+        output = self.model(*args, past_key_values=cache or DynamicCache(), **kwargs)
+        output.past_key_values = [
+            [layer.keys, layer.values] for layer in output.past_key_values.layers
+        ]
+        return output
+
+
 class LongLLMLingua:
     """LongLLMLingua over the embedded model's converted directory, on CPU."""
 
@@ -203,6 +229,7 @@ class LongLLMLingua:
         self.compressor = PromptCompressor(
             model_name=str(_embedded_model_dir(None)), device_map="cpu"
         )
+        self.compressor.model = LegacyCacheModel(self.compressor.model)
 
     def compress(self, chunks: list[str], query: str, budget: int) -> str:
         out = self.compressor.compress_prompt(
@@ -588,24 +615,29 @@ def summarize(records: list[dict]) -> dict:
 
 
 def markdown_table(records, families, lengths, methods, ratios) -> str:
-    """Rows family x length; columns method at each ratio; cells recalled/samples."""
+    """One table per ratio: rows family x length, columns methods, cells recalled/samples."""
     cells: dict[tuple, list[bool]] = defaultdict(list)
     for r in records:
         cells[(r["family"], r["length"], r["method"], r["ratio"])].append(r["recalled"])
-    columns = [(m, q) for q in ratios for m in methods]
-    columns = [c for c in columns if any(k[2:] == c for k in cells)]
-    lines = [
-        "| family | tokens | " + " | ".join(f"{m} {q:.0%}" for m, q in columns) + " |",
-        "|---|---|" + "---|" * len(columns),
-    ]
-    for family in families:
-        for length in lengths:
-            row = []
-            for m, q in columns:
-                hits = cells.get((family, length, m, q))
-                row.append(f"{sum(hits)}/{len(hits)}" if hits else "")
-            lines.append(f"| {family} | {length} | " + " | ".join(row) + " |")
-    return "\n".join(lines)
+    tables = []
+    for ratio in ratios:
+        columns = [m for m in methods if any(k[2:] == (m, ratio) for k in cells)]
+        lines = [
+            f"Budget {ratio:.0%}:",
+            "",
+            "| family | tokens | " + " | ".join(columns) + " |",
+            "|---|---|" + "---|" * len(columns),
+        ]
+        for family in families:
+            for length in lengths:
+                row = []
+                for m in columns:
+                    hits = cells.get((family, length, m, ratio))
+                    row.append(f"{sum(hits)}/{len(hits)}" if hits else "")
+                if any(row):
+                    lines.append(f"| {family} | {length} | " + " | ".join(row) + " |")
+        tables.append("\n".join(lines))
+    return "\n\n".join(tables)
 
 
 def cost_table(records, lengths, methods, ratios) -> str:
