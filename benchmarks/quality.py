@@ -47,7 +47,7 @@ import re
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -313,6 +313,24 @@ def run_ilre(
         engine.config = base
 
 
+def iter_tasks(
+    tokenizer, lengths: Sequence[int], families: Sequence[str], samples: int, seed: int
+) -> Iterator[tuple[int, str, int, RetrievalTask]]:
+    """``(length, family, sample, task)`` of every cell, in run order: sample ``i`` of ``n``
+    puts its first needle at depth ``(i + 0.5) / n``; each cell has its own seeded RNG."""
+    for length in lengths:
+        text = haystack(tokenizer, length)
+        for family in families:
+            for sample in range(samples):
+                rng = random.Random(f"{seed}-{family}-{length}-{sample}")
+                yield (
+                    length,
+                    family,
+                    sample,
+                    TASK_FAMILIES[family](text, (sample + 0.5) / samples, rng),
+                )
+
+
 # -- the run -------------------------------------------------------------------------------------
 
 
@@ -426,104 +444,97 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     out = Path(args.out)
 
-    for length in lengths:
-        text = haystack(engine.tokenizer, length)
-        for family in families:
-            for sample in range(args.samples):
-                depth = (sample + 0.5) / args.samples
-                rng = random.Random(f"{args.seed}-{family}-{length}-{sample}")
-                task = TASK_FAMILIES[family](text, depth, rng)
-                input_tokens = counter.count(task.context)
-                records = report["records"]
-                record = recorder(records, task, family, length, sample, input_tokens, counter)
+    for length, family, sample, task in iter_tasks(
+        engine.tokenizer, lengths, families, args.samples, args.seed
+    ):
+        input_tokens = counter.count(task.context)
+        records = report["records"]
+        record = recorder(records, task, family, length, sample, input_tokens, counter)
 
-                variants = {
-                    m: KERNEL_ABLATIONS.get(m)
-                    for m in ILRE_METHODS
-                    if m in methods and KERNEL_ABLATIONS.get(m) != engine.config.kernel_sizes
-                }
-                if variants:
-                    run_ilre(engine, task, ratios, variants, record)
-                for layer in ablation_layers:
-                    if f"ilre_l{layer}" in methods and length in deep_lengths:
-                        run_ilre(deep[layer], task, ratios, {f"ilre_l{layer}": None}, record)
-                if length in window_lengths and family in window_families:
-                    for name, window in WINDOWS.items():
-                        method = f"ilre_l{args.window_layer}_{name}"
-                        if method in methods:
-                            other = deep[args.window_layer]
-                            base = other.config
-                            other.config = dataclasses.replace(base, window=window)
-                            try:
-                                run_ilre(other, task, ratios, {method: None}, record)
-                            finally:
-                                other.config = base
+        variants = {
+            m: KERNEL_ABLATIONS.get(m)
+            for m in ILRE_METHODS
+            if m in methods and KERNEL_ABLATIONS.get(m) != engine.config.kernel_sizes
+        }
+        if variants:
+            run_ilre(engine, task, ratios, variants, record)
+        for layer in ablation_layers:
+            if f"ilre_l{layer}" in methods and length in deep_lengths:
+                run_ilre(deep[layer], task, ratios, {f"ilre_l{layer}": None}, record)
+        if length in window_lengths and family in window_families:
+            for name, window in WINDOWS.items():
+                method = f"ilre_l{args.window_layer}_{name}"
+                if method in methods:
+                    other = deep[args.window_layer]
+                    base = other.config
+                    other.config = dataclasses.replace(base, window=window)
+                    try:
+                        run_ilre(other, task, ratios, {method: None}, record)
+                    finally:
+                        other.config = base
 
-                chunk_methods = [m for m in ("bm25", "dense", "random") if m in methods]
-                if chunk_methods or lingua is not None:
-                    started = time.perf_counter()
-                    chunks = sentence_chunks(task.context, counter.count)
-                    chunk_s = time.perf_counter() - started
-                for method in chunk_methods:
-                    started = time.perf_counter()
-                    embed_s = None
-                    if method == "bm25":
-                        order = bm25_order(task.context, chunks, task.query)
-                    elif method == "dense":
-                        order, embed_s = dense.order(task.context, chunks, task.query)
-                    else:
-                        order = list(range(len(chunks)))
-                        random.Random(f"{args.seed}-random-{family}-{length}-{sample}").shuffle(
-                            order
-                        )
-                    rank_s = time.perf_counter() - started if embed_s is None else embed_s
-                    for ratio in ratios:
-                        started = time.perf_counter()
-                        budget = resolve_budget(input_tokens, None, ratio)
-                        output = pick_chunks(task.context, chunks, order, budget, counter.count)
-                        seconds = chunk_s + rank_s + time.perf_counter() - started
-                        record(method, ratio, output, seconds, chunks=len(chunks))
-                if "truncation" in methods:
-                    for ratio in ratios:
-                        started = time.perf_counter()
-                        budget = resolve_budget(input_tokens, None, ratio)
-                        output = truncate(task.context, budget, counter)
-                        record("truncation", ratio, output, time.perf_counter() - started)
-                if (
-                    lingua is not None
-                    and length in lingua_lengths
-                    and family in lingua_families
-                    and sample < args.llmlingua_samples
-                ):
-                    pieces = [task.context[a:b] for a, b in chunks]
-                    for ratio in ratios:
-                        budget = resolve_budget(input_tokens, None, ratio)
-                        started = time.perf_counter()
-                        output = lingua.compress(pieces, task.query, budget)
-                        seconds = time.perf_counter() - started
-                        raw_tokens = counter.count(output)
-                        if raw_tokens > budget:
-                            output = truncate(output, budget, counter)
-                        record(
-                            "llmlingua",
-                            ratio,
-                            output,
-                            seconds + chunk_s,
-                            raw_output_tokens=raw_tokens,
-                            cut_to_budget=raw_tokens > budget,
-                        )
-
-                done = [r for r in records if r["sample"] == sample and r["family"] == family]
-                done = [r for r in done if r["length"] == length]
-                print(
-                    f"{family} {length} #{sample} depth {task.depth:.2f}: "
-                    + " ".join(
-                        f"{r['method']}@{r['ratio']:g}={'Y' if r['recalled'] else '-'}"
-                        for r in done
-                    ),
-                    flush=True,
+        chunk_methods = [m for m in ("bm25", "dense", "random") if m in methods]
+        if chunk_methods or lingua is not None:
+            started = time.perf_counter()
+            chunks = sentence_chunks(task.context, counter.count)
+            chunk_s = time.perf_counter() - started
+        for method in chunk_methods:
+            started = time.perf_counter()
+            embed_s = None
+            if method == "bm25":
+                order = bm25_order(task.context, chunks, task.query)
+            elif method == "dense":
+                order, embed_s = dense.order(task.context, chunks, task.query)
+            else:
+                order = list(range(len(chunks)))
+                random.Random(f"{args.seed}-random-{family}-{length}-{sample}").shuffle(order)
+            rank_s = time.perf_counter() - started if embed_s is None else embed_s
+            for ratio in ratios:
+                started = time.perf_counter()
+                budget = resolve_budget(input_tokens, None, ratio)
+                output = pick_chunks(task.context, chunks, order, budget, counter.count)
+                seconds = chunk_s + rank_s + time.perf_counter() - started
+                record(method, ratio, output, seconds, chunks=len(chunks))
+        if "truncation" in methods:
+            for ratio in ratios:
+                started = time.perf_counter()
+                budget = resolve_budget(input_tokens, None, ratio)
+                output = truncate(task.context, budget, counter)
+                record("truncation", ratio, output, time.perf_counter() - started)
+        if (
+            lingua is not None
+            and length in lingua_lengths
+            and family in lingua_families
+            and sample < args.llmlingua_samples
+        ):
+            pieces = [task.context[a:b] for a, b in chunks]
+            for ratio in ratios:
+                budget = resolve_budget(input_tokens, None, ratio)
+                started = time.perf_counter()
+                output = lingua.compress(pieces, task.query, budget)
+                seconds = time.perf_counter() - started
+                raw_tokens = counter.count(output)
+                if raw_tokens > budget:
+                    output = truncate(output, budget, counter)
+                record(
+                    "llmlingua",
+                    ratio,
+                    output,
+                    seconds + chunk_s,
+                    raw_output_tokens=raw_tokens,
+                    cut_to_budget=raw_tokens > budget,
                 )
-                out.write_text(json.dumps(report, indent=1) + "\n")
+
+        done = [r for r in records if r["sample"] == sample and r["family"] == family]
+        done = [r for r in done if r["length"] == length]
+        print(
+            f"{family} {length} #{sample} depth {task.depth:.2f}: "
+            + " ".join(
+                f"{r['method']}@{r['ratio']:g}={'Y' if r['recalled'] else '-'}" for r in done
+            ),
+            flush=True,
+        )
+        out.write_text(json.dumps(report, indent=1) + "\n")
 
     report["summary"] = summarize(report["records"])
     out.write_text(json.dumps(report, indent=1) + "\n")
