@@ -49,17 +49,17 @@ RATIOS = (0.05, 0.1)
 def task_sets(args) -> dict[str, tuple[list[int], list[str], int]]:
     """Per set: (lengths, families, samples)."""
     return {
-        "quality": (quality_lengths(args), list(quality.TASK_FAMILIES), args.samples),
+        "quality": (
+            [int(x) for x in args.lengths.split(",")],
+            list(quality.TASK_FAMILIES),
+            args.samples,
+        ),
         "niah": (
             [int(x) for x in args.niah_lengths.split(",")],
             ["niah_single"],
             args.niah_samples,
         ),
     }
-
-
-def quality_lengths(args) -> list[int]:
-    return [int(x) for x in args.lengths.split(",")]
 
 
 def each_task(engine, args):
