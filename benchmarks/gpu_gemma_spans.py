@@ -196,11 +196,33 @@ def rebuild_state(pack: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def run(pack: Path, out: Path, device: str, dtypes: list[str], repeats: int) -> None:
+def build_trunk(
+    pack: Path, state: dict[str, torch.Tensor], layer: int, device: str, dtype: torch.dtype
+) -> torch.nn.Module:
+    """The packed trunk cut to layers ``0..layer``, with `state` (from `rebuild_state`)."""
     from transformers import AutoModel, Gemma3TextConfig
 
-    from ilre_engine import ILRe, ILReConfig
     from ilre_engine.streaming import ATTENTION_NAME
+
+    config = json.loads((pack / "config.json").read_text())
+    config["num_hidden_layers"] = layer + 1
+    config["layer_types"] = config["layer_types"][: layer + 1]
+    own = {
+        k: v
+        for k, v in state.items()
+        if not k.startswith("layers.") or int(k.split(".")[1]) <= layer
+    }
+    # Built on the CPU, as the real engine is, so the rotary tables are computed alike.
+    trunk = AutoModel.from_config(
+        Gemma3TextConfig.from_dict(config), attn_implementation=ATTENTION_NAME
+    )
+    missing, unexpected = trunk.load_state_dict(own, strict=False)
+    assert not unexpected and all("rotary" in k for k in missing), (missing, unexpected)
+    return trunk.to(device, dtype).eval()
+
+
+def run(pack: Path, out: Path, device: str, dtypes: list[str], repeats: int) -> None:
+    from ilre_engine import ILRe, ILReConfig
     from ilre_engine.text import TokenizedContext
 
     out.mkdir(parents=True, exist_ok=True)
@@ -214,16 +236,11 @@ def run(pack: Path, out: Path, device: str, dtypes: list[str], repeats: int) -> 
         offsets=np.zeros((len(ids), 2), dtype=np.int64),
         word_ids=np.arange(len(ids)),
     )
-    config = Gemma3TextConfig.from_dict(json.loads((pack / "config.json").read_text()))
     state = rebuild_state(pack)
     results = {}
     for name in dtypes:
         dtype = getattr(torch, name.removesuffix("+compile"))
-        # Built on the CPU, as the real engine is, so the rotary tables are computed alike.
-        trunk = AutoModel.from_config(config, attn_implementation=ATTENTION_NAME)
-        missing, unexpected = trunk.load_state_dict(state, strict=False)
-        assert not unexpected and all("rotary" in k for k in missing), (missing, unexpected)
-        trunk = trunk.to(device, dtype).eval()
+        trunk = build_trunk(pack, state, LAYER, device, dtype)
         config_ = ILReConfig(**task["config"])
         engine = ILRe(trunk, None, layer=LAYER, name="gemma3-270m-rebuilt", config=config_)
         if name.endswith("+compile"):

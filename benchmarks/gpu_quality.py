@@ -39,7 +39,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 
 import quality
-from gpu_gemma_spans import pack_trunk, rebuild_state
+from gpu_gemma_spans import build_trunk, pack_trunk, rebuild_state
 
 DEEP_LAYER = 11
 """The next global-attention layer of the embedded model: the layer ablation."""
@@ -108,46 +108,30 @@ def prepare(args) -> None:
             }
         )
     )
-    ids = np.concatenate([a for a in arrays.values()]).astype(np.int64)
+    ids = np.concatenate(list(arrays.values())).astype(np.int64)
     pack_trunk(pack, ids, max(engine.layer, deep.layer))
     print(f"{len(lead_ins)} tasks")
 
 
-def _config(raw: dict, **changes):
+def _config(raw: dict):
+    """An `ILReConfig` from its JSON form (kernel sizes come back as a list)."""
     from ilre_engine import ILReConfig
 
-    raw = {**raw, "kernel_sizes": tuple(raw["kernel_sizes"]), **changes}
-    return ILReConfig(**raw)
+    return ILReConfig(**{**raw, "kernel_sizes": tuple(raw["kernel_sizes"])})
 
 
 def run(args) -> None:
-    from transformers import AutoModel, Gemma3TextConfig
-
     from ilre_engine import ILRe
-    from ilre_engine.streaming import ATTENTION_NAME
     from ilre_engine.text import TokenizedContext
 
     pack, out = args.pack, args.out
     out.mkdir(parents=True, exist_ok=True)
     meta = json.loads((pack / "tasks.json").read_text())
     tasks = np.load(pack / "tasks.npz")
-    raw_config = json.loads((pack / "config.json").read_text())
     state = rebuild_state(pack)
 
     def engine_at(layer: int, config) -> ILRe:
-        cfg = dict(raw_config, num_hidden_layers=layer + 1)
-        cfg["layer_types"] = raw_config["layer_types"][: layer + 1]
-        trunk = AutoModel.from_config(
-            Gemma3TextConfig.from_dict(cfg), attn_implementation=ATTENTION_NAME
-        )
-        own = {
-            k: v
-            for k, v in state.items()
-            if not k.startswith("layers.") or int(k.split(".")[1]) <= layer
-        }
-        missing, unexpected = trunk.load_state_dict(own, strict=False)
-        assert not unexpected and all("rotary" in k for k in missing), (missing, unexpected)
-        trunk = trunk.to(args.device, torch.float32).eval()
+        trunk = build_trunk(pack, state, layer, args.device, torch.float32)
         return ILRe(trunk, None, layer=layer, name=meta["model"], config=config)
 
     base = _config(meta["configs"]["ilre"])
