@@ -27,7 +27,7 @@ def run_one(variant: str, length: int) -> dict[str, float]:
     from transformers import AutoModel
 
     from ilre_engine import ILRe
-    from ilre_engine.tasks import haystack, needle_task
+    from ilre_engine.calibration.tasks import haystack, needle_task
 
     engine = ILRe.from_pretrained()
     import random

@@ -61,7 +61,7 @@ def prepare(pack: Path) -> None:
 def cpu_run(pack: Path) -> None:
     """The real engine on the CPU: the task, its tokens, the query and the token scores."""
     from ilre_engine import ILRe
-    from ilre_engine.tasks import haystack, needle_task
+    from ilre_engine.calibration.tasks import haystack, needle_task
 
     engine = ILRe.from_pretrained(device="cpu", layer=LAYER)
     task = needle_task(haystack(engine.tokenizer, TOKENS), DEPTH, random.Random(0))

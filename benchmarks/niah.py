@@ -19,7 +19,7 @@ import statistics
 import time
 
 from ilre_engine import ILRe, ILReConfig
-from ilre_engine.tasks import haystack, needle_task
+from ilre_engine.calibration.tasks import haystack, needle_task
 
 
 def main() -> None:

@@ -7,8 +7,9 @@
 Every method gets the same context, query and budget (a share of the context in the reader
 LLM's tokens, cl100k_base, counted with the engine's `TokenCounter`), and its output must
 fit the budget (asserted). The metric is *answer recall in the compressed text*: a sample
-counts when every gold string of the task (`ilre_engine.tasks.TASK_FAMILIES`) appears in the
-output. Samples of a cell put the first needle at evenly spread depths; seeds are fixed.
+counts when every gold string of the task
+(`ilre_engine.calibration.tasks.TASK_FAMILIES`) appears in the output. Samples of a cell put
+the first needle at evenly spread depths; seeds are fixed.
 
 Methods:
 
@@ -54,7 +55,7 @@ import numpy as np
 import torch
 
 from ilre_engine import GAP_MARKER, ILRe, resolve_budget
-from ilre_engine.tasks import TASK_FAMILIES, RetrievalTask, haystack
+from ilre_engine.calibration.tasks import TASK_FAMILIES, RetrievalTask, haystack
 
 CHUNK_TOKENS = 128
 """Largest chunk of the chunk-based methods, in cl100k tokens (sentences are never split,

@@ -30,6 +30,7 @@ from langchain_core.vectorstores import InMemoryVectorStore
 from langchain_text_splitters import RecursiveCharacterTextSplitter
 
 from ilre_engine import GAP_MARKER, ILRe, ILReConfig
+from ilre_engine.calibration.tasks import RetrievalTask, haystack, needle_task
 from ilre_engine.errors import (
     BudgetError,
     EmptyInputError,
@@ -37,7 +38,6 @@ from ilre_engine.errors import (
     InvalidDocumentError,
     UnsupportedModelError,
 )
-from ilre_engine.tasks import RetrievalTask, haystack, needle_task
 from ilre_integrations._common import shared_engine
 from ilre_integrations.langchain import (
     DEFAULT_TOKENS_PER_K,

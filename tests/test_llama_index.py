@@ -48,8 +48,8 @@ from ilre_engine import (
     InvalidDocumentError,
     UnsupportedModelError,
 )
+from ilre_engine.calibration.tasks import RetrievalTask, essays, needle_task
 from ilre_engine.loading import resolve_model
-from ilre_engine.tasks import RetrievalTask, essays, needle_task
 from ilre_integrations._common import METADATA_KEY, EncodedCorpus, shared_engine
 from ilre_integrations.llama_index import ILRePostprocessor, ILReRetriever
 

@@ -11,7 +11,7 @@ import random
 
 import pytest
 
-from ilre_engine.tasks import haystack, needle_task
+from ilre_engine.calibration.tasks import haystack, needle_task
 
 
 @pytest.mark.slow

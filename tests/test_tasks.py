@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from ilre_engine.tasks import (
+from ilre_engine.calibration.tasks import (
     ESSAY_QUESTIONS,
     PARAPHRASES,
     TASK_FAMILIES,

@@ -18,10 +18,11 @@ from transformers import (
     Qwen3Config,
 )
 
-from ilre_engine import ILRe, reference
+from ilre_engine import ILRe
 from ilre_engine.architectures import adapter_for
 from ilre_engine.streaming import ATTENTION_NAME
 from ilre_engine.text import TokenizedContext
+from tests import reference
 
 COMMON = dict(
     vocab_size=256,

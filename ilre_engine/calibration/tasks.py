@@ -31,7 +31,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from .errors import ILReError
+from ..errors import ILReError
 
 
 @dataclass(frozen=True)

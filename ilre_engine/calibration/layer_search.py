@@ -1,7 +1,8 @@
 """Choosing the retrieval layer offline (step 1 of the method): `calibrate`.
 
-Retrieval tasks (needle-in-a-haystack variants from `ilre_engine.tasks`) are built over real
-prose at several lengths. Each sample is read **once**, by a streaming prefill up to the
+Retrieval tasks (needle-in-a-haystack variants from `ilre_engine.calibration.tasks`) are
+built over real prose at several lengths. Each sample is read **once**, by a streaming prefill
+up to the
 deepest candidate layer that records the keys of every candidate layer on the way (and the
 query's states at each of them), so the keys at layer ``l`` are exactly those an engine with
 ``l_R = l`` computes. Every layer then scores the context for the query, pools with every
@@ -28,14 +29,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .engine import ILRe, ILReConfig
-from .errors import ILReError
-from .loading import load_config, resolve_model
-from .profiles import Profile, config_sha256
-from .recall import head_scores, pool_scores
-from .streaming import StreamState
+from ..engine import ILRe, ILReConfig
+from ..errors import ILReError
+from ..loading import load_config, resolve_model
+from ..profiles import Profile, config_sha256
+from ..recall import head_scores, pool_scores
+from ..streaming import StreamState
+from ..text import TokenizedContext, tokenize_documents
 from .tasks import TASK_FAMILIES, RetrievalTask, haystack
-from .text import TokenizedContext, tokenize_documents
 
 CALIBRATION_FAMILIES = (
     "niah_single",
@@ -65,7 +66,7 @@ class CalibrationSettings:
     Attributes:
         lengths: context lengths in model tokens.
         samples: tasks per family and length (depths evenly spread).
-        families: `ilre_engine.tasks.TASK_FAMILIES` names.
+        families: `ilre_engine.calibration.tasks.TASK_FAMILIES` names.
         budgets: shares of the context's tokens the answers must rank within.
         kernel_sets: candidate pooling kernels.
         layers: candidate layers (None: every layer of the model).
@@ -182,7 +183,7 @@ def calibrate(
         }
         for layer in layers
     }
-    from . import __version__
+    from .. import __version__
 
     return Profile(
         model_name=source.name,

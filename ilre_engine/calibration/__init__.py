@@ -1,0 +1,22 @@
+"""Offline calibration (step 1 of the method): choosing a model's retrieval layer and kernels.
+
+- `layer_search`: `calibrate` reads retrieval tasks once through every candidate layer and
+  measures each layer's answer recall; ``ilre calibrate`` is its command line.
+- `tasks`: the retrieval task generators over real prose, shared with the quality benchmark.
+"""
+
+from .layer_search import (
+    CALIBRATION_FAMILIES,
+    KERNEL_CANDIDATES,
+    CalibrationSettings,
+    calibrate,
+    observe_layers,
+)
+
+__all__ = [
+    "CALIBRATION_FAMILIES",
+    "KERNEL_CANDIDATES",
+    "CalibrationSettings",
+    "calibrate",
+    "observe_layers",
+]
