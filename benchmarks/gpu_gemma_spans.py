@@ -223,7 +223,7 @@ def build_trunk(
 
 def run(pack: Path, out: Path, device: str, dtypes: list[str], repeats: int) -> None:
     from ilre_engine import ILRe, ILReConfig
-    from ilre_engine.text import TokenizedContext
+    from ilre_engine.context import TokenizedContext
 
     out.mkdir(parents=True, exist_ok=True)
     cpu = np.load(pack / "cpu.npz")
@@ -266,9 +266,9 @@ def sync() -> None:
 
 def compare(pack: Path, gpu: Path, out: Path | None) -> None:
     from ilre_engine import ILRe
-    from ilre_engine.engine import _whole_documents, resolve_budget
-    from ilre_engine.recall import select_within_budget
-    from ilre_engine.text import tokenize_documents
+    from ilre_engine.budget import resolve_budget
+    from ilre_engine.selection import select_within_budget, whole_documents
+    from ilre_engine.tokenization import tokenize_documents
 
     cpu = np.load(pack / "cpu.npz")
     task = json.loads((pack / "task.json").read_text())
@@ -277,7 +277,7 @@ def compare(pack: Path, gpu: Path, out: Path | None) -> None:
     context = tokenize_documents(engine.tokenizer, (task["context"],))
     assert np.array_equal(context.input_ids, cpu["input_ids"])
     count = engine.counter.count
-    budget = resolve_budget(count(_whole_documents(context.documents)[1]), None, RATIO)
+    budget = resolve_budget(count(whole_documents(context.documents)[1]), None, RATIO)
     reference = cpu["scores"]
     spans_cpu, _ = select_within_budget(context, reference, budget, count)
     saved = [(s["document"], s["start"], s["end"]) for s in task["cpu_spans"]]

@@ -38,8 +38,8 @@ from transformers import AutoModel, LlamaConfig
 
 from ilre_engine import ILRe, ILReConfig, compiled
 from ilre_engine.architectures import adapter_for
+from ilre_engine.context import TokenizedContext
 from ilre_engine.streaming import ATTENTION_NAME
-from ilre_engine.text import TokenizedContext
 from tests.reference import reference_states, relative_error
 
 GiB = 2**30

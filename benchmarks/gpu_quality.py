@@ -77,7 +77,7 @@ def key(*parts) -> str:
 
 def prepare(args) -> None:
     from ilre_engine import ILRe
-    from ilre_engine.text import tokenize_documents
+    from ilre_engine.tokenization import tokenize_documents
 
     pack: Path = args.pack
     pack.mkdir(parents=True, exist_ok=True)
@@ -122,7 +122,7 @@ def _config(raw: dict):
 
 def run(args) -> None:
     from ilre_engine import ILRe
-    from ilre_engine.text import TokenizedContext
+    from ilre_engine.context import TokenizedContext
 
     pack, out = args.pack, args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -216,8 +216,8 @@ def token_layout(length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def score(args) -> None:
     from ilre_engine import ILRe, resolve_budget
-    from ilre_engine.recall import select_within_budget
-    from ilre_engine.text import tokenize_documents
+    from ilre_engine.selection import select_within_budget
+    from ilre_engine.tokenization import tokenize_documents
 
     gpu: Path = args.gpu
     timing = json.loads((gpu / "seconds.json").read_text())

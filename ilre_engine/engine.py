@@ -5,196 +5,29 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import math
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from . import compiled, persistence, streaming
-from .errors import (
-    BudgetError,
-    ContextTooLongError,
-    EmptyInputError,
-    EncodedContextError,
-    InvalidDocumentError,
-)
+from . import compiled, streaming
+from .architectures import ModelDims
+from .budget import TokenCounter, resolve_budget
+from .config import ILReConfig
+from .context import EncodedContext, TokenizedContext
+from .errors import ContextTooLongError, EncodedContextError
+from .inputs import as_documents, check_query
 from .loading import ModelSource, ProfileChoice, load_trunk, resolve_model
 from .memory import MemoryEstimate, check_memory, estimate_encode_bytes
 from .profiles import Profile
-from .recall import head_scores, pool_scores, select_within_budget
-from .streaming import KeptKV, RetrievalLayerReached, StreamState
-from .text import Span, TokenCounter, TokenizedContext, join_spans, tokenize_documents
-
-
-@dataclass(frozen=True)
-class ILReConfig:
-    """Tuning knobs of the streaming prefill and of recall.
-
-    Attributes:
-        chunk_size: context tokens per forward step. Memory per early layer is bounded by
-            ``sink + window + chunk_size`` keys and values.
-        sink: first tokens every global-attention early layer keeps (the attention sink).
-        window: most recent tokens every global-attention early layer keeps. Sliding-window
-            layers keep their own window instead. ``window >= L`` evicts nothing.
-        kernel_sizes: odd max-pooling kernel sizes, dealt round-robin over query heads.
-        query_template: how the query is phrased after the context; ``{query}`` is replaced.
-        score_block: keys per block when scoring (bounds the memory of the softmax).
-        max_tokens: the longest context, in model tokens, an encode accepts (documents
-            added by `ILRe.extend` count with the earlier ones); None takes the model's
-            ``max_position_embeddings``, past which its positions were never trained.
-    """
-
-    chunk_size: int = 1024
-    sink: int = 128
-    window: int = 2048
-    kernel_sizes: tuple[int, ...] = (1, 5, 9, 17)
-    query_template: str = "\n\nQuestion: {query}"
-    score_block: int = 65536
-    max_tokens: int | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("chunk_size", "window", "score_block"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_tokens is not None and self.max_tokens < 1:
-            raise ValueError(f"max_tokens must be >= 1 or None, got {self.max_tokens}")
-        if self.sink < 0:
-            raise ValueError(f"sink must be >= 0, got {self.sink}")
-        if not self.kernel_sizes or any(k < 1 or k % 2 == 0 for k in self.kernel_sizes):
-            raise ValueError(f"kernel_sizes must be odd and >= 1, got {self.kernel_sizes}")
-        if "{query}" not in self.query_template:
-            raise ValueError("query_template must contain '{query}'")
-
-
-@dataclass
-class EncodedContext:
-    """A context read up to the retrieval layer; reusable for any number of queries.
-
-    Attributes:
-        tokens: the model tokens and where each came from.
-        keys: ``(kv_heads, L, head_dim)`` keys of every token at the retrieval layer.
-        kept: per early layer, the sink and window keys and values a query attends to.
-        layer: the retrieval layer.
-        model_name: the model that encoded it.
-    """
-
-    tokens: TokenizedContext
-    keys: torch.Tensor
-    kept: dict[int, KeptKV]
-    layer: int
-    model_name: str
-    sink: int
-    window: int
-    fingerprint: str
-    tokenizer_name: str
-    input_token_counts: dict[str, int] = field(default_factory=dict, repr=False)
-
-    @property
-    def documents(self) -> tuple[str, ...]:
-        return self.tokens.documents
-
-    def __len__(self) -> int:
-        return len(self.tokens)
-
-    def save(self, directory: str | os.PathLike[str]) -> Path:
-        """Write to `directory` atomically (format: `ilre_engine.persistence`)."""
-        return persistence.save(self, directory)
-
-    @classmethod
-    def load(cls, directory: str | os.PathLike[str], engine: ILRe) -> EncodedContext:
-        """Read a saved context for `engine`; a different model, layer or tokenizer, a damaged
-        file or a newer format raises `EncodedContextError`."""
-        return persistence.load(directory, engine)
-
-    def nbytes(self) -> int:
-        """Bytes held on the device: keys at the retrieval layer plus the early layers' windows."""
-        kept = sum(kv.nbytes() for kv in self.kept.values())
-        return self.keys.numel() * self.keys.element_size() + kept
-
-
-@dataclass(frozen=True)
-class RecallResult:
-    """What `ILRe.recall` kept.
-
-    Attributes:
-        text: the spans' slices in source order, joined by `GAP_MARKER` (`` … ``).
-        spans: where each slice comes from: document index, character start and end, score.
-        input_tokens: the whole context in the budget tokenizer's tokens.
-        output_tokens: `text` in the same tokens; never above the budget.
-        budget_tokens: the budget that applied.
-        unchanged: True when the budget covered the whole context, which is returned as is.
-    """
-
-    text: str
-    spans: tuple[Span, ...]
-    input_tokens: int
-    output_tokens: int
-    budget_tokens: int
-    unchanged: bool = False
-
-    @property
-    def ratio(self) -> float:
-        """Output tokens over input tokens."""
-        return self.output_tokens / self.input_tokens if self.input_tokens else 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["spans"] = [span.to_dict() for span in self.spans]
-        return data
-
-
-def _as_documents(context: str | Sequence[str]) -> tuple[str, ...]:
-    documents = (context,) if isinstance(context, (str, bytes)) else tuple(context)
-    if not documents:
-        raise EmptyInputError("the context has no documents")
-    checked = []
-    for index, document in enumerate(documents):
-        if isinstance(document, bytes):
-            try:
-                document = document.decode("utf-8")
-            except UnicodeDecodeError as error:
-                raise InvalidDocumentError(
-                    f"document {index} is not valid UTF-8 at byte offset {error.start}"
-                ) from error
-        if not isinstance(document, str):
-            raise InvalidDocumentError(f"document {index} is a {type(document).__name__}, not text")
-        checked.append(document)
-    if not any(d.strip() for d in checked):
-        raise EmptyInputError("the context is empty (only whitespace)")
-    return tuple(checked)
-
-
-def resolve_budget(input_tokens: int, budget_tokens: int | None, ratio: float | None) -> int:
-    """The budget in tokens: exactly one of `budget_tokens` (> 0) or `ratio` (in (0, 1]) of
-    `input_tokens`; anything else raises `BudgetError`."""
-    if (budget_tokens is None) == (ratio is None):
-        raise BudgetError("give exactly one of budget_tokens or ratio")
-    if budget_tokens is not None:
-        if isinstance(budget_tokens, bool) or not isinstance(budget_tokens, (int, np.integer)):
-            raise BudgetError(f"budget_tokens must be an integer, got {budget_tokens!r}")
-        if budget_tokens <= 0:
-            raise BudgetError(f"budget_tokens must be > 0, got {budget_tokens}")
-        return int(budget_tokens)
-    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 < ratio <= 1.0:
-        raise BudgetError(f"ratio must be in (0, 1], got {ratio!r}")
-    return max(1, math.floor(float(ratio) * input_tokens))
-
-
-def _check_query(query: str) -> None:
-    if not isinstance(query, str) or not query.strip():
-        raise EmptyInputError("the query is empty")
-
-
-def _whole_documents(documents: Sequence[str]) -> tuple[tuple[Span, ...], str]:
-    """Every non-empty document as one span, and their text as `RecallResult.text` joins it."""
-    spans = tuple(Span(i, 0, len(d), 1.0) for i, d in enumerate(documents) if d)
-    return spans, join_spans(documents, spans)
+from .recall import head_scores, pool_scores
+from .results import RecallResult
+from .selection import select_within_budget, whole_documents
+from .streaming import StreamObserver, StreamState
+from .tokenization import tokenize_documents
 
 
 def _default_device() -> torch.device:
@@ -344,16 +177,25 @@ class ILRe:
         Args:
             progress: show a progress bar; None shows one for long contexts on a terminal.
         """
-        tokens = tokenize_documents(self.tokenizer, _as_documents(context))
+        tokens = tokenize_documents(self.tokenizer, as_documents(context))
         return self.encode_tokens(tokens, progress=progress)
 
     def encode_tokens(
-        self, tokens: TokenizedContext, *, progress: bool | None = None
+        self,
+        tokens: TokenizedContext,
+        *,
+        progress: bool | None = None,
+        observer: StreamObserver | None = None,
     ) -> EncodedContext:
-        """`encode` for already tokenised input."""
+        """`encode` for already tokenised input.
+
+        Args:
+            observer: receives the keys of the early layers it names on the way to `l_R`
+                (`ilre_engine.streaming.StreamObserver`).
+        """
         cfg = self.config
         self._check_capacity(len(tokens))
-        state = StreamState(self.layer, cfg.sink, cfg.window)
+        state = StreamState(self.layer, cfg.sink, cfg.window, observer=observer)
         keys = self._stream(tokens.input_ids, 0, state, progress)
         return self._encoded(tokens, keys, state)
 
@@ -373,7 +215,7 @@ class ILRe:
         """
         self._check_compatible(encoded)
         added = tokenize_documents(
-            self.tokenizer, _as_documents(documents), first_document=len(encoded.documents)
+            self.tokenizer, as_documents(documents), first_document=len(encoded.documents)
         )
         self._check_capacity(len(encoded) + len(added), new_tokens=len(added))
         state = StreamState(self.layer, encoded.sink, encoded.window, kept=dict(encoded.kept))
@@ -439,25 +281,14 @@ class ILRe:
     def _stream(
         self, input_ids: np.ndarray, offset: int, state: StreamState, progress: bool | None
     ) -> torch.Tensor:
-        """Feed `input_ids` (positions from `offset`) in chunks; return their keys at `l_R`."""
-        length = len(input_ids)
-        config = self.model.config
-        head_dim = (
-            getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        """Feed `input_ids` (positions from `offset`); return their keys at `l_R`."""
+        dims = ModelDims.from_config(self.model.config)
+        keys = torch.empty(
+            dims.kv_heads, len(input_ids), dims.head_dim, dtype=self.model.dtype, device=self.device
         )
-        state.keys = torch.empty(
-            config.num_key_value_heads, length, head_dim, dtype=self.model.dtype, device=self.device
+        return streaming.stream_keys(
+            self.model, input_ids, offset, state, keys, self.config.chunk_size, progress
         )
-        ids = torch.from_numpy(input_ids).to(self.device)
-        chunk = self.config.chunk_size
-        starts = range(0, length, chunk)
-        # tqdm's disable=None hides the bar when stderr is not a terminal.
-        disable = (not progress) if progress is not None else (None if len(starts) > 8 else True)
-        state.key_offset, state.chunk = offset, chunk
-        for start in tqdm(starts, desc="ILRe encode", unit="chunk", disable=disable, leave=False):
-            state.start, state.length = offset + start, min(chunk, length - start)
-            self._forward(ids[start : start + state.length], state)
-        return state.keys
 
     def _check_compatible(self, encoded: EncodedContext) -> None:
         if encoded.fingerprint != self.fingerprint or encoded.layer != self.layer:
@@ -466,38 +297,39 @@ class ILRe:
                 f"this engine is {self.name!r} at layer {self.layer}"
             )
 
-    def _forward(self, input_ids: torch.Tensor, state: StreamState) -> None:
-        positions = torch.arange(state.start, state.start + state.length, device=input_ids.device)
-        try:
-            self.model(
-                input_ids=input_ids[None],
-                position_ids=positions[None],
-                use_cache=False,
-                **{streaming.STATE_KWARG: state},
-            )
-        except RetrievalLayerReached:
-            return
-        raise RuntimeError("the forward finished without reaching the retrieval layer")
-
     # -- recall ---------------------------------------------------------------------------
 
     @torch.inference_mode()
     def query_states(
-        self, encoded: EncodedContext, query_ids: Sequence[int]
+        self,
+        encoded: EncodedContext,
+        query_ids: Sequence[int],
+        *,
+        observer: StreamObserver | None = None,
     ) -> tuple[torch.Tensor, float]:
         """``(query_heads, Tq, head_dim)`` query states at the retrieval layer, and the
-        attention scaling, for query tokens read as a continuation of the encoded stream."""
+        attention scaling, for query tokens read as a continuation of the encoded stream.
+
+        Args:
+            observer: receives the query states of the early layers it names.
+        """
         state = StreamState(
-            self.layer, encoded.sink, encoded.window, kept=encoded.kept, update=False
+            self.layer,
+            encoded.sink,
+            encoded.window,
+            kept=encoded.kept,
+            update=False,
+            observer=observer,
         )
         state.start, state.length = len(encoded), len(query_ids)
-        self._forward(torch.as_tensor(query_ids, dtype=torch.long, device=self.device), state)
+        ids = torch.as_tensor(query_ids, dtype=torch.long, device=self.device)
+        streaming.run_chunk(self.model, ids, state)
         return state.queries, state.scaling
 
     def query_ids(self, query: str) -> tuple[list[int], int]:
         """The model tokens of `query` phrased by `query_template`, and how many of them are
         the template's lead-in."""
-        _check_query(query)
+        check_query(query)
         prefix = self.config.query_template.split("{query}", 1)[0]
         text = self.config.query_template.format(query=query)
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -540,11 +372,11 @@ class ILRe:
         budget tokenizer) or `ratio` (a fraction of the context's tokens, in (0, 1]).
         """
         self._check_compatible(encoded)
-        _check_query(query)
+        check_query(query)
         input_tokens = self.input_tokens(encoded)
         budget = resolve_budget(input_tokens, budget_tokens, ratio)
         if input_tokens <= budget:
-            spans, text = _whole_documents(encoded.documents)
+            spans, text = whole_documents(encoded.documents)
             return RecallResult(text, spans, input_tokens, input_tokens, budget, True)
         scores = self.token_scores(encoded, query)
         spans, text = select_within_budget(encoded.tokens, scores, budget, self.counter.count)
@@ -561,7 +393,7 @@ class ILRe:
         """`encode` then `recall`."""
         # Refuse a bad budget or query before the work.
         resolve_budget(1, budget_tokens, ratio)
-        _check_query(query)
+        check_query(query)
         return self.recall(self.encode(context), query, budget_tokens=budget_tokens, ratio=ratio)
 
     def input_tokens(self, encoded: EncodedContext) -> int:
@@ -569,5 +401,5 @@ class ILRe:
         spans."""
         counts = encoded.input_token_counts
         if self.counter.name not in counts:
-            counts[self.counter.name] = self.counter.count(_whole_documents(encoded.documents)[1])
+            counts[self.counter.name] = self.counter.count(whole_documents(encoded.documents)[1])
         return counts[self.counter.name]

@@ -22,7 +22,7 @@ import torch
 
 from .architectures import adapter_for
 from .errors import ILReError, UnsupportedModelError
-from .persistence import file_sha256
+from .fileio import file_sha256
 from .profiles import Profile, config_sha256, find_profile
 
 EMBEDDED_MODEL = "gemma3-270m"

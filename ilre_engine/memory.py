@@ -2,8 +2,8 @@
 
 For a context of ``L`` tokens, with ``e`` bytes per element of the model's dtype, ``h_kv`` key
 heads and ``h_q`` query heads of width ``d``, hidden size ``H``, MLP width ``I``, chunk ``C``,
-and per early layer ``l < l_R`` a kept span ``keep_l`` (``sink + window`` for a global layer,
-its own window for a sliding one):
+and per early layer ``l < l_R`` a kept span ``keep_l`` (`ilre_engine.streaming.layer_keep`:
+``sink + window`` for a global layer, its own window for a sliding one):
 
 - keys at the retrieval layer: ``L * h_kv * d * e`` (the only part that grows with ``L``);
 - early layers: ``sum_l 2 * h_kv * d * e * (keep_l + C)`` (kept keys and values, plus the
@@ -27,7 +27,9 @@ from typing import Any
 
 import torch
 
+from .architectures import ModelDims
 from .errors import InsufficientMemoryError
+from .streaming import layer_keep
 
 MiB = 2**20
 _QUERY_TOKENS = 128
@@ -69,20 +71,11 @@ def estimate_encode_bytes(
 ) -> MemoryEstimate:
     """What encoding `length` tokens up to `layer` needs, then one recall over it."""
     element = torch.empty((), dtype=dtype).element_size()
-    query_heads = model_config.num_attention_heads
-    kv_heads = getattr(model_config, "num_key_value_heads", None) or query_heads
-    head_dim = getattr(model_config, "head_dim", None) or model_config.hidden_size // query_heads
-    hidden, intermediate = model_config.hidden_size, model_config.intermediate_size
+    dims = ModelDims.from_config(model_config)
+    query_heads, kv_heads, head_dim = dims.query_heads, dims.kv_heads, dims.head_dim
+    hidden, intermediate = dims.hidden, dims.intermediate
     chunk = min(chunk_size, length)
-
-    layer_types = getattr(model_config, "layer_types", None) or []
-    sliding_window = getattr(model_config, "sliding_window", None)
-    keeps = [
-        min(sliding_window, sink + window)
-        if sliding_window and i < len(layer_types) and layer_types[i] == "sliding_attention"
-        else sink + window
-        for i in range(layer)
-    ]
+    keeps = [sum(layer_keep(dims.sliding_windows[i], sink, window)) for i in range(layer)]
     keeps = [min(keep, length) for keep in keeps]
     early = sum(2 * kv_heads * head_dim * element * (keep + chunk) for keep in keeps)
     widest = max(keeps, default=0)

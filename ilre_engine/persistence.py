@@ -16,7 +16,6 @@ and refuses a mismatch with `EncodedContextError`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import uuid
@@ -28,33 +27,17 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from .context import EncodedContext, KeptKV, TokenizedContext
 from .errors import EncodedContextError
-from .streaming import KeptKV
-from .text import TokenizedContext
+from .fileio import file_sha256, write_synced
 
 if TYPE_CHECKING:
-    from .engine import EncodedContext, ILRe
+    from .engine import ILRe
 
 FORMAT = "ilre-encoded-context"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 _KEPT_FIELDS = ("sink_keys", "sink_values", "recent_keys", "recent_values")
-
-
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file, read in 16 MiB blocks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 24), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _write_synced(path: Path, data: bytes) -> None:
-    with path.open("wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
 
 
 def save(encoded: EncodedContext, directory: str | os.PathLike[str]) -> Path:
@@ -79,7 +62,7 @@ def save(encoded: EncodedContext, directory: str | os.PathLike[str]) -> Path:
     save_file(tensors, str(tensor_file))
     with tensor_file.open("rb+") as handle:
         os.fsync(handle.fileno())
-    _write_synced(documents_file, json.dumps(list(encoded.documents), ensure_ascii=False).encode())
+    write_synced(documents_file, json.dumps(list(encoded.documents), ensure_ascii=False).encode())
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -102,7 +85,7 @@ def save(encoded: EncodedContext, directory: str | os.PathLike[str]) -> Path:
         },
     }
     scratch = root / f".{MANIFEST}.{tag}"
-    _write_synced(scratch, json.dumps(manifest, indent=1).encode())
+    write_synced(scratch, json.dumps(manifest, indent=1).encode())
     os.replace(scratch, root / MANIFEST)
     keep = {tensor_file.name, documents_file.name, MANIFEST}
     for stale in root.iterdir():
@@ -115,8 +98,6 @@ def save(encoded: EncodedContext, directory: str | os.PathLike[str]) -> Path:
 
 def load(directory: str | os.PathLike[str], engine: ILRe) -> EncodedContext:
     """Read an encoded context saved by `save`, refusing anything that does not match `engine`."""
-    from .engine import EncodedContext
-
     root = Path(directory)
     try:
         manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))

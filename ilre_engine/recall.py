@@ -8,18 +8,16 @@
    heads (`allocate_kernels`), then the mean over heads. A recalled token lifts its
    neighbours within the kernel, so phrases come out whole; small kernels keep precise
    needles, large ones keep their surroundings.
-3. `select_within_budget`: the largest top-k whose compressed text fits the budget.
+
+Turning scores into budgeted text is `ilre_engine.selection`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-
-from .text import Span, TokenizedContext, join_spans, spans_from_mask
 
 
 def attention_scores(
@@ -118,38 +116,3 @@ def pool_scores(
     if index is not None:
         pooled = pooled[:, index]
     return pooled.mean(0)
-
-
-def select_within_budget(
-    context: TokenizedContext,
-    token_scores: np.ndarray,
-    budget: int,
-    count_tokens: Callable[[str], int],
-) -> tuple[list[Span], str]:
-    """The spans of the largest top-k selection whose text counts at most `budget` tokens.
-
-    The count of a selection's text is near-monotone in k (merging spans can drop a gap
-    marker), so a binary search finds the largest fitting k and every returned selection
-    has been counted: the budget always holds.
-    """
-    selectable = (context.doc_ids >= 0) & (context.offsets[:, 1] > context.offsets[:, 0])
-    order = np.argsort(-np.where(selectable, token_scores, -np.inf), kind="stable")
-    order = order[: int(selectable.sum())]
-    num_words = int(context.word_ids[-1]) + 1 if len(context.word_ids) else 0
-
-    def build(k: int) -> tuple[list[Span], str]:
-        words = np.zeros(num_words, dtype=bool)
-        words[context.word_ids[order[:k]]] = True
-        spans = spans_from_mask(context, words[context.word_ids] & selectable, token_scores)
-        return spans, join_spans(context.documents, spans)
-
-    best: tuple[list[Span], str] = ([], "")
-    low, high = 1, len(order)
-    while low <= high:
-        k = (low + high) // 2
-        candidate = build(k)
-        if count_tokens(candidate[1]) <= budget:
-            best, low = candidate, k + 1
-        else:
-            high = k - 1
-    return best

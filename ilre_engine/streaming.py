@@ -15,12 +15,16 @@ never in the modules, so one model serves many threads.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 from transformers import AttentionInterface
 
 from . import compiled
+from .context import KeptKV
 
 ATTENTION_NAME = "ilre_stream"
 STATE_KWARG = "ilre_stream"
@@ -30,29 +34,31 @@ class RetrievalLayerReached(Exception):
     """Stops the forward inside the retrieval layer: what comes after its keys is not needed."""
 
 
-@dataclass
-class KeptKV:
-    """Keys and values one early layer keeps between chunks.
+class StreamObserver(Protocol):
+    """Receives what the stream computes at early layers on its way to `l_R`.
 
-    `sink_*` hold positions ``[0, len)`` and `recent_*` the positions just before the next
-    chunk; the two never overlap. Tensors are ``(1, kv_heads, n, head_dim)``.
+    Pass one to `ILRe.encode_tokens` or `ILRe.query_states`: the layers it names in
+    `layers` report their keys (context pass) or query states (query pass), exactly what an
+    engine whose retrieval layer were that layer would store. Layer calibration reads every
+    candidate layer in one pass this way.
     """
 
-    sink_size: int
-    keep: int
-    sink_keys: torch.Tensor
-    sink_values: torch.Tensor
-    recent_keys: torch.Tensor
-    recent_values: torch.Tensor
+    layers: frozenset[int]
 
-    @classmethod
-    def empty(cls, like: torch.Tensor, sink_size: int, keep: int) -> KeptKV:
-        none = like[:, :, :0]
-        return cls(sink_size, keep, none, none, none, none)
+    def on_keys(self, layer: int, start: int, keys: torch.Tensor) -> None:
+        """``(kv_heads, n, head_dim)`` keys of the context positions ``[start, start + n)``."""
 
-    def nbytes(self) -> int:
-        tensors = (self.sink_keys, self.sink_values, self.recent_keys, self.recent_values)
-        return sum(t.numel() * t.element_size() for t in tensors)
+    def on_queries(self, layer: int, queries: torch.Tensor) -> None:
+        """``(query_heads, Tq, head_dim)`` query states of a query pass."""
+
+
+def layer_keep(sliding_window: int | None, sink: int, window: int) -> tuple[int, int]:
+    """``(sink_size, keep)`` of an early layer: a sliding layer keeps exactly the window it
+    was trained with and no sink; a global layer keeps `sink` first and `window` recent
+    tokens. The streaming prefill and the memory estimate both follow this rule."""
+    if sliding_window:
+        return 0, int(sliding_window)
+    return sink, window
 
 
 @dataclass
@@ -69,10 +75,7 @@ class StreamState:
         update: the context pass evicts and stores; a query pass only reads.
         chunk: length of the context pass's full chunks; only those take a compiled layer's
             fused attention (`ilre_engine.compiled`), so it compiles for one shape.
-        observe: early layers whose keys (context pass, into the preallocated
-            ``observed_keys[layer]``, laid out like `keys`) or query states (query pass, into
-            ``observed_queries``) are recorded on the way to `l_R`: layer calibration reads
-            every candidate layer in one pass.
+        observer: reports early layers' keys or query states (`StreamObserver`).
     """
 
     retrieval_layer: int
@@ -88,9 +91,7 @@ class StreamState:
     queries: torch.Tensor | None = None
     scaling: float | None = None
     masks: dict[tuple[int, ...], torch.Tensor] = field(default_factory=dict)
-    observe: frozenset[int] = frozenset()
-    observed_keys: dict[int, torch.Tensor] = field(default_factory=dict)
-    observed_queries: dict[int, torch.Tensor] = field(default_factory=dict)
+    observer: StreamObserver | None = None
 
     def visibility(self, kept: KeptKV) -> torch.Tensor:
         """``(length, kept + length)`` boolean mask of the current chunk over what `kept` holds
@@ -148,20 +149,16 @@ def stream_attention(
             state.queries = query[0]
         state.scaling = scaling
         raise RetrievalLayerReached
-    if layer in state.observe:
+    observer = state.observer
+    if observer is not None and layer in observer.layers:
         if state.update:
-            begin = state.start - state.key_offset
-            state.observed_keys[layer][:, begin : begin + state.length] = key[0]
+            observer.on_keys(layer, state.start, key[0])
         else:
-            state.observed_queries[layer] = query[0]
+            observer.on_queries(layer, query[0])
 
     kept = state.kept.get(layer)
     if kept is None:
-        # A sliding layer keeps exactly the window the model was trained with, and no sink.
-        if sliding_window:
-            kept = KeptKV.empty(key, 0, sliding_window)
-        else:
-            kept = KeptKV.empty(key, state.sink, state.window)
+        kept = KeptKV.empty(key, *layer_keep(sliding_window, state.sink, state.window))
     keys = torch.cat((kept.sink_keys, kept.recent_keys, key), dim=2)
     values = torch.cat((kept.sink_values, kept.recent_values, value), dim=2)
     if state.update:
@@ -237,6 +234,48 @@ def _evict(
         recent_keys,
         recent_values,
     )
+
+
+def run_chunk(model: torch.nn.Module, input_ids: torch.Tensor, state: StreamState) -> None:
+    """Run the model's own forward over `input_ids` at positions ``[state.start, +length)``
+    until it reaches the retrieval layer (where `stream_attention` stops it)."""
+    positions = torch.arange(state.start, state.start + state.length, device=input_ids.device)
+    try:
+        model(
+            input_ids=input_ids[None],
+            position_ids=positions[None],
+            use_cache=False,
+            **{STATE_KWARG: state},
+        )
+    except RetrievalLayerReached:
+        return
+    raise RuntimeError("the forward finished without reaching the retrieval layer")
+
+
+def stream_keys(
+    model: torch.nn.Module,
+    input_ids: np.ndarray,
+    offset: int,
+    state: StreamState,
+    keys: torch.Tensor,
+    chunk_size: int,
+    progress: bool | None,
+) -> torch.Tensor:
+    """Feed `input_ids` (positions from `offset`) in chunks of `chunk_size` and fill `keys`
+    (``(kv_heads, len(input_ids), head_dim)``) with their keys at `l_R`.
+
+    `progress`: show a bar; None shows one for long inputs when stderr is a terminal.
+    """
+    length = len(input_ids)
+    ids = torch.from_numpy(input_ids).to(keys.device)
+    starts = range(0, length, chunk_size)
+    # tqdm's disable=None hides the bar when stderr is not a terminal.
+    disable = (not progress) if progress is not None else (None if len(starts) > 8 else True)
+    state.keys, state.key_offset, state.chunk = keys, offset, chunk_size
+    for start in tqdm(starts, desc="ILRe encode", unit="chunk", disable=disable, leave=False):
+        state.start, state.length = offset + start, min(chunk_size, length - start)
+        run_chunk(model, ids[start : start + state.length], state)
+    return keys
 
 
 AttentionInterface.register(ATTENTION_NAME, stream_attention)

@@ -16,7 +16,7 @@ from typing import Any
 
 from ilre_engine import EncodedContext, ILRe, ILReConfig, RecallResult, Span
 from ilre_engine.errors import EncodedContextError, InvalidDocumentError
-from ilre_engine.text import join_spans
+from ilre_engine.selection import join_spans
 
 METADATA_KEY = "ilre"
 """Metadata entry that carries the spans and token counts of a compressed document."""

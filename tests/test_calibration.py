@@ -61,7 +61,9 @@ def test_a_user_profile_is_found_and_applied(engine, tmp_path):
     assert (tuned.layer, tuned.config.kernel_sizes, tuned.config.window) == (3, (1, 9), 999)
     assert tuned.profile == mine
     plain = ILRe.from_pretrained(cache_dir=tmp_path, profile=False)
-    assert plain.profile is None and plain.layer == 2  # the paper's depth, 3/32 of 18 layers
+    # Without a profile: the paper's depth (3/32 of 18 layers = 2) moved to the first global
+    # layer at or after it, since layers 0-4 of Gemma 3 slide over 512 tokens.
+    assert plain.profile is None and plain.layer == 5
     explicit = ILRe.from_pretrained(cache_dir=tmp_path, profile=SHIPPED / "gemma3-270m.json")
     assert explicit.layer == shipped.layer
     assert ILRe.from_pretrained(cache_dir=tmp_path, layer=7).layer == 7  # layer= wins

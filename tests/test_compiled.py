@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from ilre_engine.compiled import compile_layers, sink_window_mask_mod
-from ilre_engine.streaming import KeptKV, StreamState
+from ilre_engine.context import KeptKV
+from ilre_engine.streaming import StreamState
 from tests.tiny_models import build_models, random_context, tiny_configs, tiny_engine
 
 LAYER = 3

@@ -6,14 +6,9 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ilre_engine.recall import select_within_budget
-from ilre_engine.text import (
-    GAP_MARKER,
-    TokenCounter,
-    join_spans,
-    spans_from_mask,
-    tokenize_documents,
-)
+from ilre_engine.budget import TokenCounter
+from ilre_engine.selection import GAP_MARKER, join_spans, select_within_budget, spans_from_mask
+from ilre_engine.tokenization import tokenize_documents
 
 # Letters of several scripts, CJK, emoji, combining marks and whitespace runs.
 ALPHABET = st.characters(

@@ -20,8 +20,8 @@ from transformers import (
 
 from ilre_engine import ILRe
 from ilre_engine.architectures import adapter_for
+from ilre_engine.context import TokenizedContext
 from ilre_engine.streaming import ATTENTION_NAME
-from ilre_engine.text import TokenizedContext
 from tests import reference
 
 COMMON = dict(

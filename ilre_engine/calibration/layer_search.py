@@ -29,13 +29,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..engine import ILRe, ILReConfig
+from ..architectures import ModelDims
+from ..config import ILReConfig
+from ..context import TokenizedContext
+from ..engine import ILRe
 from ..errors import ILReError
 from ..loading import load_config, resolve_model
 from ..profiles import Profile, config_sha256
 from ..recall import head_scores, pool_scores
-from ..streaming import StreamState
-from ..text import TokenizedContext, tokenize_documents
+from ..tokenization import tokenize_documents
 from .tasks import TASK_FAMILIES, RetrievalTask, haystack
 
 CALIBRATION_FAMILIES = (
@@ -216,6 +218,28 @@ def _kernel_key(kernels: Sequence[int]) -> str:
     return ",".join(str(k) for k in kernels)
 
 
+class LayerRecorder:
+    """A `StreamObserver` that keeps every observed layer's keys (context pass) and query
+    states (query pass), preallocated for a context of `length` tokens."""
+
+    def __init__(self, engine: ILRe, layers: Sequence[int], length: int) -> None:
+        dims = ModelDims.from_config(engine.model.config)
+        self.layers = frozenset(layers)
+        self.keys = {
+            layer: torch.empty(
+                dims.kv_heads, length, dims.head_dim, dtype=engine.model.dtype, device=engine.device
+            )
+            for layer in self.layers
+        }
+        self.queries: dict[int, torch.Tensor] = {}
+
+    def on_keys(self, layer: int, start: int, keys: torch.Tensor) -> None:
+        self.keys[layer][:, start : start + keys.shape[1]] = keys
+
+    def on_queries(self, layer: int, queries: torch.Tensor) -> None:
+        self.queries[layer] = queries
+
+
 @torch.inference_mode()
 def observe_layers(
     engine: ILRe, tokens: TokenizedContext, query_ids: Sequence[int], layers: Sequence[int]
@@ -225,27 +249,11 @@ def observe_layers(
     what engines with each of those retrieval layers would compute. Also the scaling."""
     if max(layers) != engine.layer:
         raise ILReError(f"the deepest observed layer must be the engine's ({engine.layer})")
-    length, cfg, config = len(tokens), engine.config, engine.model.config
-    observed = frozenset(layers) - {engine.layer}
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    state = StreamState(engine.layer, cfg.sink, cfg.window, observe=observed)
-    for layer in observed:
-        state.observed_keys[layer] = torch.empty(
-            config.num_key_value_heads,
-            length,
-            head_dim,
-            dtype=engine.model.dtype,
-            device=engine.device,
-        )
-    keys = {engine.layer: engine._stream(tokens.input_ids, 0, state, progress=False)}
-    keys.update(state.observed_keys)
-
-    query = StreamState(
-        engine.layer, cfg.sink, cfg.window, kept=state.kept, update=False, observe=observed
-    )
-    query.start, query.length = length, len(query_ids)
-    engine._forward(torch.as_tensor(query_ids, dtype=torch.long, device=engine.device), query)
-    return keys, {engine.layer: query.queries, **query.observed_queries}, query.scaling
+    recorder = LayerRecorder(engine, frozenset(layers) - {engine.layer}, len(tokens))
+    encoded = engine.encode_tokens(tokens, progress=False, observer=recorder)
+    queries, scaling = engine.query_states(encoded, query_ids, observer=recorder)
+    keys = {engine.layer: encoded.keys, **recorder.keys}
+    return keys, {engine.layer: queries, **recorder.queries}, scaling
 
 
 @torch.inference_mode()

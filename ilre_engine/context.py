@@ -1,0 +1,128 @@
+"""The context types: a `TokenizedContext` (tokens and their sources) and an `EncodedContext`
+(what the streaming prefill keeps of it: keys at the retrieval layer, early-layer windows).
+
+The engine builds them; `ilre_engine.persistence` writes and reads them.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    from .engine import ILRe
+
+
+@dataclass(frozen=True)
+class TokenizedContext:
+    """Model tokens of a context and where each one came from.
+
+    Attributes:
+        documents: the source texts.
+        input_ids: ``(L,)`` int64 model token ids.
+        doc_ids: ``(L,)`` int32 document of each token, -1 for special and separator tokens.
+        offsets: ``(L, 2)`` int64 character start and end of each token in its document.
+        word_ids: ``(L,)`` int64 non-decreasing id of the word each token belongs to.
+    """
+
+    documents: tuple[str, ...]
+    input_ids: np.ndarray
+    doc_ids: np.ndarray
+    offsets: np.ndarray
+    word_ids: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    def concat(self, other: TokenizedContext) -> TokenizedContext:
+        """This context followed by `other`, a continuation tokenised with `first_document`."""
+        return TokenizedContext(
+            documents=self.documents + other.documents,
+            input_ids=np.concatenate([self.input_ids, other.input_ids]),
+            doc_ids=np.concatenate([self.doc_ids, other.doc_ids]),
+            offsets=np.concatenate([self.offsets, other.offsets]),
+            word_ids=np.concatenate([self.word_ids, other.word_ids + len(self.word_ids)]),
+        )
+
+
+@dataclass
+class KeptKV:
+    """Keys and values one early layer keeps between chunks.
+
+    `sink_*` hold positions ``[0, len)`` and `recent_*` the positions just before the next
+    chunk; the two never overlap. Tensors are ``(1, kv_heads, n, head_dim)``.
+    """
+
+    sink_size: int
+    keep: int
+    sink_keys: torch.Tensor
+    sink_values: torch.Tensor
+    recent_keys: torch.Tensor
+    recent_values: torch.Tensor
+
+    @classmethod
+    def empty(cls, like: torch.Tensor, sink_size: int, keep: int) -> KeptKV:
+        none = like[:, :, :0]
+        return cls(sink_size, keep, none, none, none, none)
+
+    def nbytes(self) -> int:
+        tensors = (self.sink_keys, self.sink_values, self.recent_keys, self.recent_values)
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+
+@dataclass
+class EncodedContext:
+    """A context read up to the retrieval layer; reusable for any number of queries.
+
+    Attributes:
+        tokens: the model tokens and where each came from.
+        keys: ``(kv_heads, L, head_dim)`` keys of every token at the retrieval layer.
+        kept: per early layer, the sink and window keys and values a query attends to.
+        layer: the retrieval layer.
+        model_name: the model that encoded it.
+        sink, window: the streaming settings it was encoded with.
+        fingerprint: the encoding model's `ILRe.fingerprint`.
+        tokenizer_name: the tokenizer it was tokenised with.
+    """
+
+    tokens: TokenizedContext
+    keys: torch.Tensor
+    kept: dict[int, KeptKV]
+    layer: int
+    model_name: str
+    sink: int
+    window: int
+    fingerprint: str
+    tokenizer_name: str
+    input_token_counts: dict[str, int] = field(default_factory=dict, repr=False)
+
+    @property
+    def documents(self) -> tuple[str, ...]:
+        return self.tokens.documents
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def save(self, directory: str | os.PathLike[str]) -> Path:
+        """Write to `directory` atomically (format: `ilre_engine.persistence`)."""
+        from . import persistence  # persistence builds contexts: imported at call time
+
+        return persistence.save(self, directory)
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str], engine: ILRe) -> EncodedContext:
+        """Read a saved context for `engine`; a different model, layer or tokenizer, a damaged
+        file or a newer format raises `EncodedContextError`."""
+        from . import persistence
+
+        return persistence.load(directory, engine)
+
+    def nbytes(self) -> int:
+        """Bytes held on the device: keys at the retrieval layer plus the early layers' windows."""
+        kept = sum(kv.nbytes() for kv in self.kept.values())
+        return self.keys.numel() * self.keys.element_size() + kept
