@@ -34,7 +34,8 @@ Methods:
 - Floors: ``truncation`` (the first budget tokens) and ``random`` (random chunks).
 
 Prints Markdown tables (one per ratio; rows: family x length; columns: methods) and writes
-the raw records to ``--out`` after every sample.
+the meta and per-cell summary to ``--out`` (committed) and the raw records beside it as
+``*.records.jsonl`` (not committed; re-running regenerates them) after every sample.
 """
 
 from __future__ import annotations
@@ -535,10 +536,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             ),
             flush=True,
         )
-        out.write_text(json.dumps(report, indent=1) + "\n")
+        save_report(out, report)
 
-    report["summary"] = summarize(report["records"])
-    out.write_text(json.dumps(report, indent=1) + "\n")
+    save_report(out, report)
     print()
     print(markdown_table(report["records"], families, lengths, methods, ratios))
     print()
@@ -561,7 +561,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def combine(paths: Sequence[str], out: Path) -> int:
     """Merge the records of several runs (the first run's meta, with each run's meta kept
     under ``runs``), write them to `out` and print the tables."""
-    reports = [json.loads(Path(p).read_text()) for p in paths]
+    reports = [load_report(Path(p)) for p in paths]
     records = [r for report in reports for r in report["records"]]
     meta = dict(reports[0]["meta"])
     meta["runs"] = [report["meta"] for report in reports]
@@ -572,8 +572,7 @@ def combine(paths: Sequence[str], out: Path) -> int:
     families, lengths = first_seen("family"), sorted(first_seen("length"))
     methods, ratios = first_seen("method"), sorted(first_seen("ratio"))
     meta.update(families=families, lengths=lengths, methods=methods, ratios=ratios)
-    merged = {"meta": meta, "records": records, "summary": summarize(records)}
-    out.write_text(json.dumps(merged, indent=1) + "\n")
+    save_report(out, {"meta": meta, "records": records})
     print(markdown_table(records, families, lengths, methods, ratios))
     print()
     print(cost_table(records, lengths, methods, ratios))
@@ -606,6 +605,33 @@ def recorder(records, task, family, length, sample, input_tokens, counter):
         )
 
     return record
+
+
+def records_path(out: Path) -> Path:
+    """Where a report's raw records go: beside it, as JSON lines, never committed."""
+    return out.with_name(out.stem + ".records.jsonl")
+
+
+def save_report(out: Path, report: dict) -> None:
+    """Write `report`'s meta and summary (one line per cell) to `out`, the file that is
+    committed, and its raw records to `records_path(out)`, which re-running regenerates."""
+    summary = summarize(report["records"])
+    cells = ",\n".join(f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in summary.items())
+    meta = json.dumps(report["meta"], ensure_ascii=False)
+    out.write_text(f'{{"meta": {meta},\n "summary": {{\n{cells}\n }}}}\n')
+    lines = (json.dumps(r, ensure_ascii=False) for r in report["records"])
+    records_path(out).write_text("".join(f"{line}\n" for line in lines))
+
+
+def load_report(path: Path) -> dict:
+    """A report written by `save_report`, its records read back from beside it."""
+    report = json.loads(path.read_text())
+    raw = records_path(path)
+    if "records" not in report:
+        if not raw.exists():
+            raise SystemExit(f"{path}: its records ({raw.name}) are not here; re-run to regenerate")
+        report["records"] = [json.loads(line) for line in raw.read_text().splitlines() if line]
+    return report
 
 
 def summarize(records: list[dict]) -> dict:

@@ -1,10 +1,13 @@
-"""`ILRe`: encode a context once, recall budgeted spans for any number of queries."""
+"""`ILRe`: encode a context once, recall budgeted spans for any number of queries.
+
+This is the public façade, longer than the other modules because it carries the documented
+API (loading, encode, extend, recall, compress); each method delegates its steps to the
+modules that own them (docs/ARCHITECTURE.md).
+"""
 
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import replace
@@ -20,7 +23,7 @@ from .config import ILReConfig
 from .context import EncodedContext, TokenizedContext
 from .errors import ContextTooLongError, EncodedContextError
 from .inputs import as_documents, check_query
-from .loading import ModelSource, ProfileChoice, load_trunk, resolve_model
+from .loading import ModelSource, ProfileChoice, load_trunk, model_fingerprint, resolve_model
 from .memory import MemoryEstimate, check_memory, estimate_encode_bytes
 from .profiles import Profile
 from .recall import head_scores, pool_scores
@@ -131,7 +134,7 @@ class ILRe:
         """Compile the model's decoder layers (`ilre_engine.compiled`) and return this engine.
 
         On a GPU the norms, rotary embedding, activation and residual adds then run as fused
-        kernels (1M tokens, Llama-3.1-8B shape on an H100: see benchmarks/README.md). The
+        kernels (speed-ups measured in benchmarks/README.md). The
         first encode pays the compilation (tens of seconds); results equal the eager ones up
         to floating-point rounding.
         """
@@ -148,24 +151,10 @@ class ILRe:
 
     @functools.cached_property
     def fingerprint(self) -> str:
-        """Identity of the model's weights and shape up to the retrieval layer: the config's
-        architecture fields and the bytes of the embeddings' first rows and of `l_R`'s key
-        projection. Encoded contexts carry it, and engines refuse others' contexts."""
-        config = self.model.config
-        fields = (
-            "model_type",
-            "hidden_size",
-            "num_attention_heads",
-            "num_key_value_heads",
-            "vocab_size",
-            "head_dim",
-        )
-        digest = hashlib.sha256(json.dumps({f: getattr(config, f, None) for f in fields}).encode())
-        embeddings = self.model.get_input_embeddings().weight[:16]
-        key_projection = self.model.layers[self.layer].self_attn.k_proj.weight
-        for tensor in (embeddings, key_projection):
-            digest.update(tensor.detach().float().cpu().numpy().tobytes())
-        return digest.hexdigest()[:32]
+        """Identity of the model's weights and shape up to the retrieval layer
+        (`ilre_engine.loading.model_fingerprint`). Encoded contexts carry it, and engines
+        refuse others' contexts."""
+        return model_fingerprint(self.model, self.layer)
 
     # -- encode ---------------------------------------------------------------------------
 

@@ -8,6 +8,8 @@ ready-to-load copy in the cache directory, written atomically.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import shutil
@@ -191,6 +193,26 @@ def load_trunk(
         tokenizer = AutoTokenizer.from_pretrained(source.path, **source.hub_kwargs)
     model.to(device).eval()
     return model, tokenizer, layer, applied
+
+
+def model_fingerprint(model: torch.nn.Module, layer: int) -> str:
+    """Identity of a trunk's weights and shape up to `layer`: the config's architecture fields
+    and the bytes of the embeddings' first rows and of `layer`'s key projection."""
+    config = model.config
+    fields = (
+        "model_type",
+        "hidden_size",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "vocab_size",
+        "head_dim",
+    )
+    digest = hashlib.sha256(json.dumps({f: getattr(config, f, None) for f in fields}).encode())
+    embeddings = model.get_input_embeddings().weight[:16]
+    key_projection = model.layers[layer].self_attn.k_proj.weight
+    for tensor in (embeddings, key_projection):
+        digest.update(tensor.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:32]
 
 
 @contextmanager

@@ -1,8 +1,8 @@
 """ILRe's rows of the quality benchmark, and the needle test at 20 depths, on the GPU.
 
-    python benchmarks/gpu_quality.py prepare                     # CPU: tasks, tokens, the pack
-    python benchmarks/gpu_quality.py run --out OUT               # GPU, .device_carry/quality
-    python benchmarks/gpu_quality.py score --gpu OUT             # CPU: spans, recall, tables
+    python benchmarks/lab/gpu_quality.py prepare                     # CPU: tasks, tokens, the pack
+    python benchmarks/lab/gpu_quality.py run --out OUT               # GPU, .device_carry/quality
+    python benchmarks/lab/gpu_quality.py score --gpu OUT             # CPU: spans, recall, tables
 
 `benchmarks/quality.py` runs every method on the CPU, where ILRe's encodes of 32k tokens take
 about a minute each on two cores. This script moves only the model's work to the GPU: the
@@ -37,9 +37,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parents[1]))
 
 import quality
-from gpu_gemma_spans import build_trunk, pack_trunk, rebuild_state
+from gguf_pack import build_trunk, pack_trunk, rebuild_state
 
 DEEP_LAYER = 11
 """The next global-attention layer of the embedded model: the layer ablation."""
@@ -265,7 +266,7 @@ def score(args) -> None:
         records = report["records"]
         lengths, families, samples = task_sets(args)[set_name]
         report["meta"] = {
-            "command": "python benchmarks/gpu_quality.py " + " ".join(sys.argv[1:]),
+            "command": "python benchmarks/lab/gpu_quality.py " + " ".join(sys.argv[1:]),
             "date": time.strftime("%Y-%m-%d"),
             "machine": f"{timing['device']} for the model (float32), this CPU for spans",
             "torch": timing["torch"],
@@ -284,9 +285,8 @@ def score(args) -> None:
             "methods": list(dict.fromkeys(r["method"] for r in records)),
             "seed": args.seed,
         }
-        report["summary"] = quality.summarize(records)
         path = args.results / f"results_{set_name}_gpu.json"
-        path.write_text(json.dumps(report, indent=1) + "\n")
+        quality.save_report(path, report)
         print(f"{set_name}: {len(records)} records -> {path}")
         print(
             quality.markdown_table(

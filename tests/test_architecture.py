@@ -1,0 +1,133 @@
+"""The package's structure: which modules may import which, and the per-family rules.
+
+docs/ARCHITECTURE.md draws the layers; this test holds the code to them.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from transformers import Gemma3TextConfig, LlamaConfig
+
+from ilre_engine.architectures import adapter_for
+
+ROOT = Path(__file__).parents[1]
+PACKAGES = ("ilre_engine", "ilre_integrations")
+FORBIDDEN = {
+    "ilre_engine": ("ilre_integrations", "benchmarks", "tests"),
+    "ilre_integrations": ("benchmarks", "tests"),
+}
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path, module: str) -> set[str]:
+    """Modules `path` imports at module level (TYPE_CHECKING blocks and function bodies
+    excluded: those run after every module has loaded), as absolute names."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    found: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            continue
+        for child in ast.walk(node) if isinstance(node, (ast.If, ast.Try)) else [node]:
+            if isinstance(child, ast.Import):
+                found.update(alias.name for alias in child.names)
+            elif isinstance(child, ast.ImportFrom):
+                base = child.module or ""
+                if child.level:
+                    anchor = package.split(".")[: len(package.split(".")) - child.level + 1]
+                    base = ".".join(anchor + ([base] if base else []))
+                found.add(base)
+                found.update(f"{base}.{alias.name}" for alias in child.names)
+    return found
+
+
+def _all_imports(path: Path) -> set[str]:
+    """Every import anywhere in the file, module level or not, except TYPE_CHECKING."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            names.add(node.module or "")
+    return names
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = {
+        _module_name(path): path for package in PACKAGES for path in (ROOT / package).rglob("*.py")
+    }
+    return {
+        name: {dep for dep in _imports(path, name) if dep in modules and dep != name}
+        for name, path in modules.items()
+    }
+
+
+def test_no_import_cycles():
+    graph = _graph()
+    state: dict[str, int] = {}
+
+    def visit(node: str, trail: list[str]) -> None:
+        state[node] = 1
+        for dep in sorted(graph[node]):
+            if state.get(dep) == 1:
+                cycle = [*trail[trail.index(dep) :], dep] if dep in trail else [node, dep]
+                pytest.fail("import cycle: " + " -> ".join(cycle))
+            if dep not in state:
+                visit(dep, [*trail, dep])
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_no_forbidden_imports(package):
+    for path in (ROOT / package).rglob("*.py"):
+        for name in _all_imports(path):
+            top = name.split(".")[0]
+            assert top not in FORBIDDEN[package], f"{path.relative_to(ROOT)} imports {name}"
+
+
+def test_the_checks_see_a_cycle(tmp_path, monkeypatch):
+    """The cycle check is not vacuous: two modules importing each other are reported."""
+    package = tmp_path / "ilre_engine"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "a.py").write_text("from .b import x\n")
+    (package / "b.py").write_text("from . import a\nx = 1\n")
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    monkeypatch.setattr(sys.modules[__name__], "PACKAGES", ("ilre_engine",))
+    with pytest.raises(pytest.fail.Exception, match="import cycle"):
+        test_no_import_cycles()
+
+
+def test_importing_the_package_loads_no_torch():
+    code = "import sys, ilre_engine, ilre_engine.errors; assert 'torch' not in sys.modules"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+
+
+def test_default_layer_is_a_global_layer_at_the_papers_depth():
+    # 32 global layers: the paper's depth, 3 of 32.
+    assert (
+        adapter_for(LlamaConfig(num_hidden_layers=32)).default_layer(
+            LlamaConfig(num_hidden_layers=32)
+        )
+        == 3
+    )
+    # Gemma 3 270M's layout: sliding layers but for 5, 11 and 17. The paper's depth (2) is a
+    # sliding layer, which cannot see past 512 tokens: the first global layer after it is used.
+    types = ["full_attention" if i in (5, 11, 17) else "sliding_attention" for i in range(18)]
+    gemma = Gemma3TextConfig(num_hidden_layers=18, layer_types=types, sliding_window=512)
+    assert adapter_for(gemma).default_layer(gemma) == 5
