@@ -261,13 +261,19 @@ def test_aggregate_counts_ask_for_every_mention_at_one_place():
     text = HAYSTACKS["long"]
     for seed in range(20):
         task = HARD_FAMILIES["aggregate_count"](text, 0.3, random.Random(seed))
-        ((mention, place),) = {(t[0], _fill(t[1], task.query, "place")) for t in AGGREGATES} - {
-            (t[0], None) for t in AGGREGATES
-        }
+        (mention, other_event, place) = next(
+            (t[0], t[1], _fill(t[2], task.query, "place"))
+            for t in AGGREGATES
+            if _fill(t[2], task.query, "place")
+        )
         needles = [task.context[a:b] for a, b in task.needle_spans]
         at_place = [n for n in needles if _fill(mention, n, "place") == place]
         assert 3 <= len(task.answers) == len(at_place) <= 6
-        assert 2 <= len(needles) - len(at_place) <= 4
+        assert needles[: len(at_place)] == at_place  # the asked mentions come first
+        distractors = needles[len(at_place) :]
+        assert 2 <= len(distractors) <= 4
+        assert _fill(other_event, distractors[0], "place") == place  # other event, same place
+        assert _fill(mention, distractors[1], "place") not in (None, place)  # elsewhere
         assert all(any(answer in n for n in at_place) for answer in task.answers)
 
 

@@ -149,9 +149,11 @@ def _build_tag(rng: random.Random) -> str:
     return f"{name}.core-{major}.{rng.randrange(10)}.{build}+g{_alnum(rng, 7, '0123456789abcdef')}"
 
 
-def _code(rng: random.Random) -> str:
-    if rng.random() < 0.5:
-        return f"sk_live_{_alnum(rng, 24)}"
+def _api_key(rng: random.Random) -> str:
+    return f"sk_{rng.choice(('live', 'test'))}_{_alnum(rng, 24)}"
+
+
+def _call(rng: random.Random) -> str:
     module = rng.choice(("ledger.sync", "auth.tokens", "geo.tiles"))
     return f"{module}.rebuild_{_alnum(rng, 4, string.ascii_lowercase)}(0x{rng.getrandbits(32):08x})"
 
@@ -177,10 +179,15 @@ LONG_VALUES: dict[str, tuple[str, str, Callable[[random.Random], str]]] = {
         "What is the build tag of the {key} firmware?",
         _build_tag,
     ),
-    "code": (
-        "The secret token of the {key} billing service is {value}.",
-        "What is the secret token of the {key} billing service?",
-        _code,
+    "api_key": (
+        "The API key of the {key} billing service is {value}.",
+        "What is the API key of the {key} billing service?",
+        _api_key,
+    ),
+    "call": (
+        "The repair call for the {key} ledger is {value}.",
+        "What is the repair call for the {key} ledger?",
+        _call,
     ),
 }
 """Kind -> (needle, question, value maker) of ``long_value``; `{key}` is a project name."""
@@ -224,43 +231,47 @@ def _combination(rng: random.Random) -> str:
     return ", ".join(number_words(rng.randrange(1, 100)) for _ in range(3))
 
 
-NUMBER_FACTS: tuple[tuple[str, str, Maker | None, Maker], ...] = (
+_TOWNS = ("Alder Creek", "Harbourview", "Elmstead", "Larkin Street", "Saltcote", "Hollowell")
+
+NUMBER_FACTS: tuple[tuple[str, str, tuple[str, ...], Maker | None, Maker], ...] = (
     (
         "Locker {key} at the {place} gym opens with the code {value}.",
         "What code opens locker {key} at the {place} gym?",
+        _TOWNS,
         lambda rng: number_words(rng.randrange(10, 100)),
         _combination,
     ),
     (
         "The combination set on the safe in the {place} office is {value}.",
         "What combination was set on the safe in the {place} office?",
+        _TOWNS,
         None,
         _combination,
     ),
     (
         "Flight {key} to {place} carried {value} passengers.",
         "How many passengers were on flight {key} to {place}?",
+        ("Lisbon", "Nairobi", "Osaka", "Quito", "Tbilisi", "Windhoek"),
         lambda rng: number_words(rng.randrange(100, 1000)),
         lambda rng: number_words(rng.randrange(101, 400)),
     ),
     (
         "A night in room {key} of the {place} hotel costs {value} dollars.",
         "How many dollars does a night in room {key} of the {place} hotel cost?",
+        _TOWNS,
         lambda rng: number_words(rng.randrange(100, 500)),
         lambda rng: number_words(rng.randrange(120, 500)),
     ),
 )
-"""(needle, question, key maker or None, answer maker) of ``number_words``: with a key
-maker the needles differ by a key written in words at one `{place}`; without one, by place."""
-
-_PLACES = ("Alder Creek", "Harbourview", "Elmstead", "Larkin Street", "Saltcote", "Hollowell")
+"""(needle, question, places, key maker or None, answer maker) of ``number_words``: with a
+key maker the needles differ by a key written in words at one place; without one, by place."""
 
 
 def number_words_task(text: str, depth: float, rng: random.Random) -> RetrievalTask:
     """A fact whose answer is a number (or three) written as words, and two distractors of
     the same form told apart by a key written in words (or by the place)."""
-    needle, question, make_key, make_value = rng.choice(NUMBER_FACTS)
-    places = rng.sample(_PLACES, 3)
+    needle, question, towns, make_key, make_value = rng.choice(NUMBER_FACTS)
+    places = rng.sample(towns, 3)
     taken: set[str] = set()
     if make_key is None:
         keys = [""] * 3
@@ -502,9 +513,10 @@ def split_fact_task(text: str, depth: float, rng: random.Random) -> RetrievalTas
 
 # -- counting every mention ------------------------------------------------------------------
 
-AGGREGATES: tuple[tuple[str, str, tuple[str, ...], tuple[str, ...], tuple[str, ...]], ...] = (
+AGGREGATES: tuple[tuple[str, str, str, tuple[str, ...], tuple[str, ...], tuple[str, ...]], ...] = (
     (
         "The freighter {name} unloaded its cargo at {place} in March.",
+        "The freighter {name} was refused a berth at {place} in March.",
         "How many freighters unloaded their cargo at {place} in March?",
         ("Gdynia", "Rijeka", "Setúbal", "Klaipėda", "Varna"),
         ("Saltmarsh", "Northern", "Copper", "Amber", "Silent", "Windward", "Iron", "Pale"),
@@ -512,6 +524,7 @@ AGGREGATES: tuple[tuple[str, str, tuple[str, ...], tuple[str, ...], tuple[str, .
     ),
     (
         "The climber {name} reached the summit of {place} last summer.",
+        "The climber {name} turned back below the summit of {place} last summer.",
         "How many climbers reached the summit of {place} last summer?",
         ("Mount Kazbek", "Mount Ararat", "Triglav", "Musala", "Grossglockner"),
         ("Ilse", "Tarik", "Brenna", "Oskar", "Mirela", "Jonas", "Sunniva", "Dario"),
@@ -519,31 +532,38 @@ AGGREGATES: tuple[tuple[str, str, tuple[str, ...], tuple[str, ...], tuple[str, .
     ),
     (
         "The mare {name} won a race at {place} this season.",
+        "The mare {name} fell at the first fence at {place} this season.",
         "How many races did mares win at {place} this season?",
         ("Leopardstown", "Chantilly", "Baden-Baden", "Flemington", "Longchamp"),
         ("Velvet", "Scarlet", "Midnight", "Dusty", "Golden", "Quiet", "Wild", "Lucky"),
         ("Orchid", "Comet", "Sonnet", "Ribbon", "Harbor", "Juniper", "Saffron", "Minstrel"),
     ),
 )
-"""``(mention, question, places, first name words, second name words)`` of
+"""``(mention, other event, question, places, first name words, second name words)`` of
 ``aggregate_count``; a name is a first word and a second word."""
 
 
 def aggregate_count_task(text: str, depth: float, rng: random.Random) -> RetrievalTask:
-    """3 to 6 mentions of one event at one place (the first at `depth`) and 2 to 4 of the
-    same event at other places, each with a distinct name; asked how many happened at the
-    place, every mention's name there is an answer."""
-    mention, question, places, firsts, seconds = rng.choice(AGGREGATES)
+    """3 to 6 mentions of one event at one place (the first at `depth`) among 2 to 4
+    distractors: the other event at that place (the first distractor), the same event at
+    another place (the second), either (the rest); every mention has a distinct name. Asked
+    how many of the event happened at the place, the names of its mentions are the answers."""
+    mention, other_event, question, places, firsts, seconds = rng.choice(AGGREGATES)
     count, distractors = rng.randint(3, 6), rng.randint(2, 4)
     place, *others = rng.sample(places, len(places))
     pool = [f"{a} {b}" for a in firsts for b in seconds]
     names = _pick(rng, pool, text, set(), count + distractors)
-    spots = [place] * count + [rng.choice(others) for _ in range(distractors)]
+    needles = [mention.format(name=n, place=place) for n in names[:count]]
+    for i, name in enumerate(names[count:]):
+        if i == 0 or (i > 1 and rng.random() < 0.5):
+            needles.append(other_event.format(name=name, place=place))
+        else:
+            needles.append(mention.format(name=name, place=rng.choice(others)))
     return _build(
         "aggregate_count",
         text,
         depth,
-        [mention.format(name=n, place=p) for n, p in zip(names, spots, strict=True)],
+        needles,
         [depth, *_other_depths(rng, count + distractors - 1)],
         question.format(place=place),
         [(name, i) for i, name in enumerate(names[:count])],
@@ -643,7 +663,7 @@ PROSE_QUESTIONS: tuple[tuple[str, str], ...] = (
         "What should founders keep apart, instead of vague optimism about the future?",
         "separate facts from hopes",
     ),
-    ("What is by far the top killer of young firms that have raised funding?", "Hiring too fast"),
+    ("What most often dooms young companies that have taken investment?", "Hiring too fast"),
     ("What protects venture investors, so that all-or-nothing bets suit them?", "portfolio effect"),
     (
         "What does Paul Buchheit call growing a weak business big for impressive numbers?",
@@ -658,12 +678,12 @@ PROSE_QUESTIONS: tuple[tuple[str, str], ...] = (
         "How does the released version feel to a developer who ships betas every day?",
         "old and crappy",
     ),
-    ("Why did Google embrace its motto so eagerly, according to the writer?", "against arrogance"),
+    ("Why did the search company take up its famous slogan so keenly?", "against arrogance"),
     (
         "In the famous commercial, whom would Apple no longer resemble, next to the tyrant?",
         "woman with the hammer",
     ),
-    ("Which program made the Apple II a success?", "VisiCalc"),
+    ("Which spreadsheet turned Apple's second computer into a hit?", "VisiCalc"),
     ("What would pocket devices have to become for programmers to switch?", "development machines"),
     (
         "What did the Apple I's maker plug it into because he could not afford a screen?",
@@ -671,10 +691,10 @@ PROSE_QUESTIONS: tuple[tuple[str, str], ...] = (
     ),
     # avg.txt (28.3k..53.7k)
     ("Where does the name of the online store builder come from?", "worked via the Web"),
-    ("Below what share is the survival rate of new companies?", "way less than fifty percent"),
+    ("Roughly what proportion of new ventures make it?", "way less than fifty percent"),
     ("Whose secret codes might rivals have thought Viaweb was breaking?", "Enigma traffic"),
     ("Who wrote the assassin thriller the writer read at about nine?", "Frederick Forsyth"),
-    ("How many users did Viaweb have when Yahoo bought it?", "1070 users"),
+    ("How many customers did the store-building company have at its acquisition?", "1070 users"),
     (
         "For which simple jobs may a less abstract language do?",
         "number crunching or bit manipulation",
@@ -702,7 +722,7 @@ PROSE_QUESTIONS: tuple[tuple[str, str], ...] = (
         "flat usage graph",
     ),
     (
-        "What do colleges supply students with while also urging them to found companies?",
+        "What do universities make sure undergraduates never run short of?",
         "contraceptives",
     ),
     (
@@ -714,13 +734,19 @@ PROSE_QUESTIONS: tuple[tuple[str, str], ...] = (
         "just learn",
     ),
     # bias.txt, boss.txt, copy.txt, corpdev.txt, desres.txt, diff.txt (79.3k..128.6k)
-    ("By how much did firms with female founders outdo the rest in one VC's study?", "63%"),
     (
-        "Besides white flour and sugar, what fat were humans not designed to eat?",
+        "By what margin did companies started by women beat the others in one investor's study?",
+        "63%",
+    ),
+    (
+        "Along with refined flour and sugar, which processed fat were people not built to eat?",
         "hydrogenated vegetable oil",
     ),
-    ("What is the upshot for individuals about the size of employers?", "aim small"),
-    ("What did expert-system startups charge per copy?", "a year's salary"),
+    ("What should a person conclude about how big a company to work for?", "aim small"),
+    (
+        "What price did young companies ask for each copy of rule-based AI software?",
+        "a year's salary",
+    ),
     ("Where in the long race does someone offer the tired runner a rest?", "mile 20"),
     (
         "Working as a designer does not mean acting as what kind of kitchen worker?",
@@ -730,11 +756,11 @@ PROSE_QUESTIONS: tuple[tuple[str, str], ...] = (
         "What does reading aloud to her family keep the novelist's landscapes from being?",
         "self-indulgently arty",
     ),
-    ("Which phrase is a synonym for bad design?", "Design by committee"),
+    ("What way of working together is just another name for poor design?", "Design by committee"),
     # ecw.txt (128.6k..134.9k)
-    ("How long did the writer spend investing in early stage startups?", "almost a decade"),
+    ("For how long did the author back young companies as an investor?", "almost a decade"),
     (
-        "How independent-minded were the Airbnb founders, in the writer's aside?",
+        "How extreme was the home-rental founders' self-reliance, in an aside?",
         "almost pathologically so",
     ),
 )
