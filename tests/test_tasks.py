@@ -19,7 +19,7 @@ from ilre_engine.calibration.hard_tasks import (
     PROSE_QUESTIONS,
     SPLIT_FACTS,
     content_words,
-    number_words,
+    spell_number,
 )
 from ilre_engine.calibration.tasks import (
     ESSAY_QUESTIONS,
@@ -202,11 +202,11 @@ def test_long_values_are_long_unbroken_strings_of_every_kind():
 
 
 def test_number_words():
-    assert number_words(7) == "seven"
-    assert number_words(41) == "forty-one"
-    assert number_words(90) == "ninety"
-    assert number_words(237) == "two hundred and thirty-seven"
-    assert number_words(300) == "three hundred"
+    assert spell_number(7) == "seven"
+    assert spell_number(41) == "forty-one"
+    assert spell_number(90) == "ninety"
+    assert spell_number(237) == "two hundred and thirty-seven"
+    assert spell_number(300) == "three hundred"
     text = HAYSTACKS["short"]
     for seed in range(20):
         task = HARD_FAMILIES["number_words"](text, 0.5, random.Random(seed))

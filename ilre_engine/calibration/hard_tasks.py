@@ -85,7 +85,7 @@ _DECADES = "_ _ twenty thirty forty fifty sixty seventy eighty ninety"
 _ONES, _TENS = _NUMBERS.split(), _DECADES.split()
 
 
-def number_words(n: int) -> str:
+def spell_number(n: int) -> str:
     """`n` (0..999) in English words: ``41`` -> ``forty-one``, ``237`` -> ``two hundred and
     thirty-seven``."""
     if not 0 <= n < 1000:
@@ -95,7 +95,7 @@ def number_words(n: int) -> str:
     if n < 100:
         return _TENS[n // 10] + ("" if n % 10 == 0 else "-" + _ONES[n % 10])
     rest = n % 100
-    return f"{_ONES[n // 100]} hundred" + ("" if rest == 0 else f" and {number_words(rest)}")
+    return f"{_ONES[n // 100]} hundred" + ("" if rest == 0 else f" and {spell_number(rest)}")
 
 
 _FUNCTION_WORDS = """
@@ -228,7 +228,7 @@ def long_value_task(text: str, depth: float, rng: random.Random) -> RetrievalTas
 
 
 def _combination(rng: random.Random) -> str:
-    return ", ".join(number_words(rng.randrange(1, 100)) for _ in range(3))
+    return ", ".join(spell_number(rng.randrange(1, 100)) for _ in range(3))
 
 
 _TOWNS = ("Alder Creek", "Harbourview", "Elmstead", "Larkin Street", "Saltcote", "Hollowell")
@@ -238,7 +238,7 @@ NUMBER_FACTS: tuple[tuple[str, str, tuple[str, ...], Maker | None, Maker], ...] 
         "Locker {key} at the {place} gym opens with the code {value}.",
         "What code opens locker {key} at the {place} gym?",
         _TOWNS,
-        lambda rng: number_words(rng.randrange(10, 100)),
+        lambda rng: spell_number(rng.randrange(10, 100)),
         _combination,
     ),
     (
@@ -252,15 +252,15 @@ NUMBER_FACTS: tuple[tuple[str, str, tuple[str, ...], Maker | None, Maker], ...] 
         "Flight {key} to {place} carried {value} passengers.",
         "How many passengers were on flight {key} to {place}?",
         ("Lisbon", "Nairobi", "Osaka", "Quito", "Tbilisi", "Windhoek"),
-        lambda rng: number_words(rng.randrange(100, 1000)),
-        lambda rng: number_words(rng.randrange(101, 400)),
+        lambda rng: spell_number(rng.randrange(100, 1000)),
+        lambda rng: spell_number(rng.randrange(101, 400)),
     ),
     (
         "A night in room {key} of the {place} hotel costs {value} dollars.",
         "How many dollars does a night in room {key} of the {place} hotel cost?",
         _TOWNS,
-        lambda rng: number_words(rng.randrange(100, 500)),
-        lambda rng: number_words(rng.randrange(120, 500)),
+        lambda rng: spell_number(rng.randrange(100, 500)),
+        lambda rng: spell_number(rng.randrange(120, 500)),
     ),
 )
 """(needle, question, places, key maker or None, answer maker) of ``number_words``: with a
