@@ -3,13 +3,16 @@
     python benchmarks/quality.py                        # the full run of benchmarks/README.md
     python benchmarks/quality.py --quick                # CI smoke: asserts ILRe's floor
     python benchmarks/quality.py --lengths 8000 --families niah_single,essay_qa --samples 5
+    python benchmarks/quality.py --families hard --samples 10   # the seven families of hard_tasks
 
 Every method gets the same context, query and budget (a share of the context in the reader
 LLM's tokens, cl100k_base, counted with the engine's `TokenCounter`), and its output must
 fit the budget (asserted). The metric is *answer recall in the compressed text*: a sample
 counts when every gold string of the task
-(`ilre_engine.calibration.tasks.TASK_FAMILIES`) appears in the output. Samples of a cell put
-the first needle at evenly spread depths; seeds are fixed.
+(`ilre_engine.calibration.families.ALL_FAMILIES`) appears in the output. ``--families``
+defaults to the nine published families (`ilre_engine.calibration.tasks.TASK_FAMILIES`);
+``hard`` names the seven of `ilre_engine.calibration.hard_tasks`, ``all`` all sixteen.
+Samples of a cell put the first needle at evenly spread depths; seeds are fixed.
 
 Methods:
 
@@ -56,6 +59,8 @@ import numpy as np
 import torch
 
 from ilre_engine import GAP_MARKER, ILRe, resolve_budget
+from ilre_engine.calibration.families import ALL_FAMILIES
+from ilre_engine.calibration.hard_tasks import HARD_FAMILIES
 from ilre_engine.calibration.tasks import TASK_FAMILIES, RetrievalTask, haystack
 
 CHUNK_TOKENS = 128
@@ -329,7 +334,7 @@ def iter_tasks(
                     length,
                     family,
                     sample,
-                    TASK_FAMILIES[family](text, (sample + 0.5) / samples, rng),
+                    ALL_FAMILIES[family](text, (sample + 0.5) / samples, rng),
                 )
 
 
@@ -341,7 +346,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--lengths", default="4000,8000,16000,32000", help="model tokens")
     parser.add_argument("--ratios", default="0.05,0.1")
     parser.add_argument("--samples", type=int, default=3, help="per family and length")
-    parser.add_argument("--families", default=",".join(TASK_FAMILIES))
+    parser.add_argument(
+        "--families",
+        default=",".join(TASK_FAMILIES),
+        help="comma-separated; 'hard': the hard_tasks families; 'all': every family",
+    )
     parser.add_argument("--methods", default="all")
     parser.add_argument("--ablation-layers", default="5,11", help="layers of ilre_l<N>")
     parser.add_argument("--deep-lengths", default="4000,8000", help="lengths of ilre_l<N>")
@@ -370,7 +379,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     lengths = [int(x) for x in args.lengths.split(",")]
     ratios = [float(x) for x in args.ratios.split(",")]
-    families = args.families.split(",")
+    groups = {"hard": list(HARD_FAMILIES), "all": list(ALL_FAMILIES)}
+    families = [f for name in args.families.split(",") for f in groups.get(name, [name])]
     ablation_layers = [int(x) for x in args.ablation_layers.split(",") if x]
     known = all_methods(ablation_layers, args.window_layer)
     methods = known if args.methods == "all" else args.methods.split(",")
@@ -378,8 +388,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if name not in known:
             parser.error(f"unknown method {name!r}; choose from {', '.join(known)}")
     for name in families:
-        if name not in TASK_FAMILIES:
-            parser.error(f"unknown family {name!r}; choose from {', '.join(TASK_FAMILIES)}")
+        if name not in ALL_FAMILIES:
+            parser.error(f"unknown family {name!r}; choose from {', '.join(ALL_FAMILIES)}")
     deep_lengths = {int(x) for x in args.deep_lengths.split(",") if x}
     window_lengths = {int(x) for x in args.window_lengths.split(",") if x}
     window_families = set(args.window_families.split(","))

@@ -3,6 +3,9 @@
 - `layer_search`: `calibrate` reads retrieval tasks once through every candidate layer and
   measures each layer's answer recall; ``ilre calibrate`` is its command line.
 - `tasks`: the retrieval task generators over real prose, shared with the quality benchmark.
+- `hard_tasks`: further families aimed at observed weaknesses (long unbroken answers, numbers
+  in words, paraphrased and split facts, counts, long chains, more essay questions);
+  `families.ALL_FAMILIES` merges both registries (`tasks` does not import `hard_tasks`).
 """
 
 from .layer_search import (
