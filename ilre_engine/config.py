@@ -21,6 +21,16 @@ class ILReConfig:
         max_tokens: the longest context, in model tokens, an encode accepts (documents
             added by `ILRe.extend` count with the earlier ones); None takes the model's
             ``max_position_embeddings``, past which its positions were never trained.
+        kernel_allocation: ``"heads"`` deals the kernel sizes round-robin over the query
+            heads (the paper's allocation); ``"average"`` pools every head with every kernel
+            and averages.
+        prior_query: a question that asks for nothing in particular. Tokens that every
+            question attends to (contractions, sentence starts) score high under it too, so
+            each token's score under the real question is divided by its score under this
+            one (both normalised to sum 1, plus ``1/L``); None scores without the prior.
+        granularity: the units a selection is made of: ``"sentence"``, ``"clause"`` or
+            ``"word"`` (`ilre_engine.selection`). A unit that does not fit what is left of the
+            budget gives way to its finer units; a word is never cut.
     """
 
     chunk_size: int = 1024
@@ -30,6 +40,9 @@ class ILReConfig:
     query_template: str = "\n\nQuestion: {query}"
     score_block: int = 65536
     max_tokens: int | None = None
+    kernel_allocation: str = "heads"
+    prior_query: str | None = None
+    granularity: str = "word"
 
     def __post_init__(self) -> None:
         for name in ("chunk_size", "window", "score_block"):
@@ -43,3 +56,13 @@ class ILReConfig:
             raise ValueError(f"kernel_sizes must be odd and >= 1, got {self.kernel_sizes}")
         if "{query}" not in self.query_template:
             raise ValueError("query_template must contain '{query}'")
+        if self.kernel_allocation not in ("heads", "average"):
+            raise ValueError(
+                f"kernel_allocation must be 'heads' or 'average', got {self.kernel_allocation!r}"
+            )
+        if self.granularity not in ("word", "clause", "sentence"):
+            raise ValueError(
+                f"granularity must be 'word', 'clause' or 'sentence', got {self.granularity!r}"
+            )
+        if self.prior_query is not None and not str(self.prior_query).strip():
+            raise ValueError("prior_query must be a question or None")

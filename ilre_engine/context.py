@@ -100,6 +100,7 @@ class EncodedContext:
     fingerprint: str
     tokenizer_name: str
     input_token_counts: dict[str, int] = field(default_factory=dict, repr=False)
+    prior_scores: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
     @property
     def documents(self) -> tuple[str, ...]:

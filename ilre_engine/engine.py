@@ -26,7 +26,7 @@ from .inputs import as_documents, check_query
 from .loading import ModelSource, ProfileChoice, load_trunk, model_fingerprint, resolve_model
 from .memory import MemoryEstimate, check_memory, estimate_encode_bytes
 from .profiles import Profile
-from .recall import head_scores, pool_scores
+from .recall import head_scores, pool_scores, remove_prior
 from .results import RecallResult
 from .selection import select_within_budget, whole_documents
 from .streaming import StreamObserver, StreamState
@@ -317,12 +317,15 @@ class ILRe:
 
     def query_ids(self, query: str) -> tuple[list[int], int]:
         """The model tokens of `query` phrased by `query_template`, and how many of them are
-        the template's lead-in."""
+        the template's lead-in: the tokens that lie wholly before the query's first character
+        (a token that merges the lead-in's last space into the query's first word is the
+        query's)."""
         check_query(query)
         prefix = self.config.query_template.split("{query}", 1)[0]
         text = self.config.query_template.format(query=query)
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        lead_in = len(self.tokenizer(prefix, add_special_tokens=False)["input_ids"])
+        encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids = encoded["input_ids"]
+        lead_in = sum(1 for _, end in encoded["offset_mapping"] if end <= len(prefix))
         return ids, min(lead_in, len(ids) - 1)
 
     def token_scores(self, encoded: EncodedContext, query: str) -> np.ndarray:
@@ -330,22 +333,44 @@ class ILRe:
         return self.scores_for_ids(encoded, *self.query_ids(query)).cpu().numpy()
 
     @torch.inference_mode()
-    def scores_for_ids(
+    def head_scores_for_ids(
         self, encoded: EncodedContext, query_ids: Sequence[int], lead_in: int = 0
     ) -> torch.Tensor:
-        """`token_scores` for query token ids, on the device. The first `lead_in` query tokens
-        are read but do not vote: the template's lead-in ("Question:") attends to document
-        starts whatever is asked, and would spend the budget on them."""
+        """``(query_heads, L)`` attention of each head to each context token, averaged over
+        the query tokens after the first `lead_in`: the template's lead-in ("Question:") is
+        read but does not vote, since it attends to document starts whatever is asked."""
         queries, scaling = self.query_states(encoded, query_ids)
         doc_ids = torch.from_numpy(encoded.tokens.doc_ids).to(self.device)
-        heads = head_scores(
+        return head_scores(
             queries[:, min(lead_in, len(query_ids) - 1) :],
             encoded.keys,
             scaling,
             doc_ids,
             self.config.score_block,
         )
-        return pool_scores(heads, self.config.kernel_sizes, segments=doc_ids)
+
+    @torch.inference_mode()
+    def scores_for_ids(
+        self, encoded: EncodedContext, query_ids: Sequence[int], lead_in: int = 0
+    ) -> torch.Tensor:
+        """`token_scores` for query token ids, on the device: head scores, over the prior
+        when `ILReConfig.prior_query` is set, pooled."""
+        cfg = self.config
+        heads = self.head_scores_for_ids(encoded, query_ids, lead_in)
+        if cfg.prior_query is not None:
+            heads = remove_prior(heads, self._prior(encoded))
+        doc_ids = torch.from_numpy(encoded.tokens.doc_ids).to(self.device)
+        return pool_scores(
+            heads, cfg.kernel_sizes, segments=doc_ids, allocation=cfg.kernel_allocation
+        )
+
+    def _prior(self, encoded: EncodedContext) -> torch.Tensor:
+        """The head scores of `prior_query`, computed once per context and template."""
+        key = f"{self.config.query_template}|{self.config.prior_query}"
+        if key not in encoded.prior_scores:
+            ids, lead_in = self.query_ids(self.config.prior_query)
+            encoded.prior_scores[key] = self.head_scores_for_ids(encoded, ids, lead_in)
+        return encoded.prior_scores[key]
 
     def recall(
         self,
@@ -368,7 +393,9 @@ class ILRe:
             spans, text = whole_documents(encoded.documents)
             return RecallResult(text, spans, input_tokens, input_tokens, budget, True)
         scores = self.token_scores(encoded, query)
-        spans, text = select_within_budget(encoded.tokens, scores, budget, self.counter.count)
+        spans, text = select_within_budget(
+            encoded.tokens, scores, budget, self.counter.count, self.config.granularity
+        )
         return RecallResult(text, tuple(spans), input_tokens, self.counter.count(text), budget)
 
     def compress(

@@ -85,18 +85,36 @@ def allocate_kernels(num_heads: int, kernel_sizes: Sequence[int]) -> list[int]:
     return [int(kernel_sizes[head % len(kernel_sizes)]) for head in range(num_heads)]
 
 
+def remove_prior(scores: torch.Tensor, prior: torch.Tensor) -> torch.Tensor:
+    """Per head, `scores` over the `prior` scores of a question that asks for nothing: both
+    normalised to sum 1 over the context, the prior smoothed by ``1/L``. What every question
+    attends to (contractions, sentence starts) scores about 1; what this question attends to
+    more than any question does scores above."""
+    length = scores.shape[-1]
+    share = scores / scores.sum(-1, keepdim=True).clamp_min(1e-30)
+    baseline = prior / prior.sum(-1, keepdim=True).clamp_min(1e-30)
+    return share / (baseline + 1.0 / length)
+
+
 def pool_scores(
     head_scores: torch.Tensor,
     kernel_sizes: Sequence[int],
     segments: torch.Tensor | None = None,
+    allocation: str = "heads",
 ) -> torch.Tensor:
-    """``(L,)`` token scores: each head max-pooled with its allocated kernel, then averaged.
+    """``(L,)`` token scores: each head max-pooled with its allocated kernel, then averaged;
+    with ``allocation="average"``, every head pooled with every kernel, all averaged.
 
     With `segments` (``(L,)`` ids, e.g. the document of each token), pooling never carries a
     score across a change of segment: the sequence is spread out with zero-score gaps as wide
     as the largest kernel's reach before pooling, and gathered back after.
     """
-    sizes = allocate_kernels(head_scores.shape[0], kernel_sizes)
+    if allocation == "average" and len(kernel_sizes) > 1:
+        heads = head_scores.shape[0]
+        head_scores = head_scores.repeat(len(kernel_sizes), 1)
+        sizes = [int(size) for size in kernel_sizes for _ in range(heads)]
+    else:
+        sizes = allocate_kernels(head_scores.shape[0], kernel_sizes)
     reach = max(sizes) // 2
     index = None
     if segments is not None and reach and len(segments) > 1:

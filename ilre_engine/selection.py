@@ -1,12 +1,21 @@
-"""Budgeted selection (steps 4 and 5 of the method): token scores in, spans of text out.
+"""Budgeted selection (step 5 of the method): token scores in, whole units of text out.
 
-`select_within_budget` keeps the largest top-k of the pooled token scores whose text fits
-the budget; `spans_from_mask` turns selected tokens into `Span`s of the source documents,
-and `join_spans` into the compressed text.
+A selection is made of *units*: sentences, clauses or words (`GRANULARITIES`), never parts
+of a word, so a UUID, a URL or a number written as words comes out whole or not at all.
+`select_within_budget` ranks the units of the chosen granularity by their best token's
+score and takes them best first while they fit the budget; a unit too long for what is left
+gives way to its own finer units (a sentence to its clauses, a clause to its words), so the
+budget is spent on the best text that fits, not left empty. Every returned selection has
+been counted with the budget tokenizer: the budget always holds.
+
+`spans_from_mask` turns selected tokens into `Span`s of the source documents, and
+`join_spans` into the compressed text.
 """
 
 from __future__ import annotations
 
+import heapq
+import re
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -16,6 +25,49 @@ from .results import Span
 
 GAP_MARKER = " … "
 """Joins two spans of `RecallResult.text` that are not adjacent in the source."""
+
+GRANULARITIES = ("word", "clause", "sentence")
+"""Units a selection is made of, finest first."""
+
+# A sentence ends after terminal punctuation (and closing quotes or brackets) followed by
+# white space, at a line break, or after a CJK full stop; a clause also at , ; : and dashes.
+_SENTENCE_END = re.compile(r"[.!?…]+[\"'”’)\]]*(?=\s)|\n|[。！？]")
+_CLAUSE_END = re.compile(r"[.!?…,;:]+[\"'”’)\]]*(?=\s)|\s[—–-]+(?=\s)|\n|[。！？，；：]")
+_PATTERNS = {"sentence": _SENTENCE_END, "clause": _CLAUSE_END}
+
+
+def unit_ids(context: TokenizedContext, granularity: str) -> np.ndarray:
+    """``(L,)`` id of the unit each token belongs to (-1 outside the documents); ids increase
+    along the context. A token belongs to the unit of its first non-space character."""
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
+    if granularity == "word":
+        return np.where(context.doc_ids >= 0, context.word_ids, -1)
+    pattern = _PATTERNS[granularity]
+    ids = np.full(len(context), -1, dtype=np.int64)
+    first_unit = 0
+    for document, text in enumerate(context.documents):
+        members = np.flatnonzero(context.doc_ids == document)
+        if not len(members):
+            continue
+        ends = np.fromiter((m.end() for m in pattern.finditer(text)), dtype=np.int64)
+        starts = _first_visible(text, context.offsets[members])
+        local = np.searchsorted(ends, starts, side="right")
+        # Unit ids count only the units that hold tokens, so they stay dense.
+        _, dense = np.unique(local, return_inverse=True)
+        ids[members] = first_unit + dense
+        first_unit += int(dense.max()) + 1
+    return ids
+
+
+def _first_visible(text: str, offsets: np.ndarray) -> np.ndarray:
+    """Each token's first non-space character (its start when it has none)."""
+    visible = np.fromiter((i for i, ch in enumerate(text) if not ch.isspace()), dtype=np.int64)
+    if not len(visible):
+        return offsets[:, 0]
+    after = np.searchsorted(visible, offsets[:, 0])
+    first = visible[np.minimum(after, len(visible) - 1)]
+    return np.where((after < len(visible)) & (first < offsets[:, 1]), first, offsets[:, 0])
 
 
 def spans_from_mask(
@@ -64,36 +116,133 @@ def whole_documents(documents: Sequence[str]) -> tuple[tuple[Span, ...], str]:
     return spans, join_spans(documents, spans)
 
 
+class _Units:
+    """The units of one granularity: their tokens (as ranges) and best scores."""
+
+    def __init__(self, ids: np.ndarray, scores: np.ndarray, selectable: np.ndarray) -> None:
+        members = np.flatnonzero((ids >= 0) & selectable)
+        self.ids = ids
+        unit_of = ids[members]
+        boundaries = np.flatnonzero(np.diff(unit_of)) + 1
+        self.first = members[np.concatenate(([0], boundaries))] if len(members) else members
+        self.last = (
+            members[np.concatenate((boundaries - 1, [len(members) - 1]))]
+            if len(members)
+            else members
+        )
+        self.unit = unit_of[np.concatenate(([0], boundaries))] if len(members) else unit_of
+        self.score = (
+            np.maximum.reduceat(scores[members], np.concatenate(([0], boundaries)))
+            if len(members)
+            else scores[:0]
+        )
+
+
 def select_within_budget(
     context: TokenizedContext,
     token_scores: np.ndarray,
     budget: int,
     count_tokens: Callable[[str], int],
+    granularity: str = "sentence",
 ) -> tuple[list[Span], str]:
-    """The spans of the largest top-k selection whose text counts at most `budget` tokens.
+    """The best-scoring units of `granularity` whose joined text counts at most `budget`.
 
-    The count of a selection's text is near-monotone in k (merging spans can drop a gap
-    marker), so a binary search finds the largest fitting k and every returned selection
-    has been counted: the budget always holds.
+    Units are taken best first (a unit scores its best token); one that does not fit what is
+    left of the budget is replaced by its finer units, which compete with the rest. The
+    taken units are then counted as the joined text they make: the longest prefix of the
+    order they were taken in that fits is kept, and what is left of the budget is filled
+    again, so the result is as full as the units allow and never over the budget.
     """
     selectable = (context.doc_ids >= 0) & (context.offsets[:, 1] > context.offsets[:, 0])
-    order = np.argsort(-np.where(selectable, token_scores, -np.inf), kind="stable")
-    order = order[: int(selectable.sum())]
-    num_words = int(context.word_ids[-1]) + 1 if len(context.word_ids) else 0
+    finer = GRANULARITIES[: GRANULARITIES.index(granularity) + 1][::-1]
+    levels = [_Units(unit_ids(context, g), token_scores, selectable) for g in finer]
+    gap = count_tokens(GAP_MARKER)
+    cost_cache: dict[tuple[int, int], int] = {}
 
-    def build(k: int) -> tuple[list[Span], str]:
-        words = np.zeros(num_words, dtype=bool)
-        words[context.word_ids[order[:k]]] = True
-        spans = spans_from_mask(context, words[context.word_ids] & selectable, token_scores)
+    def text_of(level: int, index: int) -> str:
+        units = levels[level]
+        first, last = int(units.first[index]), int(units.last[index])
+        document = int(context.doc_ids[first])
+        start, end = int(context.offsets[first, 0]), int(context.offsets[last, 1])
+        return context.documents[document][start:end].strip()
+
+    covered = np.zeros(len(context) + 2, dtype=bool)  # padded: token i is covered[i + 1]
+
+    def cost(level: int, index: int) -> int:
+        """The unit's own tokens, plus a gap marker unless it continues a taken unit."""
+        key = (level, index)
+        if key not in cost_cache:
+            cost_cache[key] = count_tokens(text_of(level, index))
+        first, last = int(levels[level].first[index]), int(levels[level].last[index])
+        joins = covered[first] or covered[last + 2] or not covered.any()
+        return cost_cache[key] + (0 if joins else gap)
+
+    def take(level: int, index: int) -> None:
+        taken.append((level, index))
+        covered[int(levels[level].first[index]) + 1 : int(levels[level].last[index]) + 2] = True
+
+    def children(level: int, index: int) -> list[tuple[float, int, int]]:
+        units, finer_units = levels[level], levels[level + 1]
+        lo = np.searchsorted(finer_units.first, units.first[index], side="left")
+        hi = np.searchsorted(finer_units.first, units.last[index], side="right")
+        return [(-float(finer_units.score[i]), level + 1, int(i)) for i in range(lo, hi)]
+
+    heap = [(-float(score), 0, i) for i, score in enumerate(levels[0].score)]
+    heapq.heapify(heap)
+    taken: list[tuple[int, int]] = []
+    best: tuple[list[Span], str] = ([], "")
+    spent = 0
+    for _ in range(4):  # fill, count exactly, fill what is left: a few rounds suffice
+        added = False
+        while heap and budget - spent > gap:  # a unit costs at least one token and a gap
+            _, level, index = heapq.heappop(heap)
+            price = cost(level, index)
+            if spent + price <= budget:
+                take(level, index)
+                spent += price
+                added = True
+            elif level + 1 < len(levels):
+                for child in children(level, index):
+                    heapq.heappush(heap, child)
+        if not added:
+            break
+        keep = _longest_fitting_prefix(context, levels, taken, token_scores, budget, count_tokens)
+        best, kept = keep
+        for level, index in taken[kept:]:  # what did not fit after all is given back
+            first, last = int(levels[level].first[index]), int(levels[level].last[index])
+            covered[first + 1 : last + 2] = False
+        del taken[kept:]
+        spent = count_tokens(best[1])
+    return best
+
+
+def _longest_fitting_prefix(
+    context: TokenizedContext,
+    levels: list[_Units],
+    taken: list[tuple[int, int]],
+    scores: np.ndarray,
+    budget: int,
+    count_tokens: Callable[[str], int],
+) -> tuple[tuple[list[Span], str], int]:
+    """The spans and text of the longest prefix of `taken` that fits `budget` (binary search:
+    a longer prefix never counts fewer tokens but for merged gap markers, and every returned
+    candidate was counted), and that prefix's length."""
+
+    def build(n: int) -> tuple[list[Span], str]:
+        mask = np.zeros(len(context), dtype=bool)
+        for level, index in taken[:n]:
+            units = levels[level]
+            mask[int(units.first[index]) : int(units.last[index]) + 1] = True
+        spans = spans_from_mask(context, mask, scores)
         return spans, join_spans(context.documents, spans)
 
-    best: tuple[list[Span], str] = ([], "")
-    low, high = 1, len(order)
+    best: tuple[tuple[list[Span], str], int] = (([], ""), 0)
+    low, high = 1, len(taken)
     while low <= high:
-        k = (low + high) // 2
-        candidate = build(k)
+        middle = (low + high) // 2
+        candidate = build(middle)
         if count_tokens(candidate[1]) <= budget:
-            best, low = candidate, k + 1
+            best, low = (candidate, middle), middle + 1
         else:
-            high = k - 1
+            high = middle - 1
     return best

@@ -1,11 +1,13 @@
 """Model tokens with their sources: documents in, a `TokenizedContext` out.
 
 Documents are tokenised one by one (so no token straddles two documents) and concatenated
-as ``<bos> doc0 <sep> doc1 <sep> ...``. Every token keeps its document index and character
-offsets in that document; tokens of the separator and special tokens belong to no document
-(index -1) and are never selected. Tokens are also grouped into words, so a selection grows
-to whole words: a word is a run of letters and digits of alphabetic scripts (CJK ideographs,
-kana and hangul count one character a word), capped at `MAX_WORD_TOKENS` tokens.
+as ``<sink> doc0 <sep> doc1 <sep> ...``. The sink is the beginning-of-sequence token, or for
+tokenizers without one (Qwen2) the end-of-text token, so that the attention sink is never a
+word of the text. Every token keeps its document index and character offsets in that
+document; the sink, separators and special tokens belong to no document (index -1) and are
+never selected. Tokens are also grouped into words, so that a selection never cuts one: a
+word is a whitespace-delimited run of characters (a UUID, a URL or a dotted identifier is one
+word), except that CJK ideographs, kana and hangul count one character a word.
 """
 
 from __future__ import annotations
@@ -21,9 +23,18 @@ from .errors import ILReError
 
 DOCUMENT_SEPARATOR = "\n\n"
 
-MAX_WORD_TOKENS = 16
+_CJK = "\u2e80-\u9fff\uac00-\ud7af\uf900-\ufaff\U00020000-\U0003ffff"
+_WORD = re.compile(f"[{_CJK}]|[^\\s{_CJK}]+")
 
-_WORD = re.compile(r"[^\W_\u2e80-\u9fff\uac00-\ud7af\uf900-\ufaff\U00020000-\U0003ffff]+")
+
+def sink_token_id(tokenizer: Any) -> int | None:
+    """The token that opens a context as its attention sink: beginning-of-sequence, else
+    end-of-text (what models without BOS see between documents in training), else padding."""
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        value = getattr(tokenizer, name, None)
+        if value is not None:
+            return int(value)
+    return None
 
 
 def tokenize_documents(
@@ -41,9 +52,8 @@ def tokenize_documents(
         )
     encoded = tokenizer(list(documents), add_special_tokens=False, return_offsets_mapping=True)
     separator = tokenizer(DOCUMENT_SEPARATOR, add_special_tokens=False)["input_ids"]
-    prefix = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    if first_document:
-        prefix = []
+    sink = sink_token_id(tokenizer)
+    prefix = [] if first_document or sink is None else [sink]
 
     ids: list[np.ndarray] = [np.asarray(prefix, dtype=np.int64)]
     docs: list[np.ndarray] = [np.full(len(prefix), -1, dtype=np.int32)]
@@ -64,7 +74,7 @@ def tokenize_documents(
         offsets.append(doc_offsets)
         continues.append(_continues_word(text, doc_offsets[:, 0]))
 
-    word_ids = _cap_word_length(np.cumsum(~np.concatenate(continues)) - 1)
+    word_ids = np.cumsum(~np.concatenate(continues)) - 1
     return TokenizedContext(
         documents=tuple(documents),
         input_ids=np.concatenate(ids),
@@ -85,14 +95,3 @@ def _continues_word(text: str, starts: np.ndarray) -> np.ndarray:
     result = inside & (starts > words[word, 0]) & (starts < words[word, 1])
     result[0] = False
     return result
-
-
-def _cap_word_length(word_ids: np.ndarray) -> np.ndarray:
-    """Split words longer than `MAX_WORD_TOKENS` tokens (long identifiers, base64, URLs)."""
-    if not len(word_ids):
-        return word_ids
-    first = np.searchsorted(word_ids, word_ids, side="left")
-    piece = (np.arange(len(word_ids)) - first) // MAX_WORD_TOKENS
-    new_word = np.ones(len(word_ids), dtype=bool)
-    new_word[1:] = (word_ids[1:] != word_ids[:-1]) | (piece[1:] != piece[:-1])
-    return np.cumsum(new_word) - 1

@@ -209,3 +209,11 @@ def test_threads_sharing_an_engine_get_the_sequential_results(engine, sample):
     assert [[(s.document, s.start, s.end) for s in r.spans] for r in actual] == [
         [(s.document, s.start, s.end) for s in r.spans] for r in expected
     ]
+
+
+def test_the_questions_first_word_votes(engine):
+    """The template's lead-in ("\\n\\nQuestion: ") tokenised alone ends in a space that the
+    full text merges into the question's first word: that word must count as the query's."""
+    ids, lead_in = engine.query_ids("How much longer must they wait?")
+    assert engine.tokenizer.decode(ids[lead_in:]).strip().startswith("How much")
+    assert "Question" in engine.tokenizer.decode(ids[:lead_in])

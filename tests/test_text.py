@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -93,3 +96,67 @@ def test_counter_defaults_to_offline_cl100k():
     counter = TokenCounter()
     assert counter.count("hello world") == 2
     assert counter.count("") == 0
+
+
+def test_a_tokenizer_without_bos_gets_an_end_of_text_sink(tokenizer):
+    """Qwen2-style tokenizers have no BOS: the first word of the text must not become the
+    attention sink (which takes most of the attention mass and is never selected)."""
+    import copy
+
+    no_bos = copy.deepcopy(tokenizer)
+    no_bos.bos_token = None
+    assert no_bos.bos_token_id is None and no_bos.eos_token_id is not None
+    context = tokenize_documents(no_bos, ["Alpha beta gamma."])
+    assert context.input_ids[0] == no_bos.eos_token_id and context.doc_ids[0] == -1
+    assert context.doc_ids[1] == 0 and context.offsets[1, 0] == 0
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "3f2b9c1e-7a44-4d0b-9e8f-2c6a1b5d7e90",
+        "https://intranet.example.org/builds/orion-7/artifacts?run=4421&sig=9f8e7d",
+        "a94a8fe5ccb19ba61c4c8c7b7f8b1d2e3f4a5b6c",
+        "orion-7.build.4421-rc2",
+    ],
+)
+@pytest.mark.parametrize("granularity", ["word", "clause", "sentence"])
+def test_long_unbroken_strings_come_out_whole_or_not_at_all(tokenizer, value, granularity):
+    documents = [f"The deploy log was long. The release token is {value} for tonight. Done."]
+    context = tokenize_documents(tokenizer, documents)
+    start = documents[0].index(value)
+    inside = np.flatnonzero((context.offsets[:, 0] >= start) & (context.doc_ids == 0))
+    scores = np.zeros(len(context), dtype=np.float32)
+    scores[inside[0]] = 1.0  # only the value's first piece was recalled
+    counter = TokenCounter()
+    for budget in range(1, counter.count(documents[0]) + 1):
+        _, text = select_within_budget(context, scores, budget, counter.count, granularity)
+        assert counter.count(text) <= budget
+        pieces = [p for p in re.split(r"[^\w]+", value) if len(p) > 3]
+        kept = [p for p in pieces if p in text]
+        assert not kept or value in text, (budget, text)
+    assert value in text
+
+
+def test_a_unit_that_does_not_fit_gives_way_to_what_does(tokenizer):
+    """The best unit is longer than the budget: the budget goes to the next best units that
+    fit instead of coming back empty."""
+    documents = ["🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉🎉 party! The meeting moved to Tuesday. Bring the keys."]
+    context = tokenize_documents(tokenizer, documents)
+    scores = np.linspace(0.5, 0.1, len(context)).astype(np.float32)
+    scores[1] = 1.0  # the emoji run is the best unit, and costs more than the budget
+    counter = TokenCounter()
+    _, text = select_within_budget(context, scores, 8, counter.count, "word")
+    assert "🎉" not in text and text and counter.count(text) <= 8
+
+
+def test_sentence_granularity_keeps_whole_sentences(tokenizer):
+    documents = [
+        "Rain fell all week. The vault code is seven, forty-one, twelve. Tea was served at four."
+    ]
+    context = tokenize_documents(tokenizer, documents)
+    scores = np.zeros(len(context), dtype=np.float32)
+    scores[np.flatnonzero(context.offsets[:, 0] >= documents[0].index("vault"))[0]] = 1.0
+    counter = TokenCounter()
+    _, text = select_within_budget(context, scores, 20, counter.count, "sentence")
+    assert "The vault code is seven, forty-one, twelve." in text
