@@ -320,6 +320,49 @@ def run_ilre(
         engine.config = base
 
 
+def family_names(names: str) -> list[str]:
+    """Families named in a comma-separated list, where ``hard`` stands for the families of
+    `hard_tasks` and ``all`` for every family."""
+    groups = {"hard": list(HARD_FAMILIES), "all": list(ALL_FAMILIES)}
+    return [f for name in names.split(",") for f in groups.get(name, [name])]
+
+
+CONTRACTION = re.compile(r"\b\w+['’]\w+\b")
+"""A contraction or possessive (``don't``, ``they've``, ``Ilse's``): tokens that every
+question attends to, whatever it asks."""
+
+
+def output_traits(task: RetrievalTask, text: str) -> dict:
+    """What a method's output looks like beyond recall: whether each answer's start was kept
+    (``found``, against ``recalled``: the answers whole), how many of its words are
+    contractions, and how many of its pieces start and end on a sentence or clause border."""
+    pieces = [p for p in text.split(GAP_MARKER) if p]
+    bordered = sum(_on_borders(task.context, piece) for piece in pieces)
+    return {
+        "found": all(answer.split()[0][:8] in text for answer in task.answers),
+        "words": len(text.split()),
+        "contractions": len(CONTRACTION.findall(text)),
+        "pieces": len(pieces),
+        "bordered_pieces": bordered,
+    }
+
+
+_CLAUSE_END = ".!?…,;:\"'”’)]"
+
+
+def _on_borders(context: str, piece: str) -> bool:
+    """True when `piece` (first occurrence in `context`) starts after a clause end or a line
+    break (or at the start) and ends on one (or at the end)."""
+    start = context.find(piece)
+    if start < 0:
+        return False
+    end = start + len(piece)
+    before = context[:start].rstrip(" \t")
+    starts = not before or before[-1] in _CLAUSE_END or before.endswith("\n")
+    ends = piece[-1] in _CLAUSE_END or end == len(context) or context[end : end + 1] == "\n"
+    return starts and ends
+
+
 def iter_tasks(
     tokenizer, lengths: Sequence[int], families: Sequence[str], samples: int, seed: int
 ) -> Iterator[tuple[int, str, int, RetrievalTask]]:
@@ -379,8 +422,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     lengths = [int(x) for x in args.lengths.split(",")]
     ratios = [float(x) for x in args.ratios.split(",")]
-    groups = {"hard": list(HARD_FAMILIES), "all": list(ALL_FAMILIES)}
-    families = [f for name in args.families.split(",") for f in groups.get(name, [name])]
+    families = family_names(args.families)
     ablation_layers = [int(x) for x in args.ablation_layers.split(",") if x]
     known = all_methods(ablation_layers, args.window_layer)
     methods = known if args.methods == "all" else args.methods.split(",")
@@ -610,6 +652,7 @@ def recorder(records, task, family, length, sample, input_tokens, counter):
                 "output_tokens": tokens,
                 "recalled": task.recalled(output),
                 "seconds": round(seconds, 3),
+                **output_traits(task, output),
                 **extra,
             }
         )
@@ -657,8 +700,27 @@ def summarize(records: list[dict]) -> dict:
                 float(np.mean([r["output_tokens"] / r["budget"] for r in rows])), 3
             ),
             "median_seconds": round(float(np.median([r["seconds"] for r in rows])), 3),
+            **_trait_summary(rows),
         }
         for key, rows in sorted(groups.items())
+    }
+
+
+def _trait_summary(rows: list[dict]) -> dict:
+    """Answers found (start kept) against recalled (whole), the share of output words that
+    are contractions, and of pieces that start and end on a clause border."""
+    if not all("found" in r for r in rows):
+        return {}
+    words = sum(r["words"] for r in rows)
+    pieces = sum(r["pieces"] for r in rows)
+    return {
+        "found": sum(r["found"] for r in rows),
+        "contraction_share": round(sum(r["contractions"] for r in rows) / words, 4)
+        if words
+        else 0.0,
+        "bordered_share": round(sum(r["bordered_pieces"] for r in rows) / pieces, 3)
+        if pieces
+        else 0.0,
     }
 
 

@@ -6,21 +6,19 @@
 
 `benchmarks/quality.py` runs every method on the CPU, where ILRe's encodes of 32k tokens take
 about a minute each on two cores. This script moves only the model's work to the GPU: the
-same tasks (`quality.iter_tasks`, same seeds), tokenised on the CPU by the real engine; the
-trunk packed as `gpu_gemma_spans.py` packs it (the GGUF's own quantised blocks of layers
-0..11 and the embedding rows the tasks use, checked bit-identical to the real engine's
-weights); the GPU computes every variant's token scores in float32 (where the embedded
-model's spans were shown identical to the CPU's, `gpu_gemma_spans.py`); and `score` turns
-the scores into budgeted spans on the CPU with the engine's own `select_within_budget` and
-budget tokenizer, and writes records in `quality.py`'s format, for `quality.py --combine`.
+same tasks (`quality.iter_tasks`, same seeds), tokenised on the CPU by the real engine, with
+the query tokens each scoring variant reads (`engine.query_ids`); the trunk packed by
+`gguf_pack.pack_trunk` (the GGUF's own quantised blocks of layers 0..l_R and the embedding
+rows the tasks use, checked bit-identical to the real engine's weights); the GPU encodes
+each task once and computes every scoring variant's token scores in float32 with the
+engine's own `scores_for_ids`; `score` turns the scores into budgeted spans on the CPU with
+the engine's own `select_within_budget` (at each granularity) and budget tokenizer, and
+writes results in `quality.py`'s format, for `quality.py --combine`.
 
-Variants: ``ilre`` (the shipped profile's layer and kernels) and its kernel ablations
-``ilre_k1``, ``ilre_k9``, ``ilre_kmulti``, all from one encoding; ``ilre_l11`` (layer 11, the
-next global-attention layer); ``ilre_l11_w512`` / ``ilre_l11_wfull`` (layer 11 re-encoded
-with a streaming window of 512 / no eviction, for `quality.py`'s window families). Every
-length gets every variant (on the CPU the deep ones run at 4k and 8k only).
-The needle set (``--niah-lengths``, ``--niah-samples``) is ``niah_single`` at 20 evenly
-spread depths, the test of `benchmarks/niah.py`, with the engine as shipped.
+The device returns at most 64 MiB, so `run` keeps, per task and variant, the top
+`KEPT_SHARE` of the token scores (float16, with their positions); the other tokens score
+below all of them. A budget of 10% never reaches past them: `score` checks that every
+selection's units rank within what was kept, and counts the selections where one did not.
 """
 
 from __future__ import annotations
@@ -42,19 +40,43 @@ sys.path.insert(0, str(Path(__file__).parents[1]))
 import quality
 from gguf_pack import build_trunk, pack_trunk, rebuild_state
 
-DEEP_LAYER = 11
-"""The next global-attention layer of the embedded model: the layer ablation."""
 RATIOS = (0.05, 0.1)
+KEPT_SHARE = 0.3
+PRIOR = "What is this text about?"
+REPEATED = "\n\nQuestion: {query}\nThe question again: {query}"
+
+SCORINGS = {
+    "prior_k17": {"prior_query": PRIOR, "kernel_sizes": (17,)},
+    "plain_k17": {"prior_query": None, "kernel_sizes": (17,)},
+    "prior_kavg": {
+        "prior_query": PRIOR,
+        "kernel_sizes": (1, 5, 9, 17),
+        "kernel_allocation": "average",
+    },
+    "prior_k1": {"prior_query": PRIOR, "kernel_sizes": (1,)},
+    "prior_k17_repeat": {"prior_query": PRIOR, "kernel_sizes": (17,), "query_template": REPEATED},
+}
+"""Scoring variants, all read from one encoding of each task: config overrides."""
+
+METHODS = {
+    "ilre": ("prior_k17", "sentence"),
+    "ilre_r1": ("plain_k17", "word"),
+    "ilre_noprior": ("plain_k17", "sentence"),
+    "ilre_word": ("prior_k17", "word"),
+    "ilre_clause": ("prior_k17", "clause"),
+    "ilre_kavg": ("prior_kavg", "sentence"),
+    "ilre_k1": ("prior_k1", "sentence"),
+    "ilre_repeat": ("prior_k17_repeat", "sentence"),
+}
+"""Rows of the benchmark: (scoring variant, granularity). ``ilre_r1`` is round 1's recall
+(word units, no prior) with this round's tokenisation and query fixes."""
 
 
 def task_sets(args) -> dict[str, tuple[list[int], list[str], int]]:
     """Per set: (lengths, families, samples)."""
+    families = quality.family_names(args.families)
     return {
-        "quality": (
-            [int(x) for x in args.lengths.split(",")],
-            list(quality.TASK_FAMILIES),
-            args.samples,
-        ),
+        "quality": ([int(x) for x in args.lengths.split(",")], families, args.samples),
         "niah": (
             [int(x) for x in args.niah_lengths.split(",")],
             ["niah_single"],
@@ -76,6 +98,10 @@ def key(*parts) -> str:
     return "|".join(map(str, parts))
 
 
+def variant_config(base, name: str):
+    return dataclasses.replace(base, **SCORINGS[name])
+
+
 def prepare(args) -> None:
     from ilre_engine import ILRe
     from ilre_engine.tokenization import tokenize_documents
@@ -83,35 +109,38 @@ def prepare(args) -> None:
     pack: Path = args.pack
     pack.mkdir(parents=True, exist_ok=True)
     engine = ILRe.from_pretrained(device="cpu")
-    deep = ILRe.from_pretrained(device="cpu", layer=DEEP_LAYER)
+    base = engine.config
     arrays: dict[str, np.ndarray] = {}
     lead_ins: dict[str, int] = {}
     for name, length, family, sample, task in each_task(engine, args):
         tokens = tokenize_documents(engine.tokenizer, (task.context,))
         assert np.array_equal(tokens.doc_ids, token_layout(len(tokens))[0]), "one document"
-        query_ids, lead_in = engine.query_ids(task.query)
-        assert deep.query_ids(task.query) == (query_ids, lead_in)
         k = key(name, length, family, sample)
         arrays[f"{k}|ids"] = tokens.input_ids.astype(np.int32)
-        arrays[f"{k}|query"] = np.asarray(query_ids, dtype=np.int32)
-        lead_ins[k] = lead_in
+        for variant in SCORINGS:
+            engine.config = variant_config(base, variant)
+            query_ids, lead_in = engine.query_ids(task.query)
+            arrays[f"{k}|query|{variant}"] = np.asarray(query_ids, dtype=np.int32)
+            lead_ins[f"{k}|{variant}"] = lead_in
+            if engine.config.prior_query is not None:
+                prior_ids, prior_lead_in = engine.query_ids(engine.config.prior_query)
+                arrays[f"prior|{variant}"] = np.asarray(prior_ids, dtype=np.int32)
+                lead_ins[f"prior|{variant}"] = prior_lead_in
+        engine.config = base
     np.savez_compressed(pack / "tasks.npz", **arrays)
     (pack / "tasks.json").write_text(
         json.dumps(
             {
                 "lead_in": lead_ins,
-                "layers": {"ilre": engine.layer, "deep": deep.layer},
-                "configs": {
-                    "ilre": dataclasses.asdict(engine.config),
-                    "deep": dataclasses.asdict(deep.config),
-                },
+                "layer": engine.layer,
+                "config": {k: v for k, v in dataclasses.asdict(base).items()},
                 "model": engine.name,
             }
         )
     )
     ids = np.concatenate(list(arrays.values())).astype(np.int64)
-    pack_trunk(pack, ids, max(engine.layer, deep.layer))
-    print(f"{len(lead_ins)} tasks")
+    pack_trunk(pack, ids, engine.layer)
+    print(f"{sum(1 for k in arrays if k.endswith('|ids'))} tasks, {len(ids):,} ids")
 
 
 def _config(raw: dict):
@@ -130,70 +159,53 @@ def run(args) -> None:
     meta = json.loads((pack / "tasks.json").read_text())
     tasks = np.load(pack / "tasks.npz")
     state = rebuild_state(pack)
-
-    def engine_at(layer: int, config) -> ILRe:
-        trunk = build_trunk(pack, state, layer, args.device, torch.float32)
-        return ILRe(trunk, None, layer=layer, name=meta["model"], config=config)
-
-    base = _config(meta["configs"]["ilre"])
-    deep_base = _config(meta["configs"]["deep"])
-    engine = engine_at(meta["layers"]["ilre"], base)
-    deep = engine_at(meta["layers"]["deep"], deep_base)
-    kernels = {m: k for m, k in quality.KERNEL_ABLATIONS.items() if tuple(k) != base.kernel_sizes}
-    windows = set(args.window_families.split(","))
-    # One file per length (the deep variants of 32k in their own): each under the 16 MiB
-    # that the device returns per file.
-    scores: dict[str, dict[str, np.ndarray]] = {}
+    layer, base = meta["layer"], _config(meta["config"])
+    trunk = build_trunk(pack, state, layer, args.device, torch.float32)
+    engine = ILRe(trunk, None, layer=layer, name=meta["model"], config=base)
+    prior_ids = {
+        v: (tasks[f"prior|{v}"].tolist(), meta["lead_in"][f"prior|{v}"])
+        for v in SCORINGS
+        if f"prior|{v}" in tasks.files
+    }
+    # Eight files under the 16 MiB each that the device returns, tasks dealt round-robin.
+    buckets: list[dict[str, np.ndarray]] = [{} for _ in range(8)]
     seconds: dict[str, float] = {}
+    names = sorted({k.rsplit("|", 1)[0] for k in tasks.files if k.endswith("|ids")})
 
-    def timed_scores(eng: ILRe, tokens, query, lead_in):
-        """Encode + scores, timed; returns (scores, seconds, encoded)."""
-        started = time.perf_counter()
-        encoded = eng.encode_tokens(tokens, progress=False)
-        # .cpu() waits for the device's work.
-        result = eng.scores_for_ids(encoded, query, lead_in).float().cpu().numpy()
-        return result, time.perf_counter() - started, encoded
+    def scores(encoded, name: str, variant: str) -> torch.Tensor:
+        engine.config = variant_config(base, variant)
+        if variant in prior_ids:
+            # The prior's head scores, computed once per encoding (as the engine caches them).
+            key_ = f"{engine.config.query_template}|{engine.config.prior_query}"
+            if key_ not in encoded.prior_scores:
+                encoded.prior_scores[key_] = engine.head_scores_for_ids(
+                    encoded, *prior_ids[variant]
+                )
+        query = tasks[f"{name}|query|{variant}"].tolist()
+        return engine.scores_for_ids(encoded, query, meta["lead_in"][f"{name}|{variant}"])
 
-    names = sorted({k.rsplit("|", 1)[0] for k in tasks.files})
-    # Warm up once so the first task's time is not the CUDA start-up.
-    first = names[0]
-    ids = tasks[f"{first}|ids"].astype(np.int64)
-    warm = TokenizedContext(("",), ids, *token_layout(len(ids)))
-    timed_scores(engine, warm, tasks[f"{first}|query"].tolist(), meta["lead_in"][first])
-    for name in names:
-        set_name, length, family, _sample = name.split("|")
+    for index, name in enumerate([names[0], *names]):  # the first run warms the device up
         ids = tasks[f"{name}|ids"].astype(np.int64)
         tokens = TokenizedContext(("",), ids, *token_layout(len(ids)))
-        query, lead_in = tasks[f"{name}|query"].tolist(), meta["lead_in"][name]
-        bucket = scores.setdefault(length, {})
-        deep_bucket = scores.setdefault(f"{length}-deep" if int(length) > 16000 else length, {})
-        bucket[f"{name}|ilre"], seconds[f"{name}|ilre"], encoded = timed_scores(
-            engine, tokens, query, lead_in
-        )
-        if set_name == "niah":
+        torch.cuda.synchronize() if args.device == "cuda" else None
+        started = time.perf_counter()
+        encoded = engine.encode_tokens(tokens, progress=False)
+        first = scores(encoded, name, "prior_k17").float().cpu()
+        elapsed = time.perf_counter() - started
+        if index == 0:
             continue
-        for method, sizes in kernels.items():
-            engine.config = dataclasses.replace(base, kernel_sizes=tuple(sizes))
-            bucket[f"{name}|{method}"] = (
-                engine.scores_for_ids(encoded, query, lead_in).cpu().numpy()
-            )
+        seconds[name] = elapsed
+        bucket = buckets[index % len(buckets)]
+        for variant in SCORINGS:
+            values = first if variant == "prior_k17" else scores(encoded, name, variant).cpu()
+            kept = max(1, int(np.ceil(KEPT_SHARE * len(values))))
+            top = torch.topk(values.float(), kept)
+            bucket[f"{name}|{variant}|at"] = top.indices.numpy().astype(np.uint16)
+            bucket[f"{name}|{variant}|score"] = top.values.numpy().astype(np.float16)
         engine.config = base
-        variants = {f"ilre_l{deep.layer}": deep_base}
-        if family in windows:
-            for label, window in quality.WINDOWS.items():
-                variants[f"ilre_l{deep.layer}_{label}"] = dataclasses.replace(
-                    deep_base, window=window
-                )
-        for method, config in variants.items():
-            deep.config = config
-            deep_bucket[f"{name}|{method}"], seconds[f"{name}|{method}"], _ = timed_scores(
-                deep, tokens, query, lead_in
-            )
-        deep.config = deep_base
-        print(name, f"{seconds[f'{name}|ilre']:.3f} s", flush=True)
-    for bucket_name, arrays in scores.items():
-        if arrays:
-            np.savez_compressed(out / f"scores-{bucket_name}.npz", **arrays)
+        print(name, f"{elapsed:.3f} s", flush=True)
+    for number, arrays in enumerate(buckets):
+        np.savez_compressed(out / f"scores-{number}.npz", **arrays)
     (out / "seconds.json").write_text(
         json.dumps(
             {
@@ -208,11 +220,20 @@ def run(args) -> None:
 
 def token_layout(length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """doc_ids, offsets and word ids of a one-document context for the GPU, whose scores
-    depend only on the ids and doc_ids: the first token (BOS) is no document's, every other
-    one is document 0's (`prepare` checks this of every task)."""
+    depend only on the ids and doc_ids: the first token (the sink) is no document's, every
+    other one is document 0's (`prepare` checks this of every task)."""
     doc_ids = np.zeros(length, dtype=np.int32)
     doc_ids[0] = -1
     return doc_ids, np.zeros((length, 2), dtype=np.int64), np.arange(length)
+
+
+def full_scores(at: np.ndarray, values: np.ndarray, length: int) -> tuple[np.ndarray, float]:
+    """The kept top scores in place, every other token below all of them; and the lowest
+    kept score, under which a selection would read guessed order."""
+    floor = float(values.min())
+    out = np.full(length, floor - 1.0, dtype=np.float32)
+    out[at.astype(np.int64)] = values.astype(np.float32)
+    return out, floor
 
 
 def score(args) -> None:
@@ -224,37 +245,38 @@ def score(args) -> None:
     timing = json.loads((gpu / "seconds.json").read_text())
     engine = ILRe.from_pretrained(device="cpu")
     counter = engine.counter
-    tasks = np.load(args.pack / "tasks.npz")
-    stored = {}
+    stored: dict[str, np.ndarray] = {}
     for path in sorted(gpu.glob("scores-*.npz")):
         arrays = np.load(path)
         stored.update({k: arrays[k] for k in arrays.files})
     reports = {name: {"meta": {}, "records": []} for name in ("quality", "niah")}
+    below_kept = 0
     for set_name, length, family, sample, task in each_task(engine, args):
         name = key(set_name, length, family, sample)
         tokens = tokenize_documents(engine.tokenizer, (task.context,))
-        assert np.array_equal(tokens.input_ids, tasks[f"{name}|ids"]), name
         encoded = SimpleNamespace(tokens=tokens)
         input_tokens = counter.count(task.context)
         records = reports[set_name]["records"]
         record = quality.recorder(records, task, family, length, sample, input_tokens, counter)
-        methods = [k.rsplit("|", 1)[1] for k in stored if k.startswith(f"{name}|")]
-        for method in methods:
-            token_scores = stored[f"{name}|{method}"]
-            ranks = quality.answer_ranks(encoded, task, token_scores)
-            encode_key = (
-                f"{name}|{method}" if f"{name}|{method}" in timing["seconds"] else f"{name}|ilre"
+        methods = {"ilre": METHODS["ilre"]} if set_name == "niah" else METHODS
+        for method, (variant, granularity) in methods.items():
+            token_scores, floor = full_scores(
+                stored[f"{name}|{variant}|at"], stored[f"{name}|{variant}|score"], len(tokens)
             )
+            ranks = quality.answer_ranks(encoded, task, token_scores)
             for ratio in RATIOS:
                 budget = resolve_budget(input_tokens, None, ratio)
                 started = time.perf_counter()
-                spans, text = select_within_budget(tokens, token_scores, budget, counter.count)
+                spans, text = select_within_budget(
+                    tokens, token_scores, budget, counter.count, granularity
+                )
                 select_s = time.perf_counter() - started
+                below_kept += any(span.score < floor for span in spans)
                 record(
                     method,
                     ratio,
                     text,
-                    timing["seconds"][encode_key] + select_s,
+                    timing["seconds"][name] + select_s,
                     answer_ranks=ranks,
                     kept_model_tokens=quality.kept_model_tokens(
                         encoded, SimpleNamespace(spans=spans)
@@ -262,6 +284,7 @@ def score(args) -> None:
                     model_tokens=len(tokens),
                     device=f"{timing['device']} (model, float32) + CPU (spans)",
                 )
+    print(f"selections that reached below the kept top {KEPT_SHARE:.0%}: {below_kept}")
     for set_name, report in reports.items():
         records = report["records"]
         lengths, families, samples = task_sets(args)[set_name]
@@ -277,6 +300,10 @@ def score(args) -> None:
                 "kernel_sizes": list(engine.config.kernel_sizes),
                 "config": dataclasses.asdict(engine.config),
             },
+            "methods_defined": {m: list(v) for m, v in METHODS.items()},
+            "scorings": {k: {**v} for k, v in SCORINGS.items()},
+            "kept_share": KEPT_SHARE,
+            "selections_below_kept": below_kept,
             "budget_tokenizer": counter.name,
             "lengths": lengths,
             "ratios": list(RATIOS),
@@ -305,10 +332,10 @@ def main() -> None:
     parser.add_argument("--gpu", type=Path, help="score: the folder `run` wrote")
     parser.add_argument("--results", type=Path, default=Path("benchmarks"), help="score: JSONs")
     parser.add_argument("--lengths", default="4000,8000,16000,32000")
-    parser.add_argument("--samples", type=int, default=3)
+    parser.add_argument("--families", default="all")
+    parser.add_argument("--samples", type=int, default=10)
     parser.add_argument("--niah-lengths", default="8000,32000")
-    parser.add_argument("--niah-samples", type=int, default=20)
-    parser.add_argument("--window-families", default="niah_single,niah_paraphrase,essay_qa")
+    parser.add_argument("--niah-samples", type=int, default=20, help="depths of the needle set")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     {"prepare": prepare, "run": run, "score": score}[args.step](args)
