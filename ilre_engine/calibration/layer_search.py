@@ -36,9 +36,10 @@ from ..engine import ILRe
 from ..errors import ILReError
 from ..loading import load_config, resolve_model
 from ..profiles import Profile, config_sha256
-from ..recall import head_scores, pool_scores
+from ..recall import head_scores, pool_scores, remove_prior
 from ..tokenization import tokenize_documents
-from .tasks import TASK_FAMILIES, RetrievalTask, haystack
+from .families import ALL_FAMILIES
+from .tasks import RetrievalTask, haystack
 
 CALIBRATION_FAMILIES = (
     "niah_single",
@@ -68,7 +69,7 @@ class CalibrationSettings:
     Attributes:
         lengths: context lengths in model tokens.
         samples: tasks per family and length (depths evenly spread).
-        families: `ilre_engine.calibration.tasks.TASK_FAMILIES` names.
+        families: `ilre_engine.calibration.families.ALL_FAMILIES` names.
         budgets: shares of the context's tokens the answers must rank within.
         kernel_sets: candidate pooling kernels.
         layers: candidate layers (None: every layer of the model).
@@ -86,9 +87,9 @@ class CalibrationSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        unknown = [f for f in self.families if f not in TASK_FAMILIES]
+        unknown = [f for f in self.families if f not in ALL_FAMILIES]
         if unknown:
-            raise ILReError(f"unknown task families {unknown}; known: {sorted(TASK_FAMILIES)}")
+            raise ILReError(f"unknown task families {unknown}; known: {sorted(ALL_FAMILIES)}")
         if self.samples < 1 or not self.lengths or not self.budgets:
             raise ILReError("calibration needs at least one length, budget and sample")
         if any(not 0 < b <= 1 for b in self.budgets):
@@ -152,7 +153,7 @@ def calibrate(
     ]
     texts = {length: haystack(engine.tokenizer, length) for length in settings.lengths}
     for length, family, depth in tqdm(jobs, desc="ILRe calibrate", disable=not progress):
-        task = TASK_FAMILIES[family](texts[length], depth, rng)
+        task = ALL_FAMILIES[family](texts[length], depth, rng)
         per_layer = _layer_recall(engine, task, layers, settings)
         for layer, per_kernels in per_layer.items():
             for kernels, per_budget in per_kernels.items():
@@ -242,18 +243,27 @@ class LayerRecorder:
 
 @torch.inference_mode()
 def observe_layers(
-    engine: ILRe, tokens: TokenizedContext, query_ids: Sequence[int], layers: Sequence[int]
+    engine: ILRe,
+    tokens: TokenizedContext,
+    query_ids: Sequence[int],
+    layers: Sequence[int],
+    *more_query_ids: Sequence[int],
 ) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor], float]:
     """Keys ``(kv_heads, L, D)`` and query states ``(heads, Tq, D)`` at each of `layers` (the
     last must be ``engine.layer``) from one streaming pass of the context and one of the query:
-    what engines with each of those retrieval layers would compute. Also the scaling."""
+    what engines with each of those retrieval layers would compute. Also the scaling. Each of
+    `more_query_ids` adds its own query pass; their states follow as further dicts."""
     if max(layers) != engine.layer:
         raise ILReError(f"the deepest observed layer must be the engine's ({engine.layer})")
     recorder = LayerRecorder(engine, frozenset(layers) - {engine.layer}, len(tokens))
     encoded = engine.encode_tokens(tokens, progress=False, observer=recorder)
-    queries, scaling = engine.query_states(encoded, query_ids, observer=recorder)
     keys = {engine.layer: encoded.keys, **recorder.keys}
-    return keys, {engine.layer: queries, **recorder.queries}, scaling
+    passes = []
+    for ids in (query_ids, *more_query_ids):
+        recorder.queries = {}
+        queries, scaling = engine.query_states(encoded, ids, observer=recorder)
+        passes.append({engine.layer: queries, **recorder.queries})
+    return keys, *passes, scaling
 
 
 @torch.inference_mode()
@@ -266,7 +276,14 @@ def _layer_recall(
     """Per candidate layer and kernel set, the answer recall at each budget."""
     tokens = tokenize_documents(engine.tokenizer, [task.context])
     query_ids, lead_in = engine.query_ids(task.query)
-    keys, queries, scaling = observe_layers(engine, tokens, query_ids, layers)
+    prior = engine.config.prior_query
+    if prior is None:
+        keys, queries, scaling = observe_layers(engine, tokens, query_ids, layers)
+    else:  # the engine scores over the prior: so does each candidate layer
+        prior_ids, prior_lead_in = engine.query_ids(prior)
+        keys, queries, priors, scaling = observe_layers(
+            engine, tokens, query_ids, layers, prior_ids
+        )
     answer_words = _answer_words(tokens, task.answer_spans)
     # The tokens of the answers' words: a word is kept when any of its tokens is selected.
     members = np.flatnonzero(np.isin(tokens.word_ids, np.concatenate(answer_words)))
@@ -276,9 +293,13 @@ def _layer_recall(
     selectable = int((tokens.doc_ids >= 0).sum())
     results: dict[int, dict[tuple[int, ...], list[float]]] = {}
     for layer in layers:
-        heads = head_scores(
-            queries[layer][:, lead_in:], keys[layer], scaling, doc_ids, engine.config.score_block
-        )
+        block = engine.config.score_block
+        heads = head_scores(queries[layer][:, lead_in:], keys[layer], scaling, doc_ids, block)
+        if prior is not None:
+            baseline = head_scores(
+                priors[layer][:, prior_lead_in:], keys[layer], scaling, doc_ids, block
+            )
+            heads = remove_prior(heads, baseline)
         results[layer] = {}
         for kernels in settings.kernel_sets:
             scores = pool_scores(heads, kernels, segments=doc_ids)
