@@ -167,8 +167,9 @@ def run(args) -> None:
         for v in SCORINGS
         if f"prior|{v}" in tasks.files
     }
-    # Eight files under the 16 MiB each that the device returns, tasks dealt round-robin.
-    buckets: list[dict[str, np.ndarray]] = [{} for _ in range(8)]
+    # Seven files (and seconds.json: the device returns eight) under its 16 MiB a file,
+    # tasks dealt round-robin.
+    buckets: list[dict[str, np.ndarray]] = [{} for _ in range(7)]
     seconds: dict[str, float] = {}
     names = sorted({k.rsplit("|", 1)[0] for k in tasks.files if k.endswith("|ids")})
 
