@@ -166,7 +166,10 @@ def shared_engine(
     from ilre_engine import ILRe, ILReConfig
 
     if isinstance(config, Mapping):
-        config = ILReConfig(**config)
+        # Lists (kernel_sizes from JSON, say) as tuples, so that equal configs share a key.
+        config = ILReConfig(
+            **{name: tuple(v) if isinstance(v, list) else v for name, v in config.items()}
+        )
     if budget_tokenizer is None:
         budget_tokenizer = "cl100k_base"
     key = (model, layer, device, config, _hashable(budget_tokenizer))
