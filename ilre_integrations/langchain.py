@@ -437,13 +437,9 @@ class ILReRetriever(BaseRetriever):
             kwargs: the retriever's fields: one budget (``k``, ``budget_tokens`` or
                 ``ratio``), ``tokens_per_k``, and BaseRetriever's (``tags``, ``metadata``).
         """
-        check_engine(engine)
-        check_budget_tokenizer(budget_tokenizer)
-        _check_fields(kwargs)
-        check_one_budget(**{name: kwargs.get(name) for name in ("k", "budget_tokens", "ratio")})
-        # The budget is refused before the expensive part: loading and encoding.
+        retriever = cls._unloaded(engine, budget_tokenizer, kwargs)
         engine = _engine(engine, _settings(model, layer, device, config, budget_tokenizer))
-        retriever = cls(corpus=EncodedCorpus(engine), **kwargs)
+        retriever.corpus = EncodedCorpus(engine)
         retriever.add_documents(documents)
         return retriever
 
@@ -466,9 +462,18 @@ class ILReRetriever(BaseRetriever):
         Raises:
             EncodedContextError: the corpus was encoded by another model, or is damaged.
         """
-        check_engine(engine)
+        retriever = cls._unloaded(engine, budget_tokenizer, kwargs)
         engine = _engine(engine, _settings(model, layer, device, config, budget_tokenizer))
-        return cls(corpus=EncodedCorpus.load(directory, engine), **kwargs)
+        retriever.corpus = EncodedCorpus.load(directory, engine)
+        return retriever
+
+    @classmethod
+    def _unloaded(cls, engine: Any, budget_tokenizer: Any, fields: dict[str, Any]) -> ILReRetriever:
+        """A retriever of `fields` over an empty corpus of no engine: built first, so that a
+        bad budget, an unknown field or a bad engine is refused before any engine loads."""
+        check_engine(engine)
+        check_budget_tokenizer(budget_tokenizer)
+        return cls(corpus=EncodedCorpus(None), **fields)  # type: ignore[arg-type]
 
     def save(self, directory: str | os.PathLike[str]) -> Path:
         """Write the encoded corpus and its metadata to `directory` (for `load`)."""

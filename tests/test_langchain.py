@@ -670,3 +670,13 @@ def test_a_hugging_face_tokenizer_counts_the_budget(engine, documents, task):
     for document in compressed:
         assert document.metadata[METADATA_KEY]["output_tokens"] == count(document.page_content)
     assert count(GAP_MARKER.join(d.page_content for d in compressed)) <= BUDGET
+
+
+def test_retriever_refuses_a_bad_budget_before_loading_an_engine(tmp_path):
+    missing = str(tmp_path / "missing.gguf")  # loading it would raise UnsupportedModelError
+    with pytest.raises(BudgetError):
+        ILReRetriever.from_documents([Document(page_content="One.")], model=missing, k=0)
+    with pytest.raises(BudgetError):
+        ILReRetriever.load(tmp_path, model=missing, budget_tokens=True)
+    with pytest.raises(ValidationError, match="devcie"):
+        ILReRetriever.load(tmp_path, model=missing, k=1, devcie="cuda")
