@@ -1,25 +1,150 @@
-"""What the LangChain and LlamaIndex faces share: engines, per-document results, a corpus.
+"""What the LangChain and LlamaIndex faces share: engines, per-document results, a corpus,
+and the checks of their settings.
 
 Nothing here imports LangChain or LlamaIndex; each face converts its own document type to
-text plus metadata and back.
+text plus metadata and back. Nothing here imports the engine at module level either (it loads
+torch and transformers): engine classes are imported where they are first needed, so that
+importing a face costs only the framework's own import.
 """
 
 from __future__ import annotations
 
+import copy
 import json
+import math
+import numbers
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
-from ilre_engine import EncodedContext, ILRe, ILReConfig, RecallResult, Span
-from ilre_engine.errors import EncodedContextError, InvalidDocumentError
-from ilre_engine.selection import join_spans
+if TYPE_CHECKING:
+    from ilre_engine import EncodedContext, ILRe, RecallResult, Span
 
 METADATA_KEY = "ilre"
-"""Metadata entry that carries the spans and token counts of a compressed document."""
+"""Metadata entry that carries the spans, the score and the token counts of a compressed
+document."""
+
+LANGCHAIN_RECORD = "langchain_document"
+"""Entry of a corpus document's metadata record that holds what the LangChain face needs besides
+the metadata (the document's id); it never reaches the returned documents' metadata."""
+
+LLAMA_INDEX_RECORD = "llama_index_node"
+"""Entry of a corpus document's metadata record that holds what the LlamaIndex face needs
+besides the metadata (node id, type, hash, excluded keys); never returned as metadata."""
+
+SCORE_DOC = (
+    "ILRe's score of a span is the highest attention weight the question gives one of its "
+    "tokens at the retrieval layer (max-pooled, averaged over heads): a share of attention "
+    "spread over the whole context, so it lies in [0, 1] but is small, and compares only "
+    "within one recall."
+)
+
+ENGINE_SETTINGS = ("model", "layer", "device", "config", "budget_tokenizer")
+"""The settings that name a shared engine (see `shared_engine`)."""
+
+
+def engine_errors() -> ModuleType:
+    """`ilre_engine.errors`, imported on first need.
+
+    Importing any ``ilre_engine`` module runs the package's ``__init__``, which (until it
+    resolves its names lazily) imports torch; the faces therefore import the error classes
+    only when they raise one.
+    """
+    from ilre_engine import errors
+
+    return errors
+
+
+def budget_error(message: str) -> Exception:
+    """An `ilre_engine.errors.BudgetError` (a `ValueError`) with `message`."""
+    return engine_errors().BudgetError(message)
+
+
+def check_count(name: str, value: Any, *, optional: bool = True) -> None:
+    """Refuse, with `BudgetError`, a `value` that is not an integer >= 1 (bools included)."""
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise budget_error(f"{name} must be an integer >= 1, got {value!r}")
+
+
+def check_ratio(value: Any) -> None:
+    """Refuse, with `BudgetError`, a ratio that is not a number in (0, 1]."""
+    if value is None:
+        return
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not math.isfinite(value)
+        or not 0.0 < value <= 1.0
+    ):
+        raise budget_error(f"ratio must be in (0, 1], got {value!r}")
+
+
+def check_one_budget(**budgets: Any) -> None:
+    """Refuse, with `BudgetError`, anything but exactly one budget among `budgets`."""
+    if sum(value is not None for value in budgets.values()) != 1:
+        raise budget_error(f"give exactly one of {' or '.join(budgets)}")
+
+
+def check_budget_tokenizer(tokenizer: Any) -> None:
+    """Refuse a budget tokenizer the engine cannot count with: it takes a tiktoken encoding
+    name or ``tiktoken.Encoding``, a Hugging Face tokenizer, or a callable from text to a
+    token count or to a list of tokens (as LlamaIndex's ``Settings.tokenizer``)."""
+    if tokenizer is None or isinstance(tokenizer, str) or hasattr(tokenizer, "encode"):
+        return
+    if not callable(tokenizer):
+        raise engine_errors().ILReError(
+            f"cannot count tokens with {type(tokenizer).__name__}: give a tiktoken encoding "
+            "name, a tiktoken.Encoding, a Hugging Face tokenizer or a callable"
+        )
+
+
+def check_engine(engine: Any) -> None:
+    """Refuse, with `TypeError`, an engine that is not an `ILRe` (None passes)."""
+    if engine is None:
+        return
+    from ilre_engine import ILRe
+
+    if not isinstance(engine, ILRe):
+        raise TypeError(f"engine must be an ilre_engine.ILRe, got {type(engine).__name__}")
+
+
+@dataclass(frozen=True)
+class TokenCount:
+    """A callable from text to a token count, from one that returns the tokens themselves
+    (LlamaIndex's ``Settings.tokenizer``) or their count."""
+
+    tokenizer: Callable[[str], Any]
+
+    def __call__(self, text: str) -> int:
+        tokens = self.tokenizer(text)
+        return tokens if isinstance(tokens, numbers.Integral) else len(tokens)
+
+    @property
+    def __name__(self) -> str:  # the engine names its counter after the callable
+        return getattr(self.tokenizer, "__name__", type(self.tokenizer).__name__)
+
+
+def _budget_counter(tokenizer: Any) -> Any:
+    """What the engine's `TokenCounter` takes for `tokenizer`."""
+    if isinstance(tokenizer, str) or hasattr(tokenizer, "encode"):
+        return tokenizer
+    return TokenCount(tokenizer)
+
+
+def _hashable(value: Any) -> Any:
+    try:
+        hash(value)
+    except TypeError:
+        # The engine keeps the tokenizer, so its id is not reused while the key is in use.
+        return ("id", id(value))
+    return value
+
 
 _engines: dict[tuple[Any, ...], ILRe] = {}
 _engines_lock = threading.Lock()
@@ -30,15 +155,32 @@ def shared_engine(
     *,
     layer: int | None = None,
     device: str | None = None,
-    config: ILReConfig | None = None,
-    budget_tokenizer: str = "cl100k_base",
+    config: Any = None,
+    budget_tokenizer: Any = "cl100k_base",
 ) -> ILRe:
-    """One engine per distinct setting, loaded on first use and shared by every component."""
-    key = (model, layer, device, config, budget_tokenizer)
+    """One engine per distinct setting, loaded on first use and shared by every component.
+
+    `config` is an `ILReConfig` or a mapping of its fields; `budget_tokenizer` anything
+    `check_budget_tokenizer` accepts.
+    """
+    from ilre_engine import ILRe, ILReConfig
+
+    if isinstance(config, Mapping):
+        # Lists (kernel_sizes from JSON, say) as tuples, so that equal configs share a key.
+        config = ILReConfig(
+            **{name: tuple(v) if isinstance(v, list) else v for name, v in config.items()}
+        )
+    if budget_tokenizer is None:
+        budget_tokenizer = "cl100k_base"
+    key = (model, layer, device, config, _hashable(budget_tokenizer))
     with _engines_lock:
         if key not in _engines:
             _engines[key] = ILRe.from_pretrained(
-                model, layer=layer, device=device, config=config, budget_tokenizer=budget_tokenizer
+                model,
+                layer=layer,
+                device=device,
+                config=config,
+                budget_tokenizer=_budget_counter(budget_tokenizer),
             )
         return _engines[key]
 
@@ -47,7 +189,7 @@ def require_texts(contents: Sequence[Any], what: str = "document") -> list[str]:
     """The texts, or `InvalidDocumentError` naming the first item that is not a string."""
     for index, content in enumerate(contents):
         if not isinstance(content, str):
-            raise InvalidDocumentError(
+            raise engine_errors().InvalidDocumentError(
                 f"{what} {index} has {type(content).__name__} content; ILRe compresses text only"
             )
     return list(contents)
@@ -65,8 +207,10 @@ class DocumentRecall:
     metadata: Mapping[str, Any] = field(default_factory=dict)
 
     def ilre_metadata(self, result: RecallResult) -> dict[str, Any]:
-        """The `METADATA_KEY` entry: spans with character offsets in the source, token counts."""
+        """The `METADATA_KEY` entry: the document's ILRe score (its best span's, see
+        `SCORE_DOC`), spans with character offsets in the source, token counts."""
         return {
+            "score": self.score,
             "spans": [{"start": s.start, "end": s.end, "score": s.score} for s in self.spans],
             "output_tokens": self.output_tokens,
             "input_tokens": result.input_tokens,
@@ -81,12 +225,14 @@ def per_document(
 ) -> list[DocumentRecall]:
     """Split a recall over several documents into one entry per document that kept anything,
     in document order; a document's text is its spans joined by the gap marker."""
+    from ilre_engine import GAP_MARKER
+
     grouped: dict[int, list[Span]] = {}
     for span in result.spans:
         grouped.setdefault(span.document, []).append(span)
     recalls = []
     for index, spans in sorted(grouped.items()):
-        text = join_spans(documents, spans)
+        text = GAP_MARKER.join(documents[s.document][s.start : s.end] for s in spans)
         recalls.append(
             DocumentRecall(
                 index=index,
@@ -135,6 +281,8 @@ class EncodedCorpus:
         """Recall over the whole corpus; per document, with its metadata."""
         encoded = self.encoded
         if encoded is None:
+            from ilre_engine import RecallResult
+
             return RecallResult("", (), 0, 0, budget_tokens or 0, True), []
         result = self.engine.recall(encoded, query, budget_tokens=budget_tokens, ratio=ratio)
         recalls = per_document(self.engine, result, encoded.documents)
@@ -148,7 +296,7 @@ class EncodedCorpus:
     def save(self, directory: str | os.PathLike[str]) -> Path:
         """Write the encoded context and the metadata (JSON) to `directory`."""
         if self.encoded is None:
-            raise EncodedContextError("the corpus is empty: nothing to save")
+            raise engine_errors().EncodedContextError("the corpus is empty: nothing to save")
         root = Path(directory)
         self.encoded.save(root / "encoded")
         scratch = root / ".metadata.json.tmp"
@@ -159,6 +307,9 @@ class EncodedCorpus:
     @classmethod
     def load(cls, directory: str | os.PathLike[str], engine: ILRe) -> EncodedCorpus:
         """Read a corpus saved by `save`; refuses one encoded by a different model."""
+        from ilre_engine import EncodedContext
+        from ilre_engine.errors import EncodedContextError
+
         root = Path(directory)
         corpus = cls(engine)
         corpus.encoded = EncodedContext.load(root / "encoded", engine)
@@ -169,3 +320,17 @@ class EncodedCorpus:
         if len(corpus.metadata) != len(corpus.encoded.documents):
             raise EncodedContextError(f"{root}: metadata does not match the documents")
         return corpus
+
+
+def split_record(record: Mapping[str, Any]) -> tuple[dict[str, Any], str | None, dict[str, Any]]:
+    """A corpus metadata record as ``(metadata, source id, LlamaIndex node record)``.
+
+    The metadata is a deep copy without either face's record, so that nothing done to a
+    result reaches the corpus; the source id is the document's id as the face that encoded it
+    gave it (a LangChain ``Document.id`` or a LlamaIndex node id), or None.
+    """
+    metadata = copy.deepcopy(dict(record))
+    langchain = metadata.pop(LANGCHAIN_RECORD, None) or {}
+    llama_index = metadata.pop(LLAMA_INDEX_RECORD, None) or {}
+    source_id = llama_index.get("node_id", langchain.get("id"))
+    return metadata, source_id, llama_index

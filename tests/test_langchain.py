@@ -21,15 +21,16 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from langchain_classic.retrievers import ContextualCompressionRetriever
 from langchain_classic.retrievers.document_compressors import DocumentCompressorPipeline
-from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.callbacks import AsyncCallbackHandler, BaseCallbackHandler
 from langchain_core.documents import Document
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import PromptTemplate
 from langchain_core.runnables import RunnableLambda, RunnablePassthrough
 from langchain_core.vectorstores import InMemoryVectorStore
 from langchain_text_splitters import RecursiveCharacterTextSplitter
+from pydantic import ValidationError
 
-from ilre_engine import GAP_MARKER, ILRe, ILReConfig
+from ilre_engine import GAP_MARKER, ILRe
 from ilre_engine.calibration.tasks import RetrievalTask, haystack, needle_task
 from ilre_engine.errors import (
     BudgetError,
@@ -66,6 +67,18 @@ class Recorder(BaseCallbackHandler):
 
     def on_llm_start(self, serialized: Any, prompts: list[str], **kwargs: Any) -> None:
         self.events.append(("llm_start", prompts))
+
+    def on_chain_start(self, serialized: Any, inputs: Any, **kwargs: Any) -> None:
+        self.events.append(("chain_start", (kwargs.get("name"), kwargs["run_id"], kwargs)))
+
+    def on_chain_end(self, outputs: Any, **kwargs: Any) -> None:
+        self.events.append(("chain_end", (kwargs["run_id"], outputs)))
+
+    def run(self, name: str) -> tuple[dict[str, Any], Any]:
+        """The one chain run named `name`: its start's keyword arguments and its outputs."""
+        [(run_id, start)] = [(r, kw) for n, r, kw in self.named("chain_start") if n == name]
+        [outputs] = [out for r, out in self.named("chain_end") if r == run_id]
+        return start, outputs
 
     def named(self, name: str) -> list[Any]:
         return [payload for event, payload in self.events if event == name]
@@ -172,9 +185,11 @@ def check_compressed(engine: ILRe, sources: list[Document], compressed: list[Doc
         source = by_id[document.id]
         info = document.metadata[METADATA_KEY]
         assert document.page_content == spans_text(source, info)
+        assert info["score"] == max(s["score"] for s in info["spans"])
+        # An upstream relevance_score is kept; ILRe's score fills in where there is none.
         assert document.metadata == {
             **source.metadata,
-            "relevance_score": max(s["score"] for s in info["spans"]),
+            "relevance_score": source.metadata.get("relevance_score", info["score"]),
             METADATA_KEY: info,
         }
         assert info["output_tokens"] == engine.counter.count(document.page_content)
@@ -315,7 +330,7 @@ def test_compressor_refuses_an_engine_with_engine_settings(engine):
 def test_compressor_loads_its_engine_lazily(tmp_path, documents, task):
     missing = str(tmp_path / "missing.gguf")
     compressor = ILReCompressor(model=missing, config={"chunk_size": 256}, budget_tokens=10)
-    assert compressor.config == ILReConfig(chunk_size=256)  # constructed: nothing loaded yet
+    assert compressor.config == {"chunk_size": 256}  # constructed: nothing loaded yet
     with pytest.raises(UnsupportedModelError, match="GGUF file not found"):
         compressor.compress_documents(documents, task.query)
 
@@ -340,10 +355,12 @@ def test_retriever_recalls_spans_with_source_metadata(engine, retriever, documen
     for document in found:
         info = document.metadata[METADATA_KEY]
         source = documents[info["document"]]
+        assert document.id == source.id
         assert document.page_content == spans_text(source, info)
+        assert info["score"] == max(s["score"] for s in info["spans"])
         assert document.metadata == {
             **source.metadata,
-            "relevance_score": max(s["score"] for s in info["spans"]),
+            "relevance_score": info["score"],
             METADATA_KEY: info,
         }
     assert engine.counter.count(GAP_MARKER.join(sorted_by_source(found))) <= BUDGET
@@ -469,3 +486,197 @@ def assert_answers_from_compressed_context(chain: Any, engine: ILRe, task: Retri
     # out of a context 30 times larger.
     assert engine.counter.count(context) <= 2 * BUDGET
     assert task.answers[0] in answer
+
+
+# -- provenance ----------------------------------------------------------------------------
+
+
+def test_compressor_output_metadata_is_a_deep_copy(compressor, documents, task):
+    before = copy.deepcopy(documents)
+    compressed = compressor.compress_documents(documents, task.query)
+    for document in compressed:
+        document.metadata["tags"].append("changed")
+    assert documents == before
+
+
+def test_compressor_keeps_an_upstream_relevance_score(engine, compressor, documents, embeddings):
+    # What a reranker (CohereRerank, say) hands on: documents scored in ``relevance_score``.
+    store = InMemoryVectorStore.from_documents(documents, embeddings)
+    query = "What is the special magic number?"
+    scored = []
+    for document, score in store.similarity_search_with_score(query, k=3):
+        document.metadata["relevance_score"] = score
+        scored.append(document)
+    compressed = compressor.compress_documents(scored, query)
+    check_compressed(engine, scored, compressed)
+    upstream = {document.id: document.metadata["relevance_score"] for document in scored}
+    assert compressed
+    for document in compressed:
+        assert document.metadata["relevance_score"] == upstream[document.id]
+        assert document.metadata[METADATA_KEY]["score"] != upstream[document.id]
+
+
+def test_retriever_keeps_document_ids_through_save_and_load(engine, retriever, tmp_path, task):
+    found = retriever.invoke(task.query)
+    assert found
+    assert all(document.id == f"part-{document.metadata['part']}" for document in found)
+    retriever.save(tmp_path / "corpus")
+    loaded = ILReRetriever.load(tmp_path / "corpus", engine=engine, budget_tokens=BUDGET)
+    assert [d.id for d in loaded.invoke(task.query)] == [d.id for d in found]
+    assert all(METADATA_KEY not in d.metadata["tags"] for d in found)
+    # Changing a result changes neither the corpus nor the caller's documents.
+    found[0].metadata["tags"].append("changed")
+    assert "changed" not in retriever.invoke(task.query)[0].metadata["tags"]
+
+
+# -- tracing -------------------------------------------------------------------------------
+
+
+def test_compression_is_a_traced_run_under_the_retriever(compressor, documents, embeddings, task):
+    store = InMemoryVectorStore.from_documents(documents, embeddings)
+    retriever = ContextualCompressionRetriever(
+        base_compressor=compressor, base_retriever=store.as_retriever(search_kwargs={"k": 3})
+    )
+    recorder = Recorder()
+    compressed = retriever.invoke(task.query, config={"callbacks": [recorder]})
+    start, outputs = recorder.run("ILReCompressor")
+    info = compressed[0].metadata[METADATA_KEY]
+    assert outputs["documents"] == compressed
+    assert outputs["ratio"] == info["ratio"] and outputs["input_tokens"] == info["input_tokens"]
+    assert outputs["output_tokens"] == info["total_output_tokens"] <= BUDGET
+    # A child of the compression retriever's run.
+    assert start["parent_run_id"] is not None
+
+
+def test_async_compression_reports_to_async_handlers(compressor, documents, task):
+    class AsyncRecorder(AsyncCallbackHandler):
+        def __init__(self) -> None:
+            self.runs: dict[Any, Any] = {}
+
+        async def on_chain_start(self, serialized: Any, inputs: Any, **kwargs: Any) -> None:
+            self.runs[kwargs["run_id"]] = [kwargs.get("name"), None]
+
+        async def on_chain_end(self, outputs: Any, **kwargs: Any) -> None:
+            self.runs[kwargs["run_id"]][1] = outputs
+
+    recorder = AsyncRecorder()
+    compressed = asyncio.run(
+        compressor.acompress_documents(documents, task.query, callbacks=[recorder])
+    )
+    [(name, outputs)] = recorder.runs.values()
+    assert name == "ILReCompressor" and outputs["documents"] == compressed
+    assert outputs["budget_tokens"] == BUDGET
+
+
+def test_compressor_runnable_traces_the_compression(compressor, documents, task):
+    recorder = Recorder()
+    inputs = {"documents": documents, "query": task.query}
+    compressed = compressor.as_runnable().invoke(inputs, config={"callbacks": [recorder]})
+    # The runnable's run, and within it the compression's.
+    [(outer_name, outer, _), (inner_name, inner, start)] = recorder.named("chain_start")
+    assert outer_name == inner_name == "ILReCompressor"
+    assert start["parent_run_id"] == outer
+    assert dict(recorder.named("chain_end"))[inner]["documents"] == compressed
+
+
+def test_retriever_recall_is_a_traced_run(retriever, task):
+    recorder = Recorder()
+    found = retriever.invoke(task.query, config={"callbacks": [recorder]})
+    start, outputs = recorder.run("ILReRetriever recall")
+    assert start["parent_run_id"] is not None
+    assert outputs["documents"] == found
+    assert outputs["budget_tokens"] == BUDGET
+    assert outputs["ratio"] == found[0].metadata[METADATA_KEY]["ratio"]
+
+
+# -- fields --------------------------------------------------------------------------------
+
+BAD_COUNTS = [True, False, 1.5, 5.5, "abc", "5", float("nan"), float("inf"), 0, -5]
+
+
+@pytest.mark.parametrize("value", BAD_COUNTS)
+def test_a_bad_budget_is_refused_at_construction_and_on_assignment(engine, retriever, value):
+    with pytest.raises(BudgetError):
+        ILReCompressor(engine=engine, budget_tokens=value)
+    compressor = ILReCompressor(engine=engine, budget_tokens=10)
+    with pytest.raises(BudgetError):
+        compressor.budget_tokens = value
+    assert compressor.budget_tokens == 10
+    for field in ("k", "budget_tokens"):
+        with pytest.raises(BudgetError):
+            ILReRetriever(corpus=retriever.corpus, **{field: value})
+    with pytest.raises(BudgetError):
+        ILReRetriever(corpus=retriever.corpus, k=1, tokens_per_k=value)
+    other = ILReRetriever(corpus=retriever.corpus, k=1)
+    for field in ("k", "budget_tokens", "tokens_per_k"):
+        with pytest.raises(BudgetError):
+            setattr(other, field, value)
+    assert (other.k, other.budget_tokens, other.tokens_per_k) == (1, None, DEFAULT_TOKENS_PER_K)
+
+
+@pytest.mark.parametrize("value", [True, 0, -0.1, 1.5, float("nan"), float("inf"), "half"])
+def test_a_bad_ratio_is_refused_at_construction_and_on_assignment(engine, retriever, value):
+    with pytest.raises(BudgetError):
+        ILReCompressor(engine=engine, ratio=value)
+    with pytest.raises(BudgetError):
+        ILReCompressor(engine=engine, ratio=0.5).ratio = value
+    with pytest.raises(BudgetError):
+        ILReRetriever(corpus=retriever.corpus, ratio=value)
+    with pytest.raises(BudgetError):
+        ILReRetriever(corpus=retriever.corpus, ratio=0.5).ratio = value
+
+
+def test_valid_assignments_take_effect(engine, retriever, documents, task):
+    compressor = ILReCompressor(engine=engine, budget_tokens=BUDGET)
+    compressor.budget_tokens = 16
+    [first, *_] = compressor.compress_documents(documents, task.query)
+    assert first.metadata[METADATA_KEY]["budget_tokens"] == 16
+    other = ILReRetriever(corpus=retriever.corpus, k=2)
+    other.tokens_per_k = 20
+    assert other.invoke(task.query)[0].metadata[METADATA_KEY]["budget_tokens"] == 40
+
+
+def test_unknown_fields_are_refused(engine, retriever):
+    with pytest.raises(ValidationError, match="devcie"):
+        ILReCompressor(budget_tokens=10, devcie="cuda")
+    with pytest.raises(ValidationError, match="budget_token"):
+        ILReRetriever(corpus=retriever.corpus, budget_token=10)
+    with pytest.raises(ValidationError, match="devcie"):
+        ILReRetriever.from_documents([], engine=engine, k=1, devcie="cuda")
+    with pytest.raises(TypeError, match="ILRe"):
+        ILReCompressor(engine="gemma", budget_tokens=10)
+
+
+def test_fields_are_described():
+    for component in (ILReCompressor, ILReRetriever):
+        for name in ("budget_tokens", "ratio"):
+            assert component.model_fields[name].description
+    for name in ("engine", "model", "layer", "device", "config", "budget_tokenizer"):
+        assert ILReCompressor.model_fields[name].description
+    assert ILReRetriever.model_fields["k"].description
+
+
+def test_a_hugging_face_tokenizer_counts_the_budget(engine, documents, task):
+    tokenizer = engine.tokenizer  # the embedded model's own, as a reader LLM's
+
+    def count(text: str) -> int:
+        return len(tokenizer.encode(text, add_special_tokens=False))
+
+    compressor = ILReCompressor(budget_tokenizer=tokenizer, budget_tokens=BUDGET)
+    compressed = compressor.compress_documents(documents, task.query)
+    assert compressor.get_engine() is not engine
+    # Counted in Gemma's tokens, not in cl100k_base's.
+    assert any(count(d.page_content) != engine.counter.count(d.page_content) for d in compressed)
+    for document in compressed:
+        assert document.metadata[METADATA_KEY]["output_tokens"] == count(document.page_content)
+    assert count(GAP_MARKER.join(d.page_content for d in compressed)) <= BUDGET
+
+
+def test_retriever_refuses_a_bad_budget_before_loading_an_engine(tmp_path):
+    missing = str(tmp_path / "missing.gguf")  # loading it would raise UnsupportedModelError
+    with pytest.raises(BudgetError):
+        ILReRetriever.from_documents([Document(page_content="One.")], model=missing, k=0)
+    with pytest.raises(BudgetError):
+        ILReRetriever.load(tmp_path, model=missing, budget_tokens=True)
+    with pytest.raises(ValidationError, match="devcie"):
+        ILReRetriever.load(tmp_path, model=missing, k=1, devcie="cuda")

