@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ilre_engine import EncodedContext, ILRe, ILReConfig, RecallResult, Span
+from ilre_engine import EncodedContext, ILRe, ILReConfig, RecallResult, Span, persistence
 from ilre_engine.errors import EncodedContextError, InvalidDocumentError
 from ilre_engine.selection import join_spans
 
@@ -146,26 +146,53 @@ class EncodedCorpus:
         ]
 
     def save(self, directory: str | os.PathLike[str]) -> Path:
-        """Write the encoded context and the metadata (JSON) to `directory`."""
+        """Write the encoded context and the metadata to `directory` in one atomic commit.
+
+        Both go to ``encoded/`` (`ilre_engine.persistence`, the metadata as its ``metadata``
+        payload, values JSON cannot hold written as their ``str``), so a crash at any point
+        leaves the previous corpus or the new one, never a mix. Concurrent saves: the last
+        one wins, each complete. A ``metadata.json`` of the former two-file layout is removed
+        once the new corpus is committed."""
         if self.encoded is None:
             raise EncodedContextError("the corpus is empty: nothing to save")
         root = Path(directory)
-        self.encoded.save(root / "encoded")
-        scratch = root / ".metadata.json.tmp"
-        scratch.write_text(json.dumps(self.metadata, ensure_ascii=False, default=str))
-        os.replace(scratch, root / "metadata.json")
+        with self._lock:
+            encoded, metadata = self.encoded, list(self.metadata)
+        payload = json.loads(json.dumps(metadata, ensure_ascii=False, default=str))
+        persistence.save(
+            encoded,
+            root / "encoded",
+            extra={"metadata": payload},
+            tokenizer_sha256=persistence.tokenizer_identity(self.engine.tokenizer),
+        )
+        (root / _LEGACY_METADATA).unlink(missing_ok=True)
         return root
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str], engine: ILRe) -> EncodedCorpus:
-        """Read a corpus saved by `save`; refuses one encoded by a different model."""
+        """Read a corpus saved by `save` (or in the former layout, with its metadata in a
+        separate ``metadata.json``); refuses one encoded by a different model, or damaged,
+        with `EncodedContextError`."""
         root = Path(directory)
         corpus = cls(engine)
-        corpus.encoded = EncodedContext.load(root / "encoded", engine)
-        try:
-            corpus.metadata = json.loads((root / "metadata.json").read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as error:
-            raise EncodedContextError(f"{root}: metadata.json is missing or damaged") from error
-        if len(corpus.metadata) != len(corpus.encoded.documents):
+        corpus.encoded, extra = persistence.load_with_extra(root / "encoded", engine)
+        metadata = extra["metadata"] if "metadata" in extra else _legacy_metadata(root)
+        if not isinstance(metadata, list) or not all(isinstance(m, dict) for m in metadata):
+            raise EncodedContextError(f"{root}: the metadata is not a list of objects")
+        if len(metadata) != len(corpus.encoded.documents):
             raise EncodedContextError(f"{root}: metadata does not match the documents")
+        corpus.metadata = metadata
         return corpus
+
+
+_LEGACY_METADATA = "metadata.json"
+"""Where the former two-file layout kept a corpus's metadata, next to ``encoded/``."""
+
+
+def _legacy_metadata(root: Path) -> Any:
+    """The metadata of a corpus in the former layout; that layout was not saved atomically,
+    so only the count of entries can be checked against the documents."""
+    try:
+        return json.loads((root / _LEGACY_METADATA).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, RecursionError, json.JSONDecodeError) as error:
+        raise EncodedContextError(f"{root}: metadata.json is missing or damaged") from error
