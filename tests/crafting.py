@@ -4,8 +4,12 @@ the crafted files and the engine."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +18,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from ilre_engine import persistence
 from ilre_engine.context import TokenizedContext
 from ilre_engine.selection import select_within_budget
 from tests.tiny_models import build_models, tiny_configs, tiny_engine
@@ -141,3 +146,37 @@ def same_context(left, right) -> bool:
         if not all(torch.equal(getattr(kv, f), getattr(other, f)) for f in fields):
             return False
     return True
+
+
+# -- what a load opens ------------------------------------------------------------------------
+
+_opened: list[str] | None = None
+
+
+def _audit(event: str, args: tuple) -> None:
+    if event == "open" and _opened is not None and isinstance(args[0], (str, bytes, Path)):
+        _opened.append(os.path.abspath(os.fsdecode(args[0])))
+
+
+sys.addaudithook(_audit)
+
+
+@contextlib.contextmanager
+def recording_opens() -> Iterator[list[str]]:
+    """Every path opened while the block runs: Python's opens (seen by an audit hook) and
+    the memory-mapped opens of safetensors (which the audit hook does not see)."""
+    global _opened
+    opened: list[str] = []
+    real = persistence.safe_open
+
+    def spy(path, *args, **kwargs):
+        opened.append(os.path.abspath(str(path)))
+        return real(path, *args, **kwargs)
+
+    persistence.safe_open = spy
+    _opened = opened
+    try:
+        yield opened
+    finally:
+        _opened = None
+        persistence.safe_open = real

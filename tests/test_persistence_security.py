@@ -4,11 +4,8 @@ are refused unless consistent, and the tokenizer is identified by content, not p
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
-import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -25,44 +22,11 @@ from tests.crafting import (
     file_entry,
     read_manifest,
     read_tensors,
+    recording_opens,
     replace_documents,
     replace_tensors,
     write_manifest,
 )
-
-# -- what a load opens ------------------------------------------------------------------------
-
-_opened: list[str] | None = None
-
-
-def _audit(event: str, args: tuple) -> None:
-    if event == "open" and _opened is not None and isinstance(args[0], (str, bytes, Path)):
-        _opened.append(os.path.abspath(os.fsdecode(args[0])))
-
-
-sys.addaudithook(_audit)
-
-
-@contextlib.contextmanager
-def recording_opens(monkeypatch):
-    """Every path opened while the block runs: Python's opens (the audit hook) and the
-    memory-mapped opens of safetensors (which the audit hook does not see)."""
-    global _opened
-    opened: list[str] = []
-    real = persistence.safe_open
-
-    def spy(path, *args, **kwargs):
-        opened.append(os.path.abspath(str(path)))
-        return real(path, *args, **kwargs)
-
-    monkeypatch.setattr(persistence, "safe_open", spy)
-    _opened = opened
-    try:
-        yield opened
-    finally:
-        _opened = None
-        monkeypatch.setattr(persistence, "safe_open", real)
-
 
 # -- fixtures ---------------------------------------------------------------------------------
 
@@ -103,9 +67,7 @@ def point_files_at(directory: Path, names: dict[str, str], entries: dict[str, di
 
 
 @pytest.mark.parametrize("how", ["relative", "absolute"])
-def test_a_manifest_naming_another_directorys_files_is_refused(
-    tiny, saved, victim, monkeypatch, how
-):
+def test_a_manifest_naming_another_directorys_files_is_refused(tiny, saved, victim, how):
     theirs = read_manifest(victim)["files"]
     names = {
         role: (f"../victim/{entry['name']}" if how == "relative" else str(victim / entry["name"]))
@@ -113,14 +75,14 @@ def test_a_manifest_naming_another_directorys_files_is_refused(
     }
     point_files_at(saved, names, theirs)
     with (
-        recording_opens(monkeypatch) as opened,
+        recording_opens() as opened,
         pytest.raises(EncodedContextError, match="refusing file name"),
     ):
         EncodedContext.load(saved, tiny)
     assert not [p for p in opened if p.startswith(str(victim))]
 
 
-def test_the_answer_does_not_reveal_which_outside_files_exist(tiny, saved, monkeypatch):
+def test_the_answer_does_not_reveal_which_outside_files_exist(tiny, saved):
     sentinel = saved.parent / "secret.txt"
     sentinel.write_text("not yours")
     entries = read_manifest(saved)["files"]
@@ -129,7 +91,7 @@ def test_the_answer_does_not_reveal_which_outside_files_exist(tiny, saved, monke
         for name in (f"../{target}", str(saved.parent / target)):
             point_files_at(saved, {"tensors": name}, entries)
             with (
-                recording_opens(monkeypatch) as opened,
+                recording_opens() as opened,
                 pytest.raises(EncodedContextError) as raised,
             ):
                 EncodedContext.load(saved, tiny)
@@ -138,13 +100,13 @@ def test_the_answer_does_not_reveal_which_outside_files_exist(tiny, saved, monke
     assert messages[0] == messages[2] and messages[1] == messages[3], messages
 
 
-def test_a_symlink_out_of_the_directory_is_refused(tiny, saved, victim, monkeypatch):
+def test_a_symlink_out_of_the_directory_is_refused(tiny, saved, victim):
     theirs = read_manifest(victim)["files"]["tensors"]
     link = saved / "tensors-0123456789ab.safetensors"
     link.symlink_to(victim / theirs["name"])
     point_files_at(saved, {"tensors": link.name}, {"tensors": theirs})
     with (
-        recording_opens(monkeypatch) as opened,
+        recording_opens() as opened,
         pytest.raises(EncodedContextError, match="outside the directory"),
     ):
         EncodedContext.load(saved, tiny)
@@ -159,7 +121,7 @@ def test_an_oversized_manifest_is_refused_unparsed(tiny, saved):
         EncodedContext.load(saved, tiny)
 
 
-def test_absurd_declared_shapes_are_refused_before_the_data_is_read(tiny, saved, monkeypatch):
+def test_absurd_declared_shapes_are_refused_before_the_data_is_read(tiny, saved):
     manifest = read_manifest(saved)
     huge = 10**12
     manifest["num_tokens"] = huge
@@ -169,7 +131,7 @@ def test_absurd_declared_shapes_are_refused_before_the_data_is_read(tiny, saved,
     }
     write_manifest(saved, manifest)
     tensors = saved / manifest["files"]["tensors"]["name"]
-    with recording_opens(monkeypatch) as opened, pytest.raises(EncodedContextError):
+    with recording_opens() as opened, pytest.raises(EncodedContextError):
         EncodedContext.load(saved, tiny)
     assert str(tensors) not in opened
 
