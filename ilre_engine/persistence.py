@@ -597,7 +597,7 @@ def _size_bounds(layout: _Layout, role: str) -> tuple[int, int]:
     """The sizes a data file can have: the tensors file holds the declared shapes' elements
     (2 to 8 bytes each) plus its header; a JSON file at most `MAX_JSON_FILE_BYTES`."""
     if role != "tensors":
-        return 2, MAX_JSON_FILE_BYTES
+        return 1, MAX_JSON_FILE_BYTES
     floats = sum(math.prod(s) for n, s in layout.shapes.items() if n not in _INT_FIELDS)
     ints = sum(math.prod(s) for n, s in layout.shapes.items() if n in _INT_FIELDS)
     return 2 * floats + 4 * ints, 8 * (floats + ints) + MAX_TENSOR_HEADER_BYTES
