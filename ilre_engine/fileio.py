@@ -1,4 +1,5 @@
-"""Durable files: checksums and synced writes, shared by every on-disk format ILRe writes."""
+"""Durable files: checksums, synced writes, directory fsync and a per-directory writer lock,
+shared by every on-disk format ILRe writes."""
 
 from __future__ import annotations
 
@@ -66,15 +67,19 @@ def _process_lock(directory: Path) -> threading.Lock:
 def exclusive_directory_lock(directory: Path) -> Iterator[None]:
     """Hold an exclusive lock on `directory` against other writers, in this process and in
     others: ``flock`` on the directory itself (nothing is created in it, so the lock never
-    needs cleaning up). Where ``flock`` is missing (Windows) only the writers of this process
-    are serialised. Blocks until the lock is free."""
+    needs cleaning up). Where ``flock`` is missing (Windows) or the file system refuses it,
+    only the writers of this process are serialised. Blocks until the lock is free."""
     with _process_lock(directory):
         if fcntl is None:  # pragma: no cover - Windows
             yield
             return
         descriptor = os.open(directory, os.O_RDONLY)
         try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX)
+            except OSError:  # pragma: no cover - a file system without flock (some NFS)
+                yield
+                return
             try:
                 yield
             finally:

@@ -80,6 +80,7 @@ _INT_DTYPES = frozenset({"I32", "I64"})
 _EXTRA_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
 _DATA_FILE = re.compile(r"(?P<role>[a-z][a-z0-9_]{0,31})-[0-9a-f]{12}\.(?P<ext>safetensors|json)")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+_TOKENIZER_ID = re.compile(r"none|[0-9a-f]{64}")
 _RESERVED_ROLES = ("tensors", "documents")
 _LOAD_ATTEMPTS = 8
 """How many times a load starts again when a concurrent save replaced what it was reading."""
@@ -500,26 +501,28 @@ def _validate_manifest(manifest: Any, root: Path, engine: ILRe) -> _Layout:
 
 
 def _check_identity(manifest: dict[str, Any], root: Path, engine: ILRe) -> None:
-    """Refuse a context encoded by another model, at another layer, or with another tokenizer
-    (by content where the manifest records it, else by name)."""
-    _require_str(root, manifest["model_name"], "model_name")
-    _require_str(root, manifest["tokenizer"], "tokenizer")
-    expected: dict[str, Any] = {"model_fingerprint": engine.fingerprint, "layer": engine.layer}
+    """Refuse a context encoded by another model, at another layer, or with another tokenizer:
+    by content where the manifest records the tokenizer's `tokenizer_identity` (its name is
+    then only shown), else by name (version 1, or a save that did not know the identity)."""
+    model = _require_str(root, manifest["model_name"], "model_name")
+    name = _require_str(root, manifest["tokenizer"], "tokenizer")
     recorded = manifest.get("tokenizer_sha256")
     if recorded is not None:
-        _require_str(root, recorded, "tokenizer_sha256", re.compile("none|[0-9a-f]{64}"))
-        expected["tokenizer_sha256"] = tokenizer_identity(engine.tokenizer)
-    else:
-        expected["tokenizer"] = engine.tokenizer_name
-    for key, value in expected.items():
-        if manifest[key] != value:
-            shown = manifest["tokenizer"] if key == "tokenizer_sha256" else manifest[key]
-            mine = engine.tokenizer_name if key == "tokenizer_sha256" else value
-            raise EncodedContextError(
-                f"{root} was encoded with {key.removesuffix('_sha256')} {shown!r:.80}, this "
-                f"engine has {mine!r} (model {manifest['model_name']!r:.80} vs "
-                f"{engine.name!r}): encode it again"
-            )
+        _require_str(root, recorded, "tokenizer_sha256", _TOKENIZER_ID)
+    mismatch = None
+    if manifest["model_fingerprint"] != engine.fingerprint:
+        mismatch = f"another model ({model!r:.80}; this engine has {engine.name!r})"
+    elif manifest["layer"] != engine.layer:
+        mismatch = f"layer {manifest['layer']!r:.20} (this engine reads layer {engine.layer})"
+    elif recorded is not None and recorded != tokenizer_identity(engine.tokenizer):
+        mismatch = (
+            f"another tokenizer ({name!r:.80}, content {recorded[:12]}; this engine has "
+            f"{engine.tokenizer_name!r}, content {tokenizer_identity(engine.tokenizer)[:12]})"
+        )
+    elif recorded is None and name != engine.tokenizer_name:
+        mismatch = f"tokenizer {name!r:.80} (this engine has {engine.tokenizer_name!r})"
+    if mismatch:
+        raise EncodedContextError(f"{root} was encoded with {mismatch}: encode it again")
 
 
 def _validate_kept(
@@ -546,9 +549,8 @@ def _expected_shapes(
 ) -> dict[str, tuple[int, ...]]:
     """Every tensor's shape, from the engine's model and the token count: what streaming
     `num_tokens` tokens leaves (`streaming._evict`)."""
-    config = engine.model.config
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    heads = config.num_key_value_heads
+    dims = ModelDims.from_config(engine.model.config)
+    heads, head_dim = dims.kv_heads, dims.head_dim
     shapes: dict[str, tuple[int, ...]] = {
         "keys": (heads, num_tokens, head_dim),
         **{name: (num_tokens,) for name in _TOKEN_FIELDS},
