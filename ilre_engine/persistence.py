@@ -94,7 +94,7 @@ def _write_synced(path: Path, data: bytes) -> None:
 # -- tokenizer identity -----------------------------------------------------------------------
 
 
-_identities: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+_identities: weakref.WeakKeyDictionary[Any, tuple[int, str]] = weakref.WeakKeyDictionary()
 
 
 def tokenizer_identity(tokenizer: Any) -> str:
@@ -102,13 +102,14 @@ def tokenizer_identity(tokenizer: Any) -> str:
     a fast tokenizer's backend JSON (vocabulary, merges, normalizer, added tokens) and of its
     beginning-of-sequence id; for a slow tokenizer, of its vocabulary; ``"none"`` for no
     tokenizer (engines driven by token ids only). Computed once per tokenizer object (about a
-    second for a 262k vocabulary) and cached."""
+    second for a 262k vocabulary) and cached; computed again when tokens were added since."""
     if tokenizer is None:
         return "none"
-    try:
-        return _identities[tokenizer]
-    except (KeyError, TypeError):
-        pass
+    size = _vocabulary_size(tokenizer)
+    with contextlib.suppress(KeyError, TypeError):
+        cached_size, identity = _identities[tokenizer]
+        if cached_size == size:
+            return identity
     digest = hashlib.sha256()
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
@@ -121,8 +122,16 @@ def tokenizer_identity(tokenizer: Any) -> str:
     digest.update(f"\0bos={getattr(tokenizer, 'bos_token_id', None)!r}".encode())
     identity = digest.hexdigest()
     with contextlib.suppress(TypeError):  # not weakly referenceable: computed again next time
-        _identities[tokenizer] = identity
+        _identities[tokenizer] = (size, identity)
     return identity
+
+
+def _vocabulary_size(tokenizer: Any) -> int:
+    """Tokens including added ones (-1 when unknown): a cheap sign the tokenizer changed."""
+    try:
+        return len(tokenizer)
+    except TypeError:
+        return -1
 
 
 # -- save -------------------------------------------------------------------------------------

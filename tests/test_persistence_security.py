@@ -317,3 +317,7 @@ def test_tokenizer_identity_is_content_and_none_without_a_tokenizer(engine, relo
     identity = persistence.tokenizer_identity(engine.tokenizer)
     assert identity == persistence.tokenizer_identity(relocated.tokenizer)
     assert len(identity) == 64
+    changed = copy.deepcopy(relocated.tokenizer)
+    assert persistence.tokenizer_identity(changed) == identity
+    changed.add_tokens(["zzqqxx"])  # changed after its identity was cached
+    assert persistence.tokenizer_identity(changed) != identity
