@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ilre_engine import EncodedContext, ILRe, ILReConfig, RecallResult, Span, persistence
+from ilre_engine import EncodedContext, ILRe, ILReConfig, RecallResult, Span
 from ilre_engine.errors import EncodedContextError, InvalidDocumentError
+from ilre_engine.persistence import load_with_extra, tokenizer_identity
+from ilre_engine.persistence import save as save_encoded
 from ilre_engine.selection import join_spans
 
 METADATA_KEY = "ilre"
@@ -159,11 +161,11 @@ class EncodedCorpus:
         with self._lock:
             encoded, metadata = self.encoded, list(self.metadata)
         payload = json.loads(json.dumps(metadata, ensure_ascii=False, default=str))
-        persistence.save(
+        save_encoded(
             encoded,
             root / "encoded",
             extra={"metadata": payload},
-            tokenizer_sha256=persistence.tokenizer_identity(self.engine.tokenizer),
+            tokenizer_sha256=tokenizer_identity(self.engine.tokenizer),
         )
         (root / _LEGACY_METADATA).unlink(missing_ok=True)
         return root
@@ -175,7 +177,7 @@ class EncodedCorpus:
         with `EncodedContextError`."""
         root = Path(directory)
         corpus = cls(engine)
-        corpus.encoded, extra = persistence.load_with_extra(root / "encoded", engine)
+        corpus.encoded, extra = load_with_extra(root / "encoded", engine)
         metadata = extra["metadata"] if "metadata" in extra else _legacy_metadata(root)
         if not isinstance(metadata, list) or not all(isinstance(m, dict) for m in metadata):
             raise EncodedContextError(f"{root}: the metadata is not a list of objects")
