@@ -189,7 +189,7 @@ def _encode_extras(extra: Mapping[str, Any]) -> dict[str, bytes]:
     for name, value in extra.items():
         if not isinstance(name, str) or not _EXTRA_NAME.fullmatch(name) or name in _RESERVED_ROLES:
             raise ValueError(f"invalid extra payload name {name!r}")
-        payloads[name] = json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8")
+        payloads[name] = json.dumps(value, ensure_ascii=False).encode("utf-8")
     return payloads
 
 
@@ -365,14 +365,15 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _parse_json(data: bytes, path: Path) -> Any:
-    """Strict JSON: UTF-8, no duplicate keys, no NaN or Infinity; any failure (including
-    nesting too deep for the parser) is an `EncodedContextError`."""
+def _parse_json(data: bytes, path: Path, *, constants: bool = False) -> Any:
+    """Strict JSON: UTF-8, no duplicate keys, and no NaN or Infinity unless `constants` (extra
+    payloads hold callers' values, which may have them); any failure (including nesting too
+    deep for the parser) is an `EncodedContextError`."""
     try:
         return json.loads(
             data.decode("utf-8"),
             object_pairs_hook=_unique_object,
-            parse_constant=_no_constant,
+            parse_constant=None if constants else _no_constant,
         )
     except (UnicodeDecodeError, ValueError, RecursionError) as error:
         raise EncodedContextError(f"{path} is damaged: {error}") from error
@@ -409,7 +410,7 @@ def _load_generation(root: Path, engine: ILRe, raw: bytes) -> tuple[EncodedConte
     documents = _read_json_file(layout.files["documents"][0])
     _check_documents(root, documents, layout.num_documents)
     extras = {
-        role: _read_json_file(path)
+        role: _read_json_file(path, constants=True)
         for role, (path, _, _) in layout.files.items()
         if role not in _RESERVED_ROLES
     }
@@ -638,12 +639,12 @@ def _check_file(
         raise EncodedContextError(f"cannot read {path}: {error}") from error
 
 
-def _read_json_file(path: Path) -> Any:
+def _read_json_file(path: Path, *, constants: bool = False) -> Any:
     try:
         data = path.read_bytes()
     except OSError as error:
         raise EncodedContextError(f"cannot read {path}: {error}") from error
-    return _parse_json(data, path)
+    return _parse_json(data, path, constants=constants)
 
 
 def _check_documents(root: Path, documents: Any, count: int) -> None:

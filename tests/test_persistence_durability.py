@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import random
 import signal
@@ -267,6 +268,15 @@ def test_a_corpus_in_the_two_file_layout_still_loads_and_is_validated(tiny, cont
     corpus_of(tiny, contents, "B").save(tmp_path)  # saved over it: one commit, no metadata.json
     assert not (tmp_path / "metadata.json").exists()
     assert corpus_saver(tiny, contents)[1](tmp_path) == "B"
+
+
+def test_corpus_metadata_keeps_what_json_holds_and_strs_the_rest(tiny, contents, tmp_path):
+    corpus = corpus_of(tiny, contents, "A")
+    corpus.metadata = [{"score": float("nan"), "when": Path("x")}, {"big": 2**70}]
+    corpus.save(tmp_path)
+    loaded = EncodedCorpus.load(tmp_path, tiny).metadata
+    assert math.isnan(loaded[0]["score"]) and loaded[0]["when"] == "x"
+    assert loaded[1] == {"big": 2**70}
 
 
 def test_extra_payloads_are_saved_and_checked_with_the_context(tiny, contents, tmp_path):
