@@ -87,7 +87,9 @@ class EncodedContext:
         model_name: the model that encoded it.
         sink, window: the streaming settings it was encoded with.
         fingerprint: the encoding model's `ILRe.fingerprint`.
-        tokenizer_name: the tokenizer it was tokenised with.
+        tokenizer_name: the tokenizer it was tokenised with (for messages).
+        tokenizer_sha256: that tokenizer's identity by content
+            (`ilre_engine.tokenization.tokenizer_identity`), checked when a save is loaded.
     """
 
     tokens: TokenizedContext
@@ -99,6 +101,7 @@ class EncodedContext:
     window: int
     fingerprint: str
     tokenizer_name: str
+    tokenizer_sha256: str | None = None
     input_token_counts: dict[str, int] = field(default_factory=dict, repr=False)
     prior_scores: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 

@@ -30,7 +30,7 @@ from .recall import head_scores, pool_scores, remove_prior
 from .results import RecallResult
 from .selection import select_within_budget, whole_documents
 from .streaming import StreamObserver, StreamState
-from .tokenization import tokenize_documents
+from .tokenization import tokenize_documents, tokenizer_identity
 
 
 def _default_device() -> torch.device:
@@ -264,6 +264,7 @@ class ILRe:
             window=state.window,
             fingerprint=self.fingerprint,
             tokenizer_name=self.tokenizer_name,
+            tokenizer_sha256=tokenizer_identity(self.tokenizer),
         )
 
     @torch.inference_mode()

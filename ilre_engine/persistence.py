@@ -1,50 +1,158 @@
-"""The on-disk format of an encoded context (format version 1).
+"""The on-disk format of an encoded context (format version 2; version 1 is still read).
 
-A directory holds ``manifest.json`` and the two data files it names:
+A directory holds ``manifest.json`` and the data files it names, all plain file names in
+that directory:
 
 - ``tensors-<id>.safetensors``: ``keys`` (the retrieval layer's keys), ``input_ids``,
   ``doc_ids``, ``offsets``, ``word_ids``, and per early layer ``kept.<layer>.sink_keys``,
   ``.sink_values``, ``.recent_keys``, ``.recent_values``;
-- ``documents-<id>.json``: the source texts, a JSON list of strings.
+- ``documents-<id>.json``: the source texts, a JSON list of strings;
+- ``<name>-<id>.json`` for each extra JSON payload a caller saves with the context (e.g. a
+  corpus's ``metadata``), committed together with it.
 
-The manifest records the format version, the model fingerprint, layer, sink and window,
-tokenizer, the shapes, and each data file's SHA-256. Saving writes new data files first
-and then replaces the manifest with one atomic rename, so a crash at any point leaves the
-previous copy loadable; stale data files are removed afterwards. Loading checks all of it
-and refuses a mismatch with `EncodedContextError`.
+The manifest records the format version, the model fingerprint, layer, sink and window, the
+tokenizer (its name, for messages, and ``tokenizer_sha256``, a digest of its content: see
+`tokenizer_identity`), the shapes, each data file's name, size and SHA-256, and
+``manifest_sha256``, the SHA-256 of the canonical JSON of everything else in it.
+
+Saving writes new data files first and then replaces the manifest with one atomic rename, so
+a crash at any point leaves the previous copy loadable; stale data files are removed
+afterwards. Concurrent saves to one directory are serialised by an exclusive lock on it
+(`fileio.exclusive_directory_lock`): the last writer wins and every save is complete.
+Loading takes no lock: when a concurrent save replaces the files it was reading, it reads
+the new manifest and starts again.
+
+Loading trusts nothing in the directory: the manifest is size-capped, parsed strictly and
+checked against a schema; data files must be plain names inside the directory; shapes,
+dtypes and values are checked for consistency with the manifest and the engine. Any
+mismatch or damage raises `EncodedContextError`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
+import re
+import stat
 import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from . import fileio
+from .architectures import ModelDims
 from .context import EncodedContext, KeptKV, TokenizedContext
 from .errors import EncodedContextError
 from .fileio import file_sha256, write_synced
+from .streaming import layer_keep
+from .tokenization import tokenizer_identity
 
 if TYPE_CHECKING:
     from .engine import ILRe
 
 FORMAT = "ilre-encoded-context"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
+MAX_MANIFEST_BYTES = 1 << 20
+"""A manifest larger than this is refused unread."""
+MAX_JSON_DEPTH = 6
+"""Deeper nesting of lists and objects is refused (a valid manifest nests 3 deep)."""
+MAX_COUNT = 1 << 40
+"""Bound on any declared count, size or dimension: far beyond any real context."""
+MAX_JSON_FILE_BYTES = 1 << 32
+"""A documents or extra JSON file larger than this is refused unread."""
+MAX_TENSOR_HEADER_BYTES = 100 << 20
+"""The largest header safetensors itself accepts."""
 _KEPT_FIELDS = ("sink_keys", "sink_values", "recent_keys", "recent_values")
+_TOKEN_FIELDS = ("input_ids", "doc_ids", "word_ids")
+_INT_FIELDS = frozenset({*_TOKEN_FIELDS, "offsets"})
+_FLOAT_DTYPES = frozenset({"F16", "BF16", "F32", "F64"})
+_INT_DTYPES = frozenset({"I32", "I64"})
+_EXTRA_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
+_DATA_FILE = re.compile(r"(?P<role>[a-z][a-z0-9_]{0,31})-[0-9a-f]{12}\.(?P<ext>safetensors|json)")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_TOKENIZER_ID = re.compile(r"none|[0-9a-f]{64}")
+_RESERVED_ROLES = ("tensors", "documents")
+_LOAD_ATTEMPTS = 8
+"""How many times a load starts again when a concurrent save replaced what it was reading."""
 
 
-def save(encoded: EncodedContext, directory: str | os.PathLike[str]) -> Path:
-    """Write `encoded` to `directory` (created if needed), replacing any earlier copy atomically."""
+def _write_synced(path: Path, data: bytes) -> None:
+    """`write_synced`, looked up at call time (tests replace it to kill a writer midway)."""
+    write_synced(path, data)
+
+
+# -- tokenizer identity -----------------------------------------------------------------------
+
+
+# -- save -------------------------------------------------------------------------------------
+
+
+def save(
+    encoded: EncodedContext,
+    directory: str | os.PathLike[str],
+    *,
+    extra: Mapping[str, Any] | None = None,
+    tokenizer_sha256: str | None = None,
+) -> Path:
+    """Write `encoded` to `directory` (created if needed), replacing any earlier copy atomically.
+
+    Args:
+        extra: JSON payloads saved and committed with the context, by name (lowercase letters,
+            digits and ``_``; not ``tensors`` or ``documents``); `load_with_extra` returns them.
+        tokenizer_sha256: the encoding tokenizer's `tokenizer_identity`; None takes
+            ``encoded.tokenizer_sha256`` where the context carries one. Without it the saved
+            context is matched to engines by tokenizer name only.
+
+    Concurrent saves to one directory are serialised: the last one wins, each is complete.
+    """
     root = Path(directory)
     root.mkdir(parents=True, exist_ok=True)
-    tag = uuid.uuid4().hex[:12]
+    payloads = _encode_extras(extra or {})
+    if tokenizer_sha256 is None:
+        tokenizer_sha256 = getattr(encoded, "tokenizer_sha256", None)
+    tensors = _tensors_of(encoded)
+    with fileio.exclusive_directory_lock(root):
+        previous_roles = _roles_in_manifest(root)
+        tag = uuid.uuid4().hex[:12]
+        tensor_file = root / f"tensors-{tag}.safetensors"
+        save_file(tensors, str(tensor_file))
+        fileio.fsync_file(tensor_file)
+        files = {"tensors": tensor_file}
+        documents = json.dumps(list(encoded.documents), ensure_ascii=False).encode("utf-8")
+        files["documents"] = root / f"documents-{tag}.json"
+        _write_synced(files["documents"], documents)
+        for name, data in payloads.items():
+            files[name] = root / f"{name}-{tag}.json"
+            _write_synced(files[name], data)
+        manifest = _manifest_for(encoded, tensors, files, tokenizer_sha256)
+        scratch = root / f".{MANIFEST}.{tag}"
+        _write_synced(scratch, json.dumps(manifest, indent=1).encode("utf-8"))
+        os.replace(scratch, root / MANIFEST)
+        fileio.fsync_directory(root)
+        _remove_stale(root, {p.name for p in files.values()}, previous_roles | set(files))
+    return root
+
+
+def _encode_extras(extra: Mapping[str, Any]) -> dict[str, bytes]:
+    """Each extra payload as UTF-8 JSON, checked before anything is written."""
+    payloads = {}
+    for name, value in extra.items():
+        if not isinstance(name, str) or not _EXTRA_NAME.fullmatch(name) or name in _RESERVED_ROLES:
+            raise ValueError(f"invalid extra payload name {name!r}")
+        payloads[name] = json.dumps(value, ensure_ascii=False).encode("utf-8")
+    return payloads
+
+
+def _tensors_of(encoded: EncodedContext) -> dict[str, torch.Tensor]:
     tokens = encoded.tokens
     tensors = {
         "keys": encoded.keys.contiguous(),
@@ -56,13 +164,15 @@ def save(encoded: EncodedContext, directory: str | os.PathLike[str]) -> Path:
     for layer, kept in encoded.kept.items():
         for name in _KEPT_FIELDS:
             tensors[f"kept.{layer}.{name}"] = getattr(kept, name)[0].contiguous()
-    tensors = {k: v.detach().cpu() for k, v in tensors.items()}
-    tensor_file = root / f"tensors-{tag}.safetensors"
-    documents_file = root / f"documents-{tag}.json"
-    save_file(tensors, str(tensor_file))
-    with tensor_file.open("rb+") as handle:
-        os.fsync(handle.fileno())
-    write_synced(documents_file, json.dumps(list(encoded.documents), ensure_ascii=False).encode())
+    return {k: v.detach().cpu() for k, v in tensors.items()}
+
+
+def _manifest_for(
+    encoded: EncodedContext,
+    tensors: Mapping[str, torch.Tensor],
+    files: Mapping[str, Path],
+    tokenizer_sha256: str | None,
+) -> dict[str, Any]:
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -72,6 +182,7 @@ def save(encoded: EncodedContext, directory: str | os.PathLike[str]) -> Path:
         "sink": encoded.sink,
         "window": encoded.window,
         "tokenizer": encoded.tokenizer_name,
+        "tokenizer_sha256": tokenizer_sha256,
         "num_tokens": len(encoded),
         "num_documents": len(encoded.documents),
         "kept": {
@@ -80,99 +191,513 @@ def save(encoded: EncodedContext, directory: str | os.PathLike[str]) -> Path:
         },
         "shapes": {k: list(v.shape) for k, v in tensors.items()},
         "files": {
-            "tensors": {"name": tensor_file.name, "sha256": file_sha256(tensor_file)},
-            "documents": {"name": documents_file.name, "sha256": file_sha256(documents_file)},
+            role: {"name": path.name, "size": path.stat().st_size, "sha256": file_sha256(path)}
+            for role, path in files.items()
         },
     }
-    scratch = root / f".{MANIFEST}.{tag}"
-    write_synced(scratch, json.dumps(manifest, indent=1).encode())
-    os.replace(scratch, root / MANIFEST)
-    keep = {tensor_file.name, documents_file.name, MANIFEST}
+    manifest["manifest_sha256"] = manifest_digest(manifest)
+    return manifest
+
+
+def manifest_digest(manifest: Mapping[str, Any]) -> str:
+    """SHA-256 of the canonical JSON (sorted keys, no spaces, ASCII) of a manifest without
+    its ``manifest_sha256``."""
+    rest = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+    canonical = json.dumps(rest, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode("ascii")).hexdigest()
+
+
+def _roles_in_manifest(root: Path) -> set[str]:
+    """The data file roles the current manifest names, so a save can remove their stale
+    files; empty when there is no readable manifest."""
+    try:
+        manifest = _parse_json(_read_manifest_bytes(root), root / MANIFEST)
+    except EncodedContextError:
+        return set()
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict):
+        return set()
+    return {r for r in files if isinstance(r, str) and _EXTRA_NAME.fullmatch(r)}
+
+
+def _remove_stale(root: Path, keep: set[str], roles: set[str]) -> None:
+    """Remove the data files of earlier (or interrupted) saves and leftover manifest scratch
+    files; files of other roles, and anything else in the directory, are left alone."""
     for stale in root.iterdir():
-        if stale.name not in keep and stale.name.startswith(
-            ("tensors-", "documents-", f".{MANIFEST}")
-        ):
+        if stale.name in keep:
+            continue
+        match = _DATA_FILE.fullmatch(stale.name)
+        if (match and match["role"] in roles) or stale.name.startswith(f".{MANIFEST}."):
             stale.unlink(missing_ok=True)
-    return root
+
+
+# -- load -------------------------------------------------------------------------------------
 
 
 def load(directory: str | os.PathLike[str], engine: ILRe) -> EncodedContext:
-    """Read an encoded context saved by `save`, refusing anything that does not match `engine`."""
+    """Read an encoded context saved by `save`, refusing anything that does not match `engine`
+    or is damaged with `EncodedContextError`."""
+    return load_with_extra(directory, engine)[0]
+
+
+def load_with_extra(
+    directory: str | os.PathLike[str], engine: ILRe
+) -> tuple[EncodedContext, dict[str, Any]]:
+    """`load`, and the extra JSON payloads saved with the context (by name).
+
+    Takes no lock: when a concurrent save replaces the manifest while this reads, the read
+    starts again from the new manifest (a few times at most)."""
     root = Path(directory)
+    for attempt in range(_LOAD_ATTEMPTS):
+        raw = _read_manifest_bytes(root)
+        try:
+            return _load_generation(root, engine, raw)
+        except EncodedContextError:
+            if attempt + 1 < _LOAD_ATTEMPTS and _manifest_changed(root, raw):
+                continue
+            raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _manifest_changed(root: Path, raw: bytes) -> bool:
     try:
-        manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
+        return _read_manifest_bytes(root) != raw
+    except EncodedContextError:
+        return False
+
+
+def _confined(root: Path, name: str) -> Path:
+    """``root / name`` when `name` is a plain file name whose resolved path lies directly in
+    `root`; `EncodedContextError` before touching the path otherwise."""
+    if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name:
+        raise EncodedContextError(f"{root}: refusing file name {name!r} in the manifest")
+    path = root / name
+    try:
+        inside = path.resolve().parent == root.resolve()
+    except (OSError, RuntimeError) as error:
+        raise EncodedContextError(f"{root}: cannot resolve {name!r}: {error}") from error
+    if not inside:
+        raise EncodedContextError(f"{root}: {name!r} points outside the directory")
+    return path
+
+
+def _regular_file_size(path: Path) -> int | None:
+    """The size of `path` when it is a regular file, None when it does not exist."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        raise EncodedContextError(f"cannot read {path}: {error}") from error
+    if not stat.S_ISREG(info.st_mode):
+        raise EncodedContextError(f"{path} is not a regular file")
+    return info.st_size
+
+
+def _read_manifest_bytes(root: Path) -> bytes:
+    path = _confined(root, MANIFEST)
+    size = _regular_file_size(path)
+    if size is None:
+        raise EncodedContextError(f"no encoded context at {root} (no {MANIFEST})")
+    if size > MAX_MANIFEST_BYTES:
+        raise EncodedContextError(f"{path} is {size:,} bytes, over {MAX_MANIFEST_BYTES:,}")
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(MAX_MANIFEST_BYTES + 1)
     except FileNotFoundError as error:
         raise EncodedContextError(f"no encoded context at {root} (no {MANIFEST})") from error
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise EncodedContextError(f"{root / MANIFEST} is damaged: {error}") from error
+    except OSError as error:
+        raise EncodedContextError(f"cannot read {path}: {error}") from error
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise EncodedContextError(f"{path} is over {MAX_MANIFEST_BYTES:,} bytes")
+    return data
+
+
+def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        raise ValueError("duplicate key")
+    return result
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _parse_json(data: bytes, path: Path, *, constants: bool = False) -> Any:
+    """Strict JSON: UTF-8, no duplicate keys, and no NaN or Infinity unless `constants` (extra
+    payloads hold callers' values, which may have them); any failure (including nesting too
+    deep for the parser) is an `EncodedContextError`."""
+    try:
+        return json.loads(
+            data.decode("utf-8"),
+            object_pairs_hook=_unique_object,
+            parse_constant=None if constants else _no_constant,
+        )
+    except (UnicodeDecodeError, ValueError, RecursionError) as error:
+        raise EncodedContextError(f"{path} is damaged: {error}") from error
+
+
+def _depth(value: Any, limit: int) -> int:
+    """Nesting depth of lists and objects, counted no further than `limit` + 1."""
+    if limit < 0 or not isinstance(value, (list, dict)):
+        return 0
+    children = value.values() if isinstance(value, dict) else value
+    return 1 + max((_depth(child, limit - 1) for child in children), default=0)
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """What a validated manifest promises: the data files and every tensor's shape."""
+
+    version: int
+    num_tokens: int
+    num_documents: int
+    sink: int
+    window: int
+    layer: int
+    kept: dict[int, tuple[int, int]]
+    shapes: dict[str, tuple[int, ...]]
+    files: dict[str, tuple[Path, int | None, str]]
+
+
+def _load_generation(root: Path, engine: ILRe, raw: bytes) -> tuple[EncodedContext, dict]:
+    manifest = _parse_json(raw, root / MANIFEST)
+    layout = _validate_manifest(manifest, root, engine)
+    for role, (path, size, digest) in layout.files.items():
+        _check_file(root, path, size, digest, _size_bounds(layout, role))
+    documents = _read_json_file(layout.files["documents"][0])
+    _check_documents(root, documents, layout.num_documents)
+    extras = {
+        role: _read_json_file(path, constants=True)
+        for role, (path, _, _) in layout.files.items()
+        if role not in _RESERVED_ROLES
+    }
+    tensors = _read_tensors(root, layout, engine)
+    tokens = _tokens(root, documents, tensors, engine)
+    return _context(engine, layout, tokens, tensors), extras
+
+
+# -- manifest schema ---------------------------------------------------------------------------
+
+
+def _fail(root: Path, message: str) -> EncodedContextError:
+    return EncodedContextError(f"{root}/{MANIFEST} is invalid: {message}")
+
+
+def _require_int(root: Path, value: Any, what: str, low: int = 0, high: int = MAX_COUNT) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise _fail(root, f"{what} must be an integer in [{low}, {high}], got {value!r}")
+    return value
+
+
+def _require_str(root: Path, value: Any, what: str, pattern: re.Pattern | None = None) -> str:
+    if not isinstance(value, str) or (pattern is not None and not pattern.fullmatch(value)):
+        raise _fail(root, f"{what} is not a valid string: {value!r:.80}")
+    return value
+
+
+def _require_keys(root: Path, value: Any, what: str, required: set[str]) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _fail(root, f"{what} must be an object")
+    missing, unknown = required - value.keys(), value.keys() - required
+    if missing or unknown:
+        raise _fail(root, f"{what}: missing {sorted(missing)}, unexpected {sorted(unknown)[:5]}")
+    return value
+
+
+_V1_KEYS = {
+    "format",
+    "format_version",
+    "model_name",
+    "model_fingerprint",
+    "layer",
+    "sink",
+    "window",
+    "tokenizer",
+    "num_tokens",
+    "num_documents",
+    "kept",
+    "shapes",
+    "files",
+}
+_V2_KEYS = _V1_KEYS | {"tokenizer_sha256", "manifest_sha256"}
+
+
+def _validate_manifest(manifest: Any, root: Path, engine: ILRe) -> _Layout:
+    """Check the manifest's structure, its own checksum and its match with `engine`; the
+    layout it promises. Opens no data file."""
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise EncodedContextError(f"{root} does not hold an ILRe encoded context")
     version = manifest.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise _fail(root, f"format_version {version!r}")
+    if version > FORMAT_VERSION:
         raise EncodedContextError(
             f"{root} was saved in format version {version}; this ILRe reads up to "
             f"{FORMAT_VERSION}: upgrade ilre"
         )
-    expected = {
-        "model_fingerprint": engine.fingerprint,
-        "layer": engine.layer,
-        "tokenizer": engine.tokenizer_name,
+    if _depth(manifest, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
+        raise _fail(root, "nested too deep")
+    _require_keys(root, manifest, "the manifest", _V2_KEYS if version >= 2 else _V1_KEYS)
+    if version >= 2:
+        digest = _require_str(root, manifest["manifest_sha256"], "manifest_sha256", _HEX64)
+        if digest != manifest_digest(manifest):
+            raise EncodedContextError(f"{root}/{MANIFEST} is damaged (checksum mismatch)")
+    _check_identity(manifest, root, engine)
+    num_tokens = _require_int(root, manifest["num_tokens"], "num_tokens", 1)
+    layer = _require_int(root, manifest["layer"], "layer")
+    sink = _require_int(root, manifest["sink"], "sink")
+    window = _require_int(root, manifest["window"], "window", 1)
+    kept = _validate_kept(root, manifest["kept"], engine, layer, sink, window)
+    shapes = _expected_shapes(engine, num_tokens, kept)
+    declared = manifest["shapes"]
+    _require_keys(root, declared, "shapes", set(shapes))
+    for name, shape in shapes.items():
+        if declared[name] != list(shape):
+            raise _fail(root, f"shape of {name!r} is {declared[name]!r:.80}, expected {shape}")
+    return _Layout(
+        version=version,
+        num_tokens=num_tokens,
+        num_documents=_require_int(root, manifest["num_documents"], "num_documents", 1),
+        sink=sink,
+        window=window,
+        layer=layer,
+        kept=kept,
+        shapes=shapes,
+        files=_validate_files(root, manifest["files"], version),
+    )
+
+
+def _check_identity(manifest: dict[str, Any], root: Path, engine: ILRe) -> None:
+    """Refuse a context encoded by another model, at another layer, or with another tokenizer:
+    by content where the manifest records the tokenizer's `tokenizer_identity` (its name is
+    then only shown), else by name (version 1, or a save that did not know the identity)."""
+    model = _require_str(root, manifest["model_name"], "model_name")
+    name = _require_str(root, manifest["tokenizer"], "tokenizer")
+    recorded = manifest.get("tokenizer_sha256")
+    if recorded is not None:
+        _require_str(root, recorded, "tokenizer_sha256", _TOKENIZER_ID)
+    mismatch = None
+    if manifest["model_fingerprint"] != engine.fingerprint:
+        mismatch = f"another model ({model!r:.80}; this engine has {engine.name!r})"
+    elif manifest["layer"] != engine.layer:
+        mismatch = f"layer {manifest['layer']!r:.20} (this engine reads layer {engine.layer})"
+    elif recorded is not None and recorded != tokenizer_identity(engine.tokenizer):
+        mismatch = (
+            f"another tokenizer ({name!r:.80}, content {recorded[:12]}; this engine has "
+            f"{engine.tokenizer_name!r}, content {tokenizer_identity(engine.tokenizer)[:12]})"
+        )
+    elif recorded is None and name != engine.tokenizer_name:
+        mismatch = f"tokenizer {name!r:.80} (this engine has {engine.tokenizer_name!r})"
+    if mismatch:
+        raise EncodedContextError(f"{root} was encoded with {mismatch}: encode it again")
+
+
+def _validate_kept(
+    root: Path, kept: Any, engine: ILRe, layer: int, sink: int, window: int
+) -> dict[int, tuple[int, int]]:
+    """Every early layer ``0 .. layer - 1`` with the sink size and window the streaming
+    prefill gives it (`streaming.layer_keep`) for this model and the saved sink and window."""
+    _require_keys(root, kept, "kept", {str(i) for i in range(layer)})
+    windows = ModelDims.from_config(engine.model.config).sliding_windows
+    result = {}
+    for i in range(layer):
+        info = _require_keys(root, kept[str(i)], f"kept.{i}", {"sink_size", "keep"})
+        sink_size = _require_int(root, info["sink_size"], f"kept.{i}.sink_size")
+        keep = _require_int(root, info["keep"], f"kept.{i}.keep", 1)
+        expected = layer_keep(windows[i] if i < len(windows) else None, sink, window)
+        if (sink_size, keep) != expected:
+            raise _fail(root, f"kept.{i} is {(sink_size, keep)}, the model gives {expected}")
+        result[i] = (sink_size, keep)
+    return result
+
+
+def _expected_shapes(
+    engine: ILRe, num_tokens: int, kept: Mapping[int, tuple[int, int]]
+) -> dict[str, tuple[int, ...]]:
+    """Every tensor's shape, from the engine's model and the token count: what streaming
+    `num_tokens` tokens leaves (`streaming._evict`)."""
+    dims = ModelDims.from_config(engine.model.config)
+    heads, head_dim = dims.kv_heads, dims.head_dim
+    shapes: dict[str, tuple[int, ...]] = {
+        "keys": (heads, num_tokens, head_dim),
+        **{name: (num_tokens,) for name in _TOKEN_FIELDS},
+        "offsets": (num_tokens, 2),
     }
-    for key, value in expected.items():
-        if manifest.get(key) != value:
+    for layer, (sink_size, keep) in kept.items():
+        sink_len = min(sink_size, num_tokens)
+        recent_len = max(0, min(keep, num_tokens - sink_size))
+        for part, length in (("sink", sink_len), ("recent", recent_len)):
+            for kind in ("keys", "values"):
+                shapes[f"kept.{layer}.{part}_{kind}"] = (heads, length, head_dim)
+    return shapes
+
+
+def _validate_files(
+    root: Path, files: Any, version: int
+) -> dict[str, tuple[Path, int | None, str]]:
+    """Each data file's confined path, declared size (None in version 1) and SHA-256."""
+    if not isinstance(files, dict) or not set(_RESERVED_ROLES) <= files.keys():
+        raise _fail(root, "files must name the tensors and documents files")
+    if version < 2 and files.keys() != set(_RESERVED_ROLES):
+        raise _fail(root, "version 1 has no extra files")
+    result = {}
+    for role, entry in files.items():
+        _require_str(root, role, "a file role", _EXTRA_NAME)
+        fields = {"name", "sha256"} | ({"size"} if version >= 2 else set())
+        entry = _require_keys(root, entry, f"files.{role}", fields)
+        name = entry["name"]
+        match = _DATA_FILE.fullmatch(name) if isinstance(name, str) else None
+        extension = "safetensors" if role == "tensors" else "json"
+        if match is None or match["role"] != role or match["ext"] != extension:
             raise EncodedContextError(
-                f"{root} was encoded with {key} {manifest.get(key)!r}, this engine has {value!r} "
-                f"(model {manifest.get('model_name')!r} vs {engine.name!r}): encode it again"
+                f"{root}: refusing file name {name!r:.200} for {role} in the manifest (not "
+                f"a {role}-<id>.{extension} file of this directory)"
             )
-    files = manifest["files"]
-    paths = {}
-    for role in ("tensors", "documents"):
-        path = root / files[role]["name"]
-        if not path.is_file():
-            raise EncodedContextError(f"{root} is incomplete: {path.name} is missing")
-        if file_sha256(path) != files[role]["sha256"]:
-            raise EncodedContextError(f"{path} is damaged (checksum mismatch)")
-        paths[role] = path
-    device, dtype = engine.device, engine.model.dtype
+        size = _require_int(root, entry["size"], f"files.{role}.size") if version >= 2 else None
+        digest = _require_str(root, entry["sha256"], f"files.{role}.sha256", _HEX64)
+        result[role] = (_confined(root, name), size, digest)
+    return result
+
+
+# -- data files --------------------------------------------------------------------------------
+
+
+def _size_bounds(layout: _Layout, role: str) -> tuple[int, int]:
+    """The sizes a data file can have: the tensors file holds the declared shapes' elements
+    (2 to 8 bytes each) plus its header; a JSON file at most `MAX_JSON_FILE_BYTES`."""
+    if role != "tensors":
+        return 1, MAX_JSON_FILE_BYTES
+    floats = sum(math.prod(s) for n, s in layout.shapes.items() if n not in _INT_FIELDS)
+    ints = sum(math.prod(s) for n, s in layout.shapes.items() if n in _INT_FIELDS)
+    return 2 * floats + 4 * ints, 8 * (floats + ints) + MAX_TENSOR_HEADER_BYTES
+
+
+def _check_file(
+    root: Path, path: Path, size: int | None, digest: str, bounds: tuple[int, int]
+) -> None:
+    """Refuse a missing, irregular, wrongly sized or damaged data file; sizes are checked
+    before the file is read."""
+    actual = _regular_file_size(path)
+    if actual is None:
+        raise EncodedContextError(f"{root} is incomplete: {path.name} is missing")
+    if size is not None and actual != size:
+        raise EncodedContextError(f"{path} is damaged (size {actual:,}, expected {size:,})")
+    if not bounds[0] <= actual <= bounds[1]:
+        raise EncodedContextError(
+            f"{path} is damaged: {actual:,} bytes where the manifest implies "
+            f"{bounds[0]:,} to {bounds[1]:,}"
+        )
     try:
-        documents = json.loads(paths["documents"].read_text(encoding="utf-8"))
-        # The file is memory-mapped and each tensor goes straight to the engine's device, one
-        # at a time: a large corpus is never held twice.
-        with safe_open(str(paths["tensors"]), framework="pt", device=str(device)) as handle:
-            names = set(handle.keys())
-            for name, shape in manifest["shapes"].items():
-                if name not in names or list(handle.get_slice(name).get_shape()) != shape:
-                    raise EncodedContextError(
-                        f"{root}: tensor {name!r} is missing or has the wrong shape"
-                    )
-            tensors = {name: handle.get_tensor(name) for name in manifest["shapes"]}
-    except (SafetensorError, OSError, json.JSONDecodeError) as error:
-        raise EncodedContextError(f"{root} is damaged: {error}") from error
-    if (
-        len(documents) != manifest["num_documents"]
-        or tensors["keys"].shape[1] != manifest["num_tokens"]
-    ):
+        if file_sha256(path) != digest:
+            raise EncodedContextError(f"{path} is damaged (checksum mismatch)")
+    except FileNotFoundError as error:
+        raise EncodedContextError(f"{root} is incomplete: {path.name} is missing") from error
+    except OSError as error:
+        raise EncodedContextError(f"cannot read {path}: {error}") from error
+
+
+def _read_json_file(path: Path, *, constants: bool = False) -> Any:
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise EncodedContextError(f"cannot read {path}: {error}") from error
+    return _parse_json(data, path, constants=constants)
+
+
+def _check_documents(root: Path, documents: Any, count: int) -> None:
+    if not isinstance(documents, list) or not all(isinstance(d, str) for d in documents):
+        raise EncodedContextError(f"{root}: the documents file is not a list of texts")
+    if len(documents) != count:
         raise EncodedContextError(f"{root}: documents or tokens do not match the manifest")
 
-    kept = {}
-    for layer, info in manifest["kept"].items():
-        parts = {n: tensors[f"kept.{layer}.{n}"].to(device, dtype)[None] for n in _KEPT_FIELDS}
-        kept[int(layer)] = KeptKV(info["sink_size"], info["keep"], **parts)
-    tokens = TokenizedContext(
-        documents=tuple(documents),
-        input_ids=tensors["input_ids"].cpu().numpy().astype(np.int64),
-        doc_ids=tensors["doc_ids"].cpu().numpy().astype(np.int32),
-        offsets=tensors["offsets"].cpu().numpy().astype(np.int64),
-        word_ids=tensors["word_ids"].cpu().numpy().astype(np.int64),
+
+def _read_tensors(root: Path, layout: _Layout, engine: ILRe) -> dict[str, torch.Tensor]:
+    """Each tensor, memory-mapped and sent straight to the engine's device one at a time (a
+    large corpus is never held twice), after its name, dtype and shape are checked."""
+    path = layout.files["tensors"][0]
+    try:
+        with safe_open(str(path), framework="pt", device=str(engine.device)) as handle:
+            names = set(handle.keys())
+            if names != set(layout.shapes):
+                raise EncodedContextError(f"{root}: the tensors file holds other tensors")
+            for name, shape in layout.shapes.items():
+                piece = handle.get_slice(name)
+                allowed = _INT_DTYPES if name in _INT_FIELDS else _FLOAT_DTYPES
+                if piece.get_dtype() not in allowed or tuple(piece.get_shape()) != shape:
+                    raise EncodedContextError(
+                        f"{root}: tensor {name!r} has the wrong dtype or shape"
+                    )
+            return {name: handle.get_tensor(name) for name in layout.shapes}
+    except (SafetensorError, OSError, RuntimeError, ValueError) as error:
+        if isinstance(error, EncodedContextError):
+            raise
+        raise EncodedContextError(f"{root} is damaged: {error}") from error
+
+
+def _tokens(root: Path, documents: list[str], tensors: dict[str, torch.Tensor], engine: ILRe):
+    """The tokens, after checking what recall relies on: token ids in the vocabulary; document
+    ids in ``[-1, num_documents)`` and in order; each document token's offsets inside its
+    document; word ids non-decreasing, each at most its position. Values are checked before
+    any narrowing cast, so what loads is what the file holds."""
+    ids, docs, offsets, words = (
+        tensors[name].cpu().numpy().astype(np.int64)
+        for name in ("input_ids", "doc_ids", "offsets", "word_ids")
     )
+    vocab = getattr(engine.model.config, "vocab_size", None) or np.iinfo(np.int64).max
+    lengths = np.array([len(d) for d in documents], dtype=np.int64)
+    in_document = docs >= 0
+    checks = (
+        (lambda: ids.min() >= 0 and ids.max() < vocab, "token ids outside the vocabulary"),
+        (lambda: docs.min() >= -1 and docs.max() < len(documents), "document ids out of range"),
+        (lambda: not np.any(np.diff(docs[in_document]) < 0), "document ids out of order"),
+        (
+            lambda: offsets.min() >= 0 and not np.any(offsets[:, 0] > offsets[:, 1]),
+            "negative or reversed offsets",
+        ),
+        (
+            lambda: not np.any(offsets[in_document, 1] > lengths[docs[in_document]]),
+            "offsets past the end of their document",
+        ),
+        (
+            lambda: (
+                words[0] >= 0
+                and not np.any(np.diff(words) < 0)
+                and not np.any(words > np.arange(len(words)))
+            ),
+            "word ids that are not non-decreasing from 0",
+        ),
+    )
+    for check, problem in checks:
+        if not check():
+            raise EncodedContextError(f"{root}: the tensors file is inconsistent: {problem}")
+    return TokenizedContext(
+        documents=tuple(documents),
+        input_ids=ids,
+        doc_ids=docs.astype(np.int32),
+        offsets=offsets,
+        word_ids=words,
+    )
+
+
+def _context(
+    engine: ILRe, layout: _Layout, tokens: TokenizedContext, tensors: dict[str, torch.Tensor]
+) -> EncodedContext:
+    device, dtype = engine.device, engine.model.dtype
+    kept = {}
+    for layer, (sink_size, keep) in layout.kept.items():
+        parts = {n: tensors[f"kept.{layer}.{n}"].to(device, dtype)[None] for n in _KEPT_FIELDS}
+        kept[layer] = KeptKV(sink_size, keep, **parts)
     return EncodedContext(
         tokens=tokens,
         keys=tensors["keys"].to(device, dtype),
         kept=kept,
-        layer=manifest["layer"],
+        layer=layout.layer,
         model_name=engine.name,
-        sink=manifest["sink"],
-        window=manifest["window"],
+        sink=layout.sink,
+        window=layout.window,
         fingerprint=engine.fingerprint,
         tokenizer_name=engine.tokenizer_name,
+        tokenizer_sha256=tokenizer_identity(engine.tokenizer),
     )

@@ -294,31 +294,48 @@ class EncodedCorpus:
         ]
 
     def save(self, directory: str | os.PathLike[str]) -> Path:
-        """Write the encoded context and the metadata (JSON) to `directory`."""
+        """Write the encoded context and the metadata to `directory` in one atomic commit.
+
+        Both go to ``encoded/`` (`ilre_engine.persistence`, the metadata as its ``metadata``
+        payload, values JSON cannot hold written as their ``str``), so a crash at any point
+        leaves the previous corpus or the new one, never a mix. Concurrent saves: the last
+        one wins, each complete. A ``metadata.json`` of the former two-file layout is removed
+        once the new corpus is committed."""
         if self.encoded is None:
             raise engine_errors().EncodedContextError("the corpus is empty: nothing to save")
+        from ilre_engine.persistence import save as save_encoded
+        from ilre_engine.persistence import tokenizer_identity
+
         root = Path(directory)
-        self.encoded.save(root / "encoded")
-        scratch = root / ".metadata.json.tmp"
-        scratch.write_text(json.dumps(self.metadata, ensure_ascii=False, default=str))
-        os.replace(scratch, root / "metadata.json")
+        with self._lock:
+            encoded, metadata = self.encoded, list(self.metadata)
+        payload = json.loads(json.dumps(metadata, ensure_ascii=False, default=str))
+        save_encoded(
+            encoded,
+            root / "encoded",
+            extra={"metadata": payload},
+            tokenizer_sha256=tokenizer_identity(self.engine.tokenizer),
+        )
+        (root / _LEGACY_METADATA).unlink(missing_ok=True)
         return root
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str], engine: ILRe) -> EncodedCorpus:
-        """Read a corpus saved by `save`; refuses one encoded by a different model."""
-        from ilre_engine import EncodedContext
+        """Read a corpus saved by `save` (or in the former layout, with its metadata in a
+        separate ``metadata.json``); refuses one encoded by a different model, or damaged,
+        with `EncodedContextError`."""
         from ilre_engine.errors import EncodedContextError
+        from ilre_engine.persistence import load_with_extra
 
         root = Path(directory)
         corpus = cls(engine)
-        corpus.encoded = EncodedContext.load(root / "encoded", engine)
-        try:
-            corpus.metadata = json.loads((root / "metadata.json").read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as error:
-            raise EncodedContextError(f"{root}: metadata.json is missing or damaged") from error
-        if len(corpus.metadata) != len(corpus.encoded.documents):
+        corpus.encoded, extra = load_with_extra(root / "encoded", engine)
+        metadata = extra["metadata"] if "metadata" in extra else _legacy_metadata(root)
+        if not isinstance(metadata, list) or not all(isinstance(m, dict) for m in metadata):
+            raise EncodedContextError(f"{root}: the metadata is not a list of objects")
+        if len(metadata) != len(corpus.encoded.documents):
             raise EncodedContextError(f"{root}: metadata does not match the documents")
+        corpus.metadata = metadata
         return corpus
 
 
@@ -334,3 +351,18 @@ def split_record(record: Mapping[str, Any]) -> tuple[dict[str, Any], str | None,
     llama_index = metadata.pop(LLAMA_INDEX_RECORD, None) or {}
     source_id = llama_index.get("node_id", langchain.get("id"))
     return metadata, source_id, llama_index
+
+
+_LEGACY_METADATA = "metadata.json"
+"""Where the former two-file layout kept a corpus's metadata, next to ``encoded/``."""
+
+
+def _legacy_metadata(root: Path) -> Any:
+    """The metadata of a corpus in the former layout; that layout was not saved atomically,
+    so only the count of entries can be checked against the documents."""
+    try:
+        return json.loads((root / _LEGACY_METADATA).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, RecursionError, json.JSONDecodeError) as error:
+        raise engine_errors().EncodedContextError(
+            f"{root}: metadata.json is missing or damaged"
+        ) from error
