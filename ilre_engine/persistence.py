@@ -220,14 +220,20 @@ def _roles_in_manifest(root: Path) -> set[str]:
     return {r for r in files if isinstance(r, str) and _EXTRA_NAME.fullmatch(r)}
 
 
+_SCRATCH = re.compile(r"\.tmp[A-Za-z0-9_]{6}")
+
+
 def _remove_stale(root: Path, keep: set[str], roles: set[str]) -> None:
-    """Remove the data files of earlier (or interrupted) saves and leftover manifest scratch
-    files; files of other roles, and anything else in the directory, are left alone."""
+    """Remove the data files of earlier (or interrupted) saves, leftover manifest scratch
+    files and the scratch files an interrupted tensors write leaves (``.tmpXXXXXX``, written
+    by safetensors); files of other roles, and anything else in the directory, are left
+    alone. Runs under the writer lock, so no other save's scratch file is removed."""
     for stale in root.iterdir():
         if stale.name in keep:
             continue
         match = _DATA_FILE.fullmatch(stale.name)
-        if (match and match["role"] in roles) or stale.name.startswith(f".{MANIFEST}."):
+        scratch = stale.name.startswith(f".{MANIFEST}.") or _SCRATCH.fullmatch(stale.name)
+        if (match and match["role"] in roles) or scratch:
             stale.unlink(missing_ok=True)
 
 
