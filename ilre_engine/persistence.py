@@ -26,6 +26,10 @@ Loading trusts nothing in the directory: the manifest is size-capped, parsed str
 checked against a schema; data files must be plain names inside the directory; shapes,
 dtypes and values are checked for consistency with the manifest and the engine. Any
 mismatch or damage raises `EncodedContextError`.
+
+This module is longer than the others because loading refuses every crafted input: its
+sections (save, load, the manifest's schema, the data files) read top to bottom as one
+sequence of checks.
 """
 
 from __future__ import annotations

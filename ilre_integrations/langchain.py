@@ -36,6 +36,10 @@ settings (`ilre_integrations._common.shared_engine`).
 Tracing: each compression or recall runs as a child run (``ILReCompressor`` or
 ``ILReRetriever recall``) of the caller's callbacks, whose outputs carry the token counts, the
 budget and the ratio, so LangSmith and other handlers show the step and what it kept.
+
+Longer than the engine's modules because a face carries its framework's conventions
+(pydantic fields with descriptions and validation, sync and async paths, callbacks); the
+logic lives in the engine and `_common`.
 """
 
 from __future__ import annotations

@@ -21,6 +21,10 @@ the token counts, the budget and the ratio), as LlamaIndex's own rerankers do.
 
 Importing this module does not import torch or the engine; they load on first use.
 Requires ``llama-index-core`` (``pip install "ilre[llamaindex]"``).
+
+Longer than the engine's modules because a face carries its framework's conventions
+(pydantic fields with descriptions and validation, sync and async paths, instrumentation
+spans and events); the logic lives in the engine and `_common`.
 """
 
 from __future__ import annotations

@@ -23,6 +23,9 @@ module, and `families.ALL_FAMILIES` merges both registries. Families (`HARD_FAMI
 - ``prose_qa``: hand-written questions over the essays (`PROSE_QUESTIONS`), answered by short
   spans of them, as ``essay_qa`` but a new bank spread so that every prefix of 4k to 32k
   tokens holds several answers.
+
+Longer than the other modules because of data: most of it is hand-written banks of facts,
+paraphrased questions and prose questions beside small generators.
 """
 
 from __future__ import annotations

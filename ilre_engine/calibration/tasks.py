@@ -16,6 +16,9 @@ so an answer string occurs in the context only inside its needle. Families:
   no content word with its needle), ``multihop_vt`` (asked by the last variable of a chain:
   only the first link holds the value), ``essay_qa`` (hand-written questions over the
   essays themselves, answered by short spans of them).
+
+Longer than the other modules because of data: the word lists and hand-written essay
+questions sit beside the small generators that use them.
 """
 
 from __future__ import annotations
