@@ -18,8 +18,9 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import TYPE_CHECKING, Any
+
+from ilre_engine import errors
 
 if TYPE_CHECKING:
     from ilre_engine import EncodedContext, ILRe, RecallResult, Span
@@ -47,21 +48,9 @@ ENGINE_SETTINGS = ("model", "layer", "device", "config", "budget_tokenizer")
 """The settings that name a shared engine (see `shared_engine`)."""
 
 
-def engine_errors() -> ModuleType:
-    """`ilre_engine.errors`, imported on first need.
-
-    Importing any ``ilre_engine`` module runs the package's ``__init__``, which (until it
-    resolves its names lazily) imports torch; the faces therefore import the error classes
-    only when they raise one.
-    """
-    from ilre_engine import errors
-
-    return errors
-
-
 def budget_error(message: str) -> Exception:
     """An `ilre_engine.errors.BudgetError` (a `ValueError`) with `message`."""
-    return engine_errors().BudgetError(message)
+    return errors.BudgetError(message)
 
 
 def check_count(name: str, value: Any, *, optional: bool = True) -> None:
@@ -98,7 +87,7 @@ def check_budget_tokenizer(tokenizer: Any) -> None:
     if tokenizer is None or isinstance(tokenizer, str) or hasattr(tokenizer, "encode"):
         return
     if not callable(tokenizer):
-        raise engine_errors().ILReError(
+        raise errors.ILReError(
             f"cannot count tokens with {type(tokenizer).__name__}: give a tiktoken encoding "
             "name, a tiktoken.Encoding, a Hugging Face tokenizer or a callable"
         )
@@ -189,7 +178,7 @@ def require_texts(contents: Sequence[Any], what: str = "document") -> list[str]:
     """The texts, or `InvalidDocumentError` naming the first item that is not a string."""
     for index, content in enumerate(contents):
         if not isinstance(content, str):
-            raise engine_errors().InvalidDocumentError(
+            raise errors.InvalidDocumentError(
                 f"{what} {index} has {type(content).__name__} content; ILRe compresses text only"
             )
     return list(contents)
@@ -302,7 +291,7 @@ class EncodedCorpus:
         one wins, each complete. A ``metadata.json`` of the former two-file layout is removed
         once the new corpus is committed."""
         if self.encoded is None:
-            raise engine_errors().EncodedContextError("the corpus is empty: nothing to save")
+            raise errors.EncodedContextError("the corpus is empty: nothing to save")
         from ilre_engine.persistence import save as save_encoded
         from ilre_engine.persistence import tokenizer_identity
 
@@ -363,6 +352,4 @@ def _legacy_metadata(root: Path) -> Any:
     try:
         return json.loads((root / _LEGACY_METADATA).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, RecursionError, json.JSONDecodeError) as error:
-        raise engine_errors().EncodedContextError(
-            f"{root}: metadata.json is missing or damaged"
-        ) from error
+        raise errors.EncodedContextError(f"{root}: metadata.json is missing or damaged") from error

@@ -54,6 +54,8 @@ from llama_index.core.schema import (
     TextNode,
 )
 
+from ilre_engine import errors
+
 from ._common import (
     LLAMA_INDEX_RECORD,
     METADATA_KEY,
@@ -64,7 +66,6 @@ from ._common import (
     check_engine,
     check_one_budget,
     check_ratio,
-    engine_errors,
     per_document,
     require_texts,
     shared_engine,
@@ -436,14 +437,14 @@ def _check_engine_settings(engine: ILRe | None, settings: Mapping[str, Any]) -> 
     # An engine carries its own model, layer, config and budget tokenizer; settings given
     # beside it would be silently ignored.
     if engine is not None and settings:
-        raise engine_errors().ILReError(
+        raise errors.ILReError(
             f"give either engine or engine settings, not both (got engine and {sorted(settings)})"
         )
 
 
 def _query_text(query_bundle: QueryBundle | None) -> str:
     if query_bundle is None or not query_bundle.query_str.strip():
-        raise engine_errors().EmptyInputError(
+        raise errors.EmptyInputError(
             "ILRe recalls what a query attends to: pass a non-empty query_str or query_bundle"
         )
     return query_bundle.query_str
@@ -455,7 +456,7 @@ def _node_texts(nodes: Sequence[BaseNode]) -> list[str]:
     for index, node in enumerate(nodes):
         content = node.get_content(metadata_mode=MetadataMode.NONE)
         if not content and _has_media(node):
-            raise engine_errors().InvalidDocumentError(
+            raise errors.InvalidDocumentError(
                 f"node {index} ({type(node).__name__} {node.node_id}) holds no text, only "
                 "media; ILRe compresses text only"
             )
