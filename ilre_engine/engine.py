@@ -20,10 +20,9 @@ from . import compiled, persistence, streaming
 from .errors import (
     BudgetError,
     ContextTooLongError,
-    EmptyInputError,
     EncodedContextError,
-    InvalidDocumentError,
 )
+from .inputs import as_documents, check_query
 from .loading import ModelSource, ProfileChoice, load_trunk, resolve_model
 from .memory import MemoryEstimate, check_memory, estimate_encode_bytes
 from .profiles import Profile
@@ -149,25 +148,8 @@ class RecallResult:
         return data
 
 
-def _as_documents(context: str | Sequence[str]) -> tuple[str, ...]:
-    documents = (context,) if isinstance(context, (str, bytes)) else tuple(context)
-    if not documents:
-        raise EmptyInputError("the context has no documents")
-    checked = []
-    for index, document in enumerate(documents):
-        if isinstance(document, bytes):
-            try:
-                document = document.decode("utf-8")
-            except UnicodeDecodeError as error:
-                raise InvalidDocumentError(
-                    f"document {index} is not valid UTF-8 at byte offset {error.start}"
-                ) from error
-        if not isinstance(document, str):
-            raise InvalidDocumentError(f"document {index} is a {type(document).__name__}, not text")
-        checked.append(document)
-    if not any(d.strip() for d in checked):
-        raise EmptyInputError("the context is empty (only whitespace)")
-    return tuple(checked)
+_as_documents = as_documents
+_check_query = check_query
 
 
 def resolve_budget(input_tokens: int, budget_tokens: int | None, ratio: float | None) -> int:
@@ -184,11 +166,6 @@ def resolve_budget(input_tokens: int, budget_tokens: int | None, ratio: float | 
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 < ratio <= 1.0:
         raise BudgetError(f"ratio must be in (0, 1], got {ratio!r}")
     return max(1, math.floor(float(ratio) * input_tokens))
-
-
-def _check_query(query: str) -> None:
-    if not isinstance(query, str) or not query.strip():
-        raise EmptyInputError("the query is empty")
 
 
 def _whole_documents(documents: Sequence[str]) -> tuple[tuple[Span, ...], str]:
