@@ -43,7 +43,10 @@ MIN_CALIBRATION_LENGTH = 256
 
 HUB_TIMEOUT_S = 5
 """Seconds a request to the Hugging Face hub may wait (``HF_HUB_ETAG_TIMEOUT`` and
-``HF_HUB_DOWNLOAD_TIMEOUT``, unless set), and at most how long the hub probe takes."""
+``HF_HUB_DOWNLOAD_TIMEOUT``, unless set)."""
+
+HUB_PROBE_TIMEOUT_S = 3
+"""At most how long finding out whether the hub answers takes (name lookup and connect)."""
 
 EXIT_USAGE = 2
 EXIT_BROKEN_PIPE = 128 + 13  # killed by SIGPIPE, as a shell reports it
@@ -295,9 +298,9 @@ def _compress(args: argparse.Namespace) -> int:
 
     resolve_budget(1, args.budget, args.ratio)
     _check_device(args.device)
-    documents = as_documents(_read_documents(args.files))
     if hub is not None:
         _check_cached(args.model, hub)
+    documents = as_documents(_read_documents(args.files))
 
     from .engine import ILRe, ILReConfig
 
@@ -445,7 +448,7 @@ def _prepare_hub(model: str | None) -> str | None:
     if any(os.environ.get(v) for v in _PROXY_VARIABLES):
         return None  # the proxy decides; the request timeouts bound the wait
     endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
-    if _reachable(endpoint, HUB_TIMEOUT_S):
+    if _reachable(endpoint, HUB_PROBE_TIMEOUT_S):
         return None
     os.environ["HF_HUB_OFFLINE"] = "1"  # use the cache, without waiting on the network
     return f"{endpoint} is unreachable"
