@@ -15,8 +15,9 @@ CLI = (sys.executable, "-m", "ilre_engine.cli")
 
 
 def run_cli(
-    *args: str | bytes, stdin: str | None = None, env: dict[str, str] | None = None, **kwargs
+    *args: str | bytes, stdin: str | None = None, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess:
+    """``ilre ARGS`` in a subprocess, with `env` added to the environment."""
     return subprocess.run(
         [*CLI, *args],
         input=stdin,
@@ -24,7 +25,6 @@ def run_cli(
         text=True,
         timeout=300,
         env={**os.environ, **(env or {})},
-        **kwargs,
     )
 
 
