@@ -8,33 +8,120 @@ or with ``--json`` one JSON object with the fields of `RecallResult`.
 measures every layer's recall and writes the model's profile where `ILRe.from_pretrained`
 finds it (`ilre_engine.calibration`).
 
-Refusals print one line on standard error and exit with status 2; no traceback.
+Refusals, usage errors included, print one line ``ilre: error: ...`` on standard error and
+exit with status 2; no traceback. Help and usage errors answer without importing torch: this
+module imports only the standard library and `ilre_engine.errors` at the top, the rest when a
+command runs. Inputs larger than `MAX_INPUT_BYTES` in all are refused. A Hugging Face id that
+is not cached is refused at once when the hub is unreachable or ``HF_HUB_OFFLINE`` is set.
+When standard output is closed early (``ilre compress ... | head``) the command stops quietly
+with status 141, as ``cat`` does.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
+import socket
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO, NoReturn
+from urllib.parse import urlsplit
 
-from .errors import ILReError
+from .errors import ILReError, UnsupportedModelError
+
+MAX_INPUT_BYTES = 256 * 2**20
+"""The most bytes ``ilre compress`` reads, all inputs together (far more than any model's
+context holds); a larger input, such as ``/dev/zero``, is refused."""
+
+MIN_CALIBRATION_LENGTH = 256
+"""The shortest context, in model tokens, ``ilre calibrate`` measures on."""
+
+HUB_TIMEOUT_S = 5
+"""Seconds a request to the Hugging Face hub may wait (``HF_HUB_ETAG_TIMEOUT`` and
+``HF_HUB_DOWNLOAD_TIMEOUT``, unless set)."""
+
+HUB_PROBE_TIMEOUT_S = 3
+"""At most how long finding out whether the hub answers takes (name lookup and connect)."""
+
+EXIT_USAGE = 2
+EXIT_BROKEN_PIPE = 128 + 13  # killed by SIGPIPE, as a shell reports it
+EXIT_INTERRUPTED = 130
+
+_EMBEDDED = "gemma3-270m"  # loading.EMBEDDED_MODEL, named here so help does not import torch
+_CHUNK = 2**20
+_OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+_PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
+
+_DESCRIPTION = """\
+Compress long contexts by in-model token recall: a causal LM reads the context up to one
+intermediate layer, and the context tokens the question attends to most there are kept."""
+
+_EPILOG = """\
+examples:
+  ilre compress -q "How long must the crew wait?" --budget 200 report.txt
+  cat notes.md | ilre compress -q "Who signed?" --ratio 0.1 --json
+  ilre calibrate --model Qwen/Qwen2.5-0.5B --lengths 4k,8k
+
+Errors print one line "ilre: error: ..." and exit with status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line, ``ilre: error: ...``, exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.removeprefix("ilre").strip()
+        see = f"ilre {command} --help" if command else "ilre --help"
+        self.exit(EXIT_USAGE, f"ilre: error: {message} (see '{see}')\n")
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows each option's default, except where there is none; keeps the epilog's lines."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ilre", description=__doc__.split("\n\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    compress = commands.add_parser("compress", help="keep what a query needs from long text")
-    compress.add_argument("files", nargs="*", type=Path, help="documents (default: stdin)")
-    compress.add_argument("--query", "-q", required=True, help="the question")
+    parser = _Parser(
+        prog="ilre",
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+        formatter_class=_HelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    compress = commands.add_parser(
+        "compress",
+        help="keep what a query needs from long text",
+        description="Print the parts of the documents that a query needs, within a budget.",
+        formatter_class=_HelpFormatter,
+    )
+    compress.add_argument(
+        "files",
+        nargs="*",
+        type=Path,
+        metavar="FILE",
+        help=f"documents, one per file (default: standard input); at most "
+        f"{MAX_INPUT_BYTES // 2**20} MiB in all",
+    )
+    compress.add_argument("--query", "-q", required=True, type=_text, help="the question")
     budget = compress.add_mutually_exclusive_group(required=True)
     budget.add_argument("--budget", type=int, help="budget in reader-LLM tokens")
     budget.add_argument("--ratio", type=float, help="budget as a fraction of the input, in (0, 1]")
     compress.add_argument("--json", action="store_true", help="print the result as JSON")
-    compress.add_argument("--model", help="Hugging Face id, local dir or .gguf (default: embedded)")
+    compress.add_argument(
+        "--model", help=f"Hugging Face id, local dir or .gguf (default: embedded {_EMBEDDED})"
+    )
     compress.add_argument("--layer", type=int, help="retrieval layer (default: the model's)")
-    compress.add_argument("--device", help="cpu, cuda, mps (default: cuda when available)")
+    compress.add_argument(
+        "--device", help="cpu, cuda, cuda:N or mps (default: cuda when available)"
+    )
     compress.add_argument(
         "--tokenizer", default="cl100k_base", help="tiktoken encoding counting the budget"
     )
@@ -44,94 +131,194 @@ def _parser() -> argparse.ArgumentParser:
         help="longest context in model tokens (default: the model's max_position_embeddings)",
     )
     calibrate = commands.add_parser(
-        "calibrate", help="choose the retrieval layer and pooling kernels of a model"
+        "calibrate",
+        help="choose the retrieval layer and pooling kernels of a model",
+        description="Measure every layer's recall on retrieval tasks and write the model's\n"
+        "profile, which ILRe.from_pretrained then uses.",
+        formatter_class=_HelpFormatter,
     )
     calibrate.add_argument(
-        "--model", help="Hugging Face id, local dir or .gguf (default: embedded)"
+        "--model", help=f"Hugging Face id, local dir or .gguf (default: embedded {_EMBEDDED})"
     )
     calibrate.add_argument(
-        "--lengths", default="4k,8k", help="context lengths in model tokens (e.g. 4k,8k,16k)"
+        "--lengths",
+        default="4k,8k",
+        type=_lengths,
+        help=f"context lengths in model tokens, each >= {MIN_CALIBRATION_LENGTH} and within "
+        "the model's positions (e.g. 4k,8k,16k)",
     )
-    calibrate.add_argument("--samples", type=int, default=2, help="tasks per family and length")
+    calibrate.add_argument(
+        "--samples", type=_positive, default=2, help="tasks per family and length"
+    )
     calibrate.add_argument(
         "--families", help="task families (default: the RULER needle variants + paraphrase)"
     )
-    calibrate.add_argument("--layers", help="candidate layers, e.g. 2-8 (default: all)")
-    calibrate.add_argument("--tolerance", type=float, default=0.02, help="recall below the best")
-    calibrate.add_argument("--device", help="cpu, cuda, mps (default: cuda when available)")
     calibrate.add_argument(
-        "--out", type=Path, help="profile file (default: where from_pretrained finds it)"
+        "--layers", type=_layers, help="candidate layers, e.g. 2-8 or 2,4,6 (default: all)"
+    )
+    calibrate.add_argument(
+        "--tolerance",
+        type=_tolerance,
+        default=0.02,
+        help="how far below the best recall the chosen layer may be, in [0, 1]",
+    )
+    calibrate.add_argument(
+        "--device", help="cpu, cuda, cuda:N or mps (default: cuda when available)"
+    )
+    calibrate.add_argument(
+        "--out",
+        type=_profile_path,
+        help="profile file (default: where from_pretrained finds it)",
     )
     return parser
 
 
+def _text(value: str) -> str:
+    """An argument as text; bytes that were not UTF-8 (surrogate escapes) are refused."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        char = value[error.start]
+        byte = f"byte 0x{ord(char) - 0xDC00:02x}" if "\udc80" <= char <= "\udcff" else repr(char)
+        raise argparse.ArgumentTypeError(
+            f"not valid UTF-8 text ({byte} at character {error.start})"
+        ) from None
+    return value
+
+
 def _count(text: str) -> int:
+    """A token count such as ``4096``, ``4k`` or ``1.5k``; a whole number of tokens."""
     text = text.strip().lower()
     scale = 1000 if text.endswith("k") else 1
     try:
-        return int(float(text.rstrip("k")) * scale)
-    except ValueError as error:
-        raise ILReError(f"not a token count: {text!r}") from error
+        value = float(text.removesuffix("k")) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a token count: {text!r}") from None
+    if not math.isfinite(value) or not value.is_integer():
+        raise argparse.ArgumentTypeError(f"not a whole number of tokens: {text!r}")
+    return int(value)
+
+
+def _lengths(text: str) -> tuple[int, ...]:
+    """Comma-separated context lengths (`_count`), each at least `MIN_CALIBRATION_LENGTH`."""
+    lengths = tuple(_count(part) for part in text.split(","))
+    short = [n for n in lengths if n < MIN_CALIBRATION_LENGTH]
+    if short:
+        raise argparse.ArgumentTypeError(
+            f"lengths must be >= {MIN_CALIBRATION_LENGTH} tokens, got {short[0]}"
+        )
+    return lengths
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _tolerance(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= value <= 1.0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text!r}")
+    return value
 
 
 def _layers(text: str) -> tuple[int, ...]:
+    """Layers and ranges of layers, such as ``2-8`` or ``2,4,6-8``; none negative."""
     layers: list[int] = []
     for part in text.split(","):
         first, _, last = part.partition("-")
         try:
-            layers.extend(range(int(first), int(last or first) + 1))
-        except ValueError as error:
-            raise ILReError(f"not a layer or range of layers: {part!r}") from error
+            span = range(int(first), int(last or first) + 1)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a layer or range of layers: {part!r}") from None
+        if not span or span.start < 0:
+            raise argparse.ArgumentTypeError(f"not a layer or range of layers: {part!r}")
+        layers.extend(span)
     return tuple(layers)
 
 
-def _read_documents(files: Sequence[Path]) -> list[str | bytes]:
-    if not files:
-        return [sys.stdin.buffer.read()]
-    documents: list[str | bytes] = []
-    for path in files:
-        try:
-            documents.append(path.read_bytes())
-        except OSError as error:
-            raise ILReError(f"cannot read {path}: {error.strerror}") from error
-    return documents
+def _profile_path(text: str) -> Path:
+    """Where to write a profile: refused now, not after calibrating, when it is a directory."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a directory; name the profile file")
+    return path
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line on `argv` (default: ``sys.argv[1:]``); return the exit status.
+
+    Usage errors and ``--help`` exit through `SystemExit`, as argparse does."""
     args = _parser().parse_args(argv)
     try:
         return _calibrate(args) if args.command == "calibrate" else _compress(args)
     except ILReError as error:
-        print(f"ilre: error: {error}", file=sys.stderr)
-        return 2
+        print(f"ilre: error: {_one_line(error)}", file=sys.stderr)
+        return EXIT_USAGE
+    except BrokenPipeError:
+        _discard_stdout()
+        return EXIT_BROKEN_PIPE
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
+
+
+def _one_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return " ".join(lines) or type(error).__name__
+
+
+def _discard_stdout() -> None:
+    """Point standard output at /dev/null, so the interpreter's last flush cannot fail."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no file descriptor (stdout replaced in-process)
+        pass
 
 
 def _compress(args: argparse.Namespace) -> int:
-    from .budget import resolve_budget
-    from .config import ILReConfig
-    from .engine import ILRe
     from .inputs import as_documents, check_query
 
-    # Refuse bad input before paying for a model load.
-    documents = as_documents(_read_documents(args.files))
+    # Refuse bad arguments, then bad input, before paying for a model load.
     check_query(args.query)
-    resolve_budget(1, args.budget, args.ratio)
     if args.max_tokens is not None and args.max_tokens < 1:
         raise ILReError(f"--max-tokens must be >= 1, got {args.max_tokens}")
-    engine = ILRe.from_pretrained(
-        args.model,
-        layer=args.layer,
-        device=args.device,
-        config=ILReConfig(max_tokens=args.max_tokens),
-        budget_tokenizer=args.tokenizer,
-    )
+    _check_gguf(args.model)
+    hub = _prepare_hub(args.model)  # before anything imports huggingface_hub
+    from .budget import resolve_budget
+
+    resolve_budget(1, args.budget, args.ratio)
+    _check_device(args.device)
+    if hub is not None:
+        _check_cached(args.model, hub)
+    documents = as_documents(_read_documents(args.files))
+
+    from .config import ILReConfig
+    from .engine import ILRe
+
+    config = ILReConfig(max_tokens=args.max_tokens)
+    with _loading(args.model):
+        engine = ILRe.from_pretrained(
+            args.model,
+            layer=args.layer,
+            device=args.device,
+            config=config,
+            budget_tokenizer=args.tokenizer,
+        )
     result = engine.compress(documents, args.query, budget_tokens=args.budget, ratio=args.ratio)
     if args.json:
-        print(json.dumps(result.to_dict(), ensure_ascii=False))
+        _print(json.dumps(result.to_dict(), ensure_ascii=False))
     else:
-        print(result.text)
+        _print(result.text)
         print(
             f"[ilre] {result.input_tokens} -> {result.output_tokens} tokens "
             f"({len(result.spans)} spans, budget {result.budget_tokens})",
@@ -140,26 +327,235 @@ def _compress(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print(text: str) -> None:
+    """Write `text` to standard output ending with a newline, and flush it, so a message on
+    standard error comes after it, on a line of its own."""
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    sys.stdout.flush()
+
+
+def _read_documents(files: Sequence[Path]) -> list[str | bytes]:
+    """The files' bytes, or standard input's when no file is named; `MAX_INPUT_BYTES` in all
+    at most."""
+    if not files:
+        if sys.stdin is None:
+            raise ILReError("no input: name FILEs or pipe text into standard input")
+        if sys.stdin.isatty():
+            print(
+                "ilre: reading the documents from standard input; end with Ctrl-D, "
+                "or name FILEs (ilre compress --help)",
+                file=sys.stderr,
+            )
+        return [_read_bounded(sys.stdin.buffer, MAX_INPUT_BYTES, "standard input")]
+    documents: list[str | bytes] = []
+    left = MAX_INPUT_BYTES
+    for path in files:
+        try:
+            with path.open("rb") as file:
+                data = _read_bounded(file, left, str(path))
+        except OSError as error:
+            raise ILReError(f"cannot read {path}: {error.strerror or error}") from error
+        documents.append(data)
+        left -= len(data)
+    return documents
+
+
+def _read_bounded(stream: BinaryIO, limit: int, name: str) -> bytes:
+    """All of `stream`, read in chunks; `ILReError` once it holds more than `limit` bytes."""
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := stream.read(min(_CHUNK, limit - size + 1)):
+        size += len(chunk)
+        if size > limit:
+            raise ILReError(
+                f"the input is too large: {name} takes it past "
+                f"{MAX_INPUT_BYTES // 2**20} MiB, the most ilre compress reads"
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _check_device(name: str | None) -> None:
+    """Refuse a device that torch does not know, or that this machine does not have."""
+    if name is None:
+        return
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ILReError(f"unknown device {name!r}: use cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        if torch.version.cuda is None and torch.version.hip is None:
+            raise ILReError(f"device {name!r}: this torch is built without CUDA; use --device cpu")
+        count = torch.cuda.device_count()
+        if count == 0:
+            raise ILReError(f"device {name!r}: no CUDA device is available; use --device cpu")
+        if device.index is not None and device.index >= count:
+            raise ILReError(f"device {name!r}: there are {count} CUDA devices")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ILReError(f"device {name!r}: MPS is not available here; use --device cpu")
+    elif device.type not in ("cpu", "cuda", "mps") and not _backend_available(device.type):
+        raise ILReError(f"device {name!r} is not available here")
+
+
+def _backend_available(kind: str) -> bool:
+    """Whether torch reports a device of this kind (``xpu``, ...) as available."""
+    import torch
+
+    return bool(getattr(getattr(torch, kind, None), "is_available", lambda: False)())
+
+
+def _check_gguf(model: str | None) -> None:
+    """Refuse a ``.gguf`` model file that does not start with the GGUF magic bytes, before
+    the loader announces a conversion of it."""
+    if model is None or Path(model).suffix != ".gguf":
+        return
+    try:
+        with Path(model).expanduser().open("rb") as file:
+            magic = file.read(4)
+    except OSError:
+        return  # missing or unreadable: the loader says which
+    if magic != b"GGUF":
+        raise UnsupportedModelError(
+            f"{model} is not a GGUF file (no GGUF magic bytes at its start)"
+        )
+
+
+def _is_hub_id(model: str | None) -> bool:
+    """Whether `model` names a Hugging Face repository rather than the embedded model, a
+    ``.gguf`` file or a local path (as `ilre_engine.loading.resolve_model` decides)."""
+    if model is None or model == _EMBEDDED:
+        return False
+    path = Path(model).expanduser()
+    try:
+        return path.suffix != ".gguf" and not path.exists()
+    except OSError:  # a name too long for a path: let the loader say what is wrong
+        return False
+
+
+def _prepare_hub(model: str | None) -> str | None:
+    """For a hub id, make hub requests give up after `HUB_TIMEOUT_S`, and go offline when the
+    hub does not answer; returns why the hub is out of reach (None: it may be used, or
+    `model` is no hub id). Sets environment variables, so it must run before
+    ``huggingface_hub`` is imported."""
+    if not _is_hub_id(model):
+        return None
+    for variable in ("HF_HUB_ETAG_TIMEOUT", "HF_HUB_DOWNLOAD_TIMEOUT"):
+        os.environ.setdefault(variable, str(HUB_TIMEOUT_S))
+    offline = next((v for v in _OFFLINE_VARIABLES if _is_true(os.environ.get(v))), None)
+    if offline is not None:
+        return f"{offline} is set"
+    if any(os.environ.get(v) for v in _PROXY_VARIABLES):
+        return None  # the proxy decides; the request timeouts bound the wait
+    endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+    if _reachable(endpoint, HUB_PROBE_TIMEOUT_S):
+        return None
+    os.environ["HF_HUB_OFFLINE"] = "1"  # use the cache, without waiting on the network
+    return f"{endpoint} is unreachable"
+
+
+def _is_true(value: str | None) -> bool:
+    return (value or "").strip().upper() in ("1", "ON", "YES", "TRUE")
+
+
+def _reachable(url: str, timeout: float) -> bool:
+    """Whether a TCP connection to `url`'s host opens within `timeout` seconds (name lookup
+    included: it runs in a thread that is abandoned when it takes too long)."""
+    parts = urlsplit(url)
+    if not parts.hostname:
+        return False
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    opened = threading.Event()
+
+    def connect() -> None:
+        try:
+            socket.create_connection((parts.hostname, port), timeout=timeout).close()
+            opened.set()
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=connect, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return opened.is_set()
+
+
+def _check_cached(model: str, why_offline: str) -> None:
+    """Refuse, at once, a hub id whose files are not in the local Hugging Face cache."""
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
+
+    try:
+        cached = try_to_load_from_cache(model, "config.json")
+    except HFValidationError:
+        raise UnsupportedModelError(
+            f"{model!r} is no local path, .gguf file or Hugging Face model id"
+        ) from None
+    if not isinstance(cached, str):
+        raise UnsupportedModelError(
+            f"{model!r} is not a local path and not in the Hugging Face cache, and the hub "
+            f"cannot be used ({why_offline})"
+        )
+
+
+@contextmanager
+def _loading(
+    model: str | None, errors: tuple[type[Exception], ...] = (OSError, ValueError)
+) -> Iterator[None]:
+    """Turn what transformers, gguf and the file system raise on a model that cannot be
+    loaded (a damaged file, a directory without weights) into one `UnsupportedModelError`.
+    Only `errors` are caught, and only around loading, so bugs elsewhere keep their traceback."""
+    try:
+        yield
+    except ILReError:
+        raise
+    except errors as error:
+        name = model or _EMBEDDED
+        raise UnsupportedModelError(f"cannot load the model {name}: {_one_line(error)}") from error
+
+
 def _calibrate(args: argparse.Namespace) -> int:
+    _check_gguf(args.model)
+    hub = _prepare_hub(args.model)
     from .calibration import CALIBRATION_FAMILIES, CalibrationSettings, calibrate
-    from .loading import cache_root
+    from .loading import cache_root, load_config, resolve_model
     from .profiles import user_profile_path
 
     settings = CalibrationSettings(
-        lengths=tuple(_count(x) for x in args.lengths.split(",")),
+        lengths=args.lengths,
         samples=args.samples,
         families=tuple(args.families.split(",")) if args.families else CALIBRATION_FAMILIES,
-        layers=_layers(args.layers) if args.layers else None,
+        layers=args.layers,
         tolerance=args.tolerance,
     )
-    profile = calibrate(args.model, settings, device=args.device)
-    path = profile.save(args.out or user_profile_path(cache_root(), profile.model_name))
+    _check_device(args.device)
+    if hub is not None:
+        _check_cached(args.model, hub)
+    with _loading(args.model):
+        config = load_config(resolve_model(args.model))
+    positions = getattr(config, "max_position_embeddings", None)
+    if positions is not None and max(settings.lengths) > positions:
+        raise ILReError(
+            f"--lengths {max(settings.lengths)} is longer than the {positions} positions "
+            f"{args.model or _EMBEDDED} was trained on"
+        )
+    # Only file errors here: the config loaded above, so what is left to fail is reading the
+    # weights, and a ValueError from the calibration itself would be a bug.
+    with _loading(args.model, (OSError,)):
+        profile = calibrate(args.model, settings, device=args.device)
+    path = args.out or user_profile_path(cache_root(), profile.model_name)
+    try:
+        path = profile.save(path)
+    except OSError as error:
+        raise ILReError(f"cannot write the profile to {path}: {error.strerror or error}") from error
     kernels = ",".join(str(k) for k in profile.kernel_sizes)
     print(f"{'layer':>5}  best kernels  recall")
     for layer, detail in profile.details.items():
         mark = "  <- l_R" if int(layer) == profile.layer else ""
         recall = profile.recall[layer][detail["kernels"]]
         print(f"{layer:>5}  {detail['kernels']:<12}  {recall:.3f}{mark}")
+    sys.stdout.flush()
     print(
         f"[ilre] {profile.model_name}: layer {profile.layer}, kernels {kernels} "
         f"({profile.seconds:.0f} s); profile written to {path}",

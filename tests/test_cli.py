@@ -1,0 +1,222 @@
+"""The ``ilre`` command line as a newcomer meets it: fast help, one-line refusals, pipes."""
+
+from __future__ import annotations
+
+import os
+import pty
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import QUESTION, SAMPLE
+
+CLI = (sys.executable, "-m", "ilre_engine.cli")
+
+
+def run_cli(
+    *args: str | bytes, stdin: str | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """``ilre ARGS`` in a subprocess, with `env` added to the environment."""
+    return subprocess.run(
+        [*CLI, *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def assert_refused(done: subprocess.CompletedProcess, message: str) -> None:
+    """Exit status 2 and exactly one line on standard error: ``ilre: error: ...message...``."""
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("ilre: error: "), done.stderr[-2000:]
+    assert message in lines[0], lines[0]
+
+
+def test_help_and_usage_errors_do_not_import_torch():
+    code = (
+        "import sys\n"
+        "from ilre_engine.cli import main\n"
+        "for argv in (['--help'], ['calibrate', '--help'], ['compress'], ['nope']):\n"
+        "    try:\n"
+        "        main(argv)\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "print('torch' in sys.modules, 'transformers' in sys.modules, file=sys.stderr)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.stderr.strip().splitlines()[-1] == "False False", done.stderr
+
+
+def test_help_is_plain_text_and_shows_the_defaults():
+    top = run_cli("--help")
+    assert top.returncode == 0 and "``" not in top.stdout and "compress" in top.stdout
+    calibrate = run_cli("calibrate", "--help")
+    assert calibrate.returncode == 0
+    for default in ("(default: 4k,8k)", "(default: 2)", "(default: 0.02)"):
+        assert default in " ".join(calibrate.stdout.split())
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("compress",), "the following arguments are required: --query/-q"),
+        (("compress", "-q", "q", "--budget", "five"), "argument --budget: invalid int value"),
+        (("compress", "-q", "q", "--budget", "5", "--ratio", "0.5"), "not allowed with"),
+        (("translate",), "invalid choice: 'translate'"),
+        ((), "the following arguments are required: COMMAND"),
+    ],
+)
+def test_usage_errors_are_one_line(args, message):
+    done = run_cli(*args, stdin="")
+    assert_refused(done, message)
+    assert "usage:" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    "args, env, message",
+    [
+        (("--device", "bogus"), {}, "unknown device 'bogus'"),
+        (("--device", "cuda"), {"CUDA_VISIBLE_DEVICES": ""}, "device 'cuda'"),
+        (("--device", "cuda:0"), {"CUDA_VISIBLE_DEVICES": ""}, "device 'cuda:0'"),
+    ],
+)
+def test_compress_refuses_a_device_it_cannot_use(args, env, message):
+    assert_refused(
+        run_cli("compress", "-q", "q", "--budget", "5", *args, str(SAMPLE), env=env), message
+    )
+
+
+def test_compress_refuses_a_model_file_that_is_not_gguf(tmp_path):
+    env = {"ILRE_CACHE_DIR": str(tmp_path / "cache")}
+    noise = tmp_path / "noise.gguf"
+    noise.write_bytes(os.urandom(4096))
+    done = run_cli(
+        "compress", "-q", "q", "--budget", "5", "--model", str(noise), str(SAMPLE), env=env
+    )
+    assert_refused(done, "is not a GGUF file")
+    # Past the magic bytes the loader fails; that too ends in one error line, no traceback.
+    damaged = tmp_path / "damaged.gguf"
+    damaged.write_bytes(b"GGUF\x03\x00\x00\x00" + os.urandom(4096))
+    done = run_cli(
+        "compress", "-q", "q", "--budget", "5", "--model", str(damaged), str(SAMPLE), env=env
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines()[-1].startswith("ilre: error: cannot load the model")
+
+
+def test_compress_refuses_an_undecodable_query():
+    done = run_cli("compress", "-q", b"\xff", "--budget", "5", str(SAMPLE))
+    assert_refused(done, "argument --query/-q: not valid UTF-8 text (byte 0xff")
+
+
+@pytest.mark.parametrize("as_file", [True, False], ids=["file", "stdin"])
+def test_compress_refuses_endless_input(as_file):
+    if as_file:
+        done = run_cli("compress", "-q", "q", "--budget", "5", "/dev/zero")
+    else:
+        with open("/dev/zero", "rb") as zero:
+            done = subprocess.run(
+                [*CLI, "compress", "-q", "q", "--budget", "5"],
+                stdin=zero,
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+    assert_refused(done, "the input is too large")
+    assert "256 MiB" in done.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("--tolerance", "nan"), "argument --tolerance: must be in [0, 1], got 'nan'"),
+        (("--lengths", "0"), "lengths must be >= 256 tokens, got 0"),
+        (("--lengths", "-5"), "lengths must be >= 256 tokens, got -5"),
+        (("--lengths", "inf"), "not a whole number of tokens"),
+        (("--samples", "0"), "argument --samples: must be >= 1"),
+        (("--lengths", "40k"), "longer than the 32768 positions gemma3-270m was trained on"),
+    ],
+)
+def test_calibrate_refuses_bad_settings_before_measuring(args, message, tmp_path):
+    out = tmp_path / "profile.json"
+    assert_refused(run_cli("calibrate", *args, "--out", str(out)), message)
+    assert not out.exists()
+
+
+def test_calibrate_refuses_a_directory_as_out_and_leaves_no_temp_file(tmp_path):
+    folder = tmp_path / "cli"
+    folder.mkdir()
+    done = run_cli("calibrate", "--lengths", "1k", "--out", str(folder))
+    assert_refused(done, f"argument --out: {folder} is a directory")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cli"]
+    assert not any(folder.iterdir())
+
+
+def test_hub_id_offline_is_refused_at_once_and_says_why(tmp_path):
+    env = {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    args = ("compress", "-q", "q", "--budget", "5", "--model", "nobody/no-such-model")
+    done = run_cli(*args, str(SAMPLE), env=env)
+    assert_refused(done, "not in the Hugging Face cache")
+    assert "HF_HUB_OFFLINE is set" in done.stderr
+    # Online mode, but the hub does not answer (nothing listens on the discard port).
+    env = {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "", "TRANSFORMERS_OFFLINE": ""}
+    env["HF_ENDPOINT"] = "http://127.0.0.1:9"
+    for proxy in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        env[proxy] = ""
+    done = run_cli(*args, str(SAMPLE), env=env)
+    assert_refused(done, "http://127.0.0.1:9 is unreachable")
+
+
+def test_compress_on_a_terminal_says_it_reads_standard_input():
+    controller, terminal = pty.openpty()
+    try:
+        process = subprocess.Popen(
+            [*CLI, "compress", "-q", "q", "--budget", "5"],
+            stdin=terminal,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        os.close(terminal)
+        os.write(controller, b"\x04")  # Ctrl-D on an empty line: end of input
+        _, stderr = process.communicate(timeout=300)
+    finally:
+        os.close(controller)
+    lines = stderr.strip().splitlines()
+    assert "reading the documents from standard input" in lines[0] and "Ctrl-D" in lines[0]
+    assert (
+        process.returncode == 2
+        and lines[1] == "ilre: error: the context is empty (only whitespace)"
+    )
+
+
+def test_compress_prints_the_text_with_one_final_newline_then_the_stats():
+    # The whole sample fits the budget: standard output is the sample exactly (it ends with
+    # a newline, so none is added), and the stats follow on a line of their own.
+    sample = SAMPLE.read_text(encoding="utf-8")
+    args = [*CLI, "compress", "-q", QUESTION, "--ratio", "1", str(SAMPLE)]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert sample.endswith("\n") and done.stdout == sample
+    both = subprocess.run(
+        args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600
+    )
+    assert both.stdout.startswith(sample) and both.stdout[len(sample) :].startswith("[ilre] ")
+
+
+def test_compress_into_a_closed_pipe_exits_quietly(tmp_path):
+    err = tmp_path / "stderr"
+    with err.open("w") as stderr:
+        process = subprocess.Popen(
+            [*CLI, "compress", "-q", QUESTION, "--ratio", "1", str(SAMPLE)],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+        )
+        process.stdout.close()  # as `| head` does once it has its lines
+        process.wait(timeout=600)
+    assert process.returncode == 141, err.read_text()[-2000:]
+    assert "Traceback" not in err.read_text() and "BrokenPipe" not in err.read_text()
