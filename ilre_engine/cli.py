@@ -15,6 +15,10 @@ command runs. Inputs larger than `MAX_INPUT_BYTES` in all are refused. A Hugging
 is not cached is refused at once when the hub is unreachable or ``HF_HUB_OFFLINE`` is set.
 When standard output is closed early (``ilre compress ... | head``) the command stops quietly
 with status 141, as ``cat`` does.
+
+Longer than the other modules because a command line answers every mistake at once and in
+one line: argument checks, offline checks of a hub id, bounded input, broken pipes; the work
+itself is the engine's.
 """
 
 from __future__ import annotations
