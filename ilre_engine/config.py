@@ -15,15 +15,15 @@ class ILReConfig:
         sink: first tokens every global-attention early layer keeps (the attention sink).
         window: most recent tokens every global-attention early layer keeps. Sliding-window
             layers keep their own window instead. ``window >= L`` evicts nothing.
-        kernel_sizes: odd max-pooling kernel sizes, dealt round-robin over query heads.
+        kernel_sizes: odd max-pooling kernel sizes (see `kernel_allocation`).
         query_template: how the query is phrased after the context; ``{query}`` is replaced.
         score_block: keys per block when scoring (bounds the memory of the softmax).
         max_tokens: the longest context, in model tokens, an encode accepts (documents
             added by `ILRe.extend` count with the earlier ones); None takes the model's
             ``max_position_embeddings``, past which its positions were never trained.
-        kernel_allocation: ``"heads"`` deals the kernel sizes round-robin over the query
-            heads (the paper's allocation); ``"average"`` pools every head with every kernel
-            and averages.
+        kernel_allocation: ``"average"`` pools every head with every kernel and averages;
+            ``"heads"`` deals the kernel sizes round-robin over the query heads (the paper's
+            allocation). One kernel makes them the same.
         prior_query: a question that asks for nothing in particular. Tokens that every
             question attends to (contractions, sentence starts) score high under it too, so
             each token's score under the real question is divided by its score under this
@@ -40,9 +40,9 @@ class ILReConfig:
     query_template: str = "\n\nQuestion: {query}"
     score_block: int = 65536
     max_tokens: int | None = None
-    kernel_allocation: str = "heads"
-    prior_query: str | None = None
-    granularity: str = "word"
+    kernel_allocation: str = "average"
+    prior_query: str | None = "What is this text about?"
+    granularity: str = "sentence"
 
     def __post_init__(self) -> None:
         for name in ("chunk_size", "window", "score_block"):
