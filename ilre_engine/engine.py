@@ -355,15 +355,17 @@ class ILRe:
         self, encoded: EncodedContext, query_ids: Sequence[int], lead_in: int = 0
     ) -> torch.Tensor:
         """`token_scores` for query token ids, on the device: head scores, over the prior
-        when `ILReConfig.prior_query` is set, pooled."""
+        when `ILReConfig.prior_query` is set, pooled, normalised to sum 1 over the context
+        (so scores lie in [0, 1] and compare within one recall)."""
         cfg = self.config
         heads = self.head_scores_for_ids(encoded, query_ids, lead_in)
         if cfg.prior_query is not None:
             heads = remove_prior(heads, self._prior(encoded))
         doc_ids = torch.from_numpy(encoded.tokens.doc_ids).to(self.device)
-        return pool_scores(
+        pooled = pool_scores(
             heads, cfg.kernel_sizes, segments=doc_ids, allocation=cfg.kernel_allocation
         )
+        return pooled / pooled.sum().clamp_min(1e-30)
 
     def _prior(self, encoded: EncodedContext) -> torch.Tensor:
         """The head scores of `prior_query`, computed once per context and template."""

@@ -38,10 +38,10 @@ LLAMA_INDEX_RECORD = "llama_index_node"
 besides the metadata (node id, type, hash, excluded keys); never returned as metadata."""
 
 SCORE_DOC = (
-    "ILRe's score of a span is the highest attention weight the question gives one of its "
-    "tokens at the retrieval layer (max-pooled, averaged over heads): a share of attention "
-    "spread over the whole context, so it lies in [0, 1] but is small, and compares only "
-    "within one recall."
+    "ILRe's score of a span is the highest recall score among its tokens: the question's "
+    "attention at the retrieval layer (over a neutral question's, max-pooled, averaged over "
+    "heads), normalised to sum 1 over the context, so it lies in [0, 1] but is small, and "
+    "compares only within one recall."
 )
 
 ENGINE_SETTINGS = ("model", "layer", "device", "config", "budget_tokenizer")

@@ -18,9 +18,10 @@ Every output `Document` keeps its source's ``id`` and a deep copy of its metadat
   compressor keeps a ``relevance_score`` an upstream retriever or reranker set, and sets
   ILRe's score only where there is none; the retriever sets ILRe's score.
 
-ILRe's score of a span is the highest attention weight the question gives one of its tokens at
-the retrieval layer (max-pooled, averaged over heads): a share of attention spread over the
-whole context, so it lies in [0, 1] but is small, and compares only within one recall.
+ILRe's score of a span is the highest recall score among its tokens: the question's attention
+at the retrieval layer (over a neutral question's, max-pooled, averaged over heads), normalised
+to sum 1 over the context, so it lies in [0, 1] but is small, and compares only within one
+recall.
 
 Budgets are counted in the reader LLM's tokens (the engine's budget tokenizer). Exactly one
 budget must be given; a missing, doubled or out-of-range budget raises

@@ -10,9 +10,10 @@ offsets in the source, token counts) that the LLM and the embedding model never 
 SOURCE relationship to the document the text comes from, so ``ref_doc_id`` names it. Node
 ids are derived from the source's id and the kept spans: the same call gives the same ids.
 
-ILRe's score of a span is the highest attention weight the question gives one of its tokens at
-the retrieval layer (max-pooled, averaged over heads): a share of attention spread over the
-whole context, so it lies in [0, 1] but is small, and compares only within one recall.
+ILRe's score of a span is the highest recall score among its tokens: the question's attention
+at the retrieval layer (over a neutral question's, max-pooled, averaged over heads), normalised
+to sum 1 over the context, so it lies in [0, 1] but is small, and compares only within one
+recall.
 
 Both report to LlamaIndex's instrumentation (spans of ``_postprocess_nodes`` and
 ``_retrieve``; the postprocessor also ``ReRankStartEvent`` / ``ReRankEndEvent``) and to the

@@ -64,7 +64,7 @@ def test_the_retriever_recalls_from_the_corpus(corpus):
     """The standard suite checks counts and types; this checks that what comes back is
     recalled from the corpus, best first."""
     found = ILReRetriever(corpus=corpus, k=3, tokens_per_k=32).invoke("What about glaciers?")
-    assert len(found) == 3
+    assert 1 <= len(found) <= 3  # at most k: whole sentences of one document may fill it
     assert found[0].metadata["topic"] == "glaciers"
     for document in found:
         info = document.metadata[METADATA_KEY]

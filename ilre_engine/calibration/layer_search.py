@@ -302,7 +302,9 @@ def _layer_recall(
             heads = remove_prior(heads, baseline)
         results[layer] = {}
         for kernels in settings.kernel_sets:
-            scores = pool_scores(heads, kernels, segments=doc_ids)
+            scores = pool_scores(
+                heads, kernels, segments=doc_ids, allocation=engine.config.kernel_allocation
+            )
             scores[doc_ids < 0] = -math.inf
             # A token's rank: how many tokens score strictly higher. A word enters the
             # selection with its best token; an answer once its last word has entered.
