@@ -143,7 +143,14 @@ def main() -> None:
     config = llama_8b(max(lengths) + 4 * args.chunk + 4096, args.smoke)
     trunk_config = llama_8b(max(lengths) + 4 * args.chunk + 4096, args.smoke)
     adapter_for(trunk_config).truncate(trunk_config, args.layer + 1)
-    cfg = ILReConfig(chunk_size=args.chunk, sink=args.sink, window=args.window, score_block=32768)
+    # Random weights and no tokenizer: the neutral-question prior has no text to read.
+    cfg = ILReConfig(
+        chunk_size=args.chunk,
+        sink=args.sink,
+        window=args.window,
+        score_block=32768,
+        prior_query=None,
+    )
 
     # 1. the trunk alone
     torch.manual_seed(0)
@@ -245,7 +252,11 @@ def chunk_sweep(engine: ILRe, config, args, length: int) -> list[dict]:
     tokens = random_tokens(length, config.vocab_size, 5)
     for chunk in (int(x) for x in args.sweep_chunks.split(",") if x):
         engine.config = ILReConfig(
-            chunk_size=chunk, sink=args.sink, window=args.window, score_block=base.score_block
+            chunk_size=chunk,
+            sink=args.sink,
+            window=args.window,
+            score_block=base.score_block,
+            prior_query=None,
         )
         engine.encode_tokens(random_tokens(2 * chunk, config.vocab_size, 0), progress=False)
         runs = [
@@ -352,7 +363,11 @@ def exactness(engine: ILRe, full, args, vocab: int) -> dict[str, float]:
     base = engine.config
     for name, window in (("no_eviction", args.check_length), ("sink_window", args.window)):
         engine.config = ILReConfig(
-            chunk_size=1000, sink=args.sink, window=window, score_block=base.score_block
+            chunk_size=1000,
+            sink=args.sink,
+            window=window,
+            score_block=base.score_block,
+            prior_query=None,
         )
         keys = engine.encode_tokens(tokens, progress=False).keys
         reference_window = None if window >= args.check_length else window

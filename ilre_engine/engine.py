@@ -21,7 +21,7 @@ from .architectures import ModelDims
 from .budget import TokenCounter, resolve_budget
 from .config import ILReConfig
 from .context import EncodedContext, TokenizedContext
-from .errors import ContextTooLongError, EncodedContextError
+from .errors import ContextTooLongError, EncodedContextError, ILReError
 from .inputs import as_documents, check_query
 from .loading import ModelSource, ProfileChoice, load_trunk, model_fingerprint, resolve_model
 from .memory import MemoryEstimate, check_memory, estimate_encode_bytes
@@ -322,6 +322,11 @@ class ILRe:
         (a token that merges the lead-in's last space into the query's first word is the
         query's)."""
         check_query(query)
+        if self.tokenizer is None:
+            raise ILReError(
+                "this engine has no tokenizer: give one, or pass query token ids to "
+                "scores_for_ids with ILReConfig(prior_query=None)"
+            )
         prefix = self.config.query_template.split("{query}", 1)[0]
         text = self.config.query_template.format(query=query)
         encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)

@@ -75,6 +75,8 @@ def build_models(config, layer: int, seed: int = 0) -> tuple[torch.nn.Module, to
 def tiny_engine(trunk: torch.nn.Module, layer: int, **config) -> ILRe:
     from ilre_engine import ILReConfig
 
+    # No tokenizer: the neutral-question prior has no text to read, so it is off.
+    config = {"prior_query": None, **config}
     return ILRe(trunk, tokenizer=None, layer=layer, name="tiny", config=ILReConfig(**config))
 
 

@@ -25,6 +25,7 @@ run's spans and scores.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import random
 import sys
@@ -58,6 +59,9 @@ def cpu_run(pack: Path) -> None:
     from ilre_engine.calibration.tasks import haystack, needle_task
 
     engine = ILRe.from_pretrained(device="cpu", layer=LAYER)
+    # The GPU side has token ids but no tokenizer, so this comparison scores without the
+    # neutral-question prior on both sides.
+    engine.config = dataclasses.replace(engine.config, prior_query=None)
     task = needle_task(haystack(engine.tokenizer, TOKENS), DEPTH, random.Random(0))
     started = time.perf_counter()
     encoded = engine.encode(task.context)
@@ -66,11 +70,7 @@ def cpu_run(pack: Path) -> None:
     scores = engine.token_scores(encoded, task.query)
     scores_s = time.perf_counter() - started
     result = engine.recall(encoded, task.query, ratio=RATIO)
-    prefix = engine.config.query_template.split("{query}", 1)[0]
-    query_ids = engine.tokenizer(
-        engine.config.query_template.format(query=task.query), add_special_tokens=False
-    )["input_ids"]
-    lead_in = len(engine.tokenizer(prefix, add_special_tokens=False)["input_ids"])
+    query_ids, lead_in = engine.query_ids(task.query)
     tokens = encoded.tokens
     np.savez(
         pack / "cpu.npz",
