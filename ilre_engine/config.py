@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .errors import ConfigError
+
 
 @dataclass(frozen=True)
 class ILReConfig:
@@ -28,6 +30,8 @@ class ILReConfig:
             question attends to (contractions, sentence starts) score high under it too, so
             each token's score under the real question is divided by its score under this
             one (both normalised to sum 1, plus ``1/L``); None scores without the prior.
+        max_query_tokens: the longest query, in model tokens with its template, a recall
+            accepts (the query pass costs about quadratically in it).
         granularity: the units a selection is made of: ``"sentence"``, ``"clause"`` or
             ``"word"`` (`ilre_engine.selection`). A unit that does not fit what is left of the
             budget gives way to its finer units; a word is never cut.
@@ -44,25 +48,56 @@ class ILReConfig:
     prior_query: str | None = "What is this text about?"
     granularity: str = "sentence"
 
+    max_query_tokens: int = 256
+
     def __post_init__(self) -> None:
-        for name in ("chunk_size", "window", "score_block"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_tokens is not None and self.max_tokens < 1:
-            raise ValueError(f"max_tokens must be >= 1 or None, got {self.max_tokens}")
-        if self.sink < 0:
-            raise ValueError(f"sink must be >= 0, got {self.sink}")
-        if not self.kernel_sizes or any(k < 1 or k % 2 == 0 for k in self.kernel_sizes):
-            raise ValueError(f"kernel_sizes must be odd and >= 1, got {self.kernel_sizes}")
-        if "{query}" not in self.query_template:
-            raise ValueError("query_template must contain '{query}'")
+        for name in ("chunk_size", "window", "score_block", "max_query_tokens"):
+            _require_int(name, getattr(self, name), low=1)
+        _require_int("sink", self.sink, low=0)
+        if self.max_tokens is not None:
+            _require_int("max_tokens", self.max_tokens, low=1)
+        sizes = self.kernel_sizes
+        if isinstance(sizes, list):  # from JSON or a mapping of settings
+            sizes = tuple(sizes)
+            object.__setattr__(self, "kernel_sizes", sizes)
+        if (
+            not isinstance(sizes, tuple)
+            or not sizes
+            or any(isinstance(k, bool) or not isinstance(k, int) for k in sizes)
+            or any(k < 1 or k % 2 == 0 for k in sizes)
+        ):
+            raise ConfigError(f"kernel_sizes must be a tuple of odd ints >= 1, got {sizes!r}")
+        _check_template("query_template", self.query_template)
         if self.kernel_allocation not in ("heads", "average"):
-            raise ValueError(
+            raise ConfigError(
                 f"kernel_allocation must be 'heads' or 'average', got {self.kernel_allocation!r}"
             )
         if self.granularity not in ("word", "clause", "sentence"):
-            raise ValueError(
+            raise ConfigError(
                 f"granularity must be 'word', 'clause' or 'sentence', got {self.granularity!r}"
             )
-        if self.prior_query is not None and not str(self.prior_query).strip():
-            raise ValueError("prior_query must be a question or None")
+        if self.prior_query is not None and (
+            not isinstance(self.prior_query, str) or not self.prior_query.strip()
+        ):
+            raise ConfigError(f"prior_query must be a question or None, got {self.prior_query!r}")
+
+
+def _require_int(name: str, value: object, *, low: int) -> None:
+    """An int (not a bool, not a float such as nan) of at least `low`, or `ConfigError`."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{name} must be an integer, got {value!r}")
+    if value < low:
+        raise ConfigError(f"{name} must be >= {low}, got {value}")
+
+
+def _check_template(name: str, template: object) -> None:
+    """A string with ``{query}`` and no other replacement field, or `ConfigError`."""
+    if not isinstance(template, str) or "{query}" not in template:
+        raise ConfigError(f"{name} must be a string containing '{{query}}', got {template!r}")
+    try:
+        template.format(query="")
+    except (KeyError, IndexError, ValueError) as error:
+        raise ConfigError(
+            f"{name} may hold no replacement field but {{query}} (double other braces): "
+            f"{template!r} ({error!r})"
+        ) from error

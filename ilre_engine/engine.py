@@ -21,7 +21,7 @@ from .architectures import ModelDims
 from .budget import TokenCounter, resolve_budget
 from .config import ILReConfig
 from .context import EncodedContext, TokenizedContext
-from .errors import ContextTooLongError, EncodedContextError, ILReError
+from .errors import ConfigError, ContextTooLongError, EncodedContextError, ILReError
 from .inputs import as_documents, check_query
 from .loading import ModelSource, ProfileChoice, load_trunk, model_fingerprint, resolve_model
 from .memory import MemoryEstimate, check_memory, estimate_encode_bytes
@@ -221,7 +221,12 @@ class ILRe:
 
     def memory_estimate(self, num_tokens: int) -> MemoryEstimate:
         """Bytes on the engine's device to encode `num_tokens` tokens and recall over them
-        (the formula is in `ilre_engine.memory`)."""
+        with a query of up to `ILReConfig.max_query_tokens` (the formula is in
+        `ilre_engine.memory`). A count that is not an integer >= 0 raises `ConfigError`."""
+        if isinstance(num_tokens, bool) or not isinstance(num_tokens, (int, np.integer)):
+            raise ConfigError(f"num_tokens must be an integer, got {num_tokens!r}")
+        if num_tokens < 0:
+            raise ConfigError(f"num_tokens must be >= 0, got {num_tokens}")
         cfg = self.config
         return estimate_encode_bytes(
             self.model.config,
@@ -231,6 +236,7 @@ class ILRe:
             sink=cfg.sink,
             window=cfg.window,
             score_block=cfg.score_block,
+            query_tokens=cfg.max_query_tokens,
             dtype=self.model.dtype,
         )
 
@@ -281,6 +287,10 @@ class ILRe:
         )
 
     def _check_compatible(self, encoded: EncodedContext) -> None:
+        if not isinstance(encoded, EncodedContext):
+            raise EncodedContextError(
+                f"expected an EncodedContext (from ILRe.encode), got {type(encoded).__name__}"
+            )
         if encoded.fingerprint != self.fingerprint or encoded.layer != self.layer:
             raise EncodedContextError(
                 f"this context was encoded by {encoded.model_name!r} at layer {encoded.layer}; "
@@ -311,6 +321,12 @@ class ILRe:
             update=False,
             observer=observer,
         )
+        limit = self.max_tokens
+        if limit is not None and len(encoded) + len(query_ids) > limit:
+            raise ContextTooLongError(
+                f"the context ({len(encoded):,} model tokens) and the query ({len(query_ids):,}) "
+                f"together are over the limit of {limit:,} positions"
+            )
         state.start, state.length = len(encoded), len(query_ids)
         ids = torch.as_tensor(query_ids, dtype=torch.long, device=self.device)
         streaming.run_chunk(self.model, ids, state)
@@ -331,6 +347,11 @@ class ILRe:
         text = self.config.query_template.format(query=query)
         encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         ids = encoded["input_ids"]
+        if len(ids) > self.config.max_query_tokens:
+            raise ContextTooLongError(
+                f"the query is {len(ids):,} model tokens with its template, over the limit of "
+                f"{self.config.max_query_tokens:,} (ILReConfig(max_query_tokens=...))"
+            )
         lead_in = sum(1 for _, end in encoded["offset_mapping"] if end <= len(prefix))
         return ids, min(lead_in, len(ids) - 1)
 
@@ -394,7 +415,7 @@ class ILRe:
         budget tokenizer) or `ratio` (a fraction of the context's tokens, in (0, 1]).
         """
         self._check_compatible(encoded)
-        check_query(query)
+        self.query_ids(query)  # refuses an empty, invalid or too long query, even unscored
         input_tokens = self.input_tokens(encoded)
         budget = resolve_budget(input_tokens, budget_tokens, ratio)
         if input_tokens <= budget:
@@ -417,7 +438,7 @@ class ILRe:
         """`encode` then `recall`."""
         # Refuse a bad budget or query before the work.
         resolve_budget(1, budget_tokens, ratio)
-        check_query(query)
+        self.query_ids(query)
         return self.recall(self.encode(context), query, budget_tokens=budget_tokens, ratio=ratio)
 
     def input_tokens(self, encoded: EncodedContext) -> int:

@@ -15,6 +15,11 @@ class EmptyInputError(ILReError):
     """A context, document or query is empty or only whitespace."""
 
 
+class ConfigError(ILReError):
+    """A setting (of `ILReConfig`, or an argument such as a token count) is of the wrong type
+    or out of range."""
+
+
 class BudgetError(ILReError):
     """A budget is missing, given twice, or out of range."""
 
@@ -24,7 +29,7 @@ class InvalidDocumentError(ILReError):
 
 
 class ContextTooLongError(ILReError):
-    """A context is longer than the configured maximum."""
+    """A context (or a query, or both together) is longer than the configured maximum."""
 
 
 class InsufficientMemoryError(ILReError, MemoryError):

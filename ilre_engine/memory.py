@@ -11,7 +11,8 @@ and per early layer ``l < l_R`` a kept span ``keep_l`` (`ilre_engine.streaming.l
 - one chunk's activations: ``C * (4 H + (h_q + 2 h_kv) d + 3 I) * e``, plus its attention
   weights ``C * (max_l keep_l + C) * h_q * 4`` (CPU attention with a mask materialises them);
 - recall: ``3 * h_q * L * 4`` (scores, pooled copy, pooling gaps) plus one block of logits
-  ``h_q * 128 * min(block, L) * 4`` for a query of up to 128 tokens.
+  ``h_q * T_q * min(block, L) * 4`` for a query of up to ``T_q`` tokens
+  (`ILReConfig.max_query_tokens`).
 
 The estimate is compared with what the device can still give: free CUDA memory plus what
 torch's caching allocator holds unused; on the CPU, ``MemAvailable`` (capped by a cgroup v2
@@ -32,7 +33,6 @@ from .errors import InsufficientMemoryError
 from .streaming import layer_keep
 
 MiB = 2**20
-_QUERY_TOKENS = 128
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,7 @@ def estimate_encode_bytes(
     window: int,
     score_block: int,
     dtype: torch.dtype,
+    query_tokens: int = 256,
 ) -> MemoryEstimate:
     """What encoding `length` tokens up to `layer` needs, then one recall over it."""
     element = torch.empty((), dtype=dtype).element_size()
@@ -81,7 +82,7 @@ def estimate_encode_bytes(
     widest = max(keeps, default=0)
     activations = chunk * (4 * hidden + (query_heads + 2 * kv_heads) * head_dim + 3 * intermediate)
     activations = activations * element + chunk * (widest + chunk) * query_heads * 4
-    logits_block = query_heads * _QUERY_TOKENS * min(score_block, length) * 4
+    logits_block = query_heads * query_tokens * min(score_block, length) * 4
     recall = 3 * query_heads * length * 4 + logits_block
     return MemoryEstimate(
         keys=length * kv_heads * head_dim * element,

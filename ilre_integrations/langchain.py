@@ -64,6 +64,8 @@ from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda, run_in_executor
 from pydantic import ConfigDict, Field
 
+from ilre_engine import errors
+
 from ._common import (
     ENGINE_SETTINGS,
     LANGCHAIN_RECORD,
@@ -269,6 +271,8 @@ class ILReCompressor(BaseDocumentCompressor):
     def _compress(
         self, documents: Sequence[Document], query: str
     ) -> tuple[list[Document], RecallResult | None]:
+        if not isinstance(query, str) or not query.strip():
+            raise errors.EmptyInputError("the query is empty")  # also with no documents
         texts = require_texts([document.page_content for document in documents])
         if not texts:
             return [], None
@@ -347,18 +351,28 @@ class ILReCompressor(BaseDocumentCompressor):
         """
 
         def compress(inputs: CompressionInput, config: RunnableConfig) -> list[Document]:
-            return self.compress_documents(
-                inputs["documents"], inputs["query"], callbacks=config.get("callbacks")
-            )
+            documents, query = _runnable_input(inputs)
+            return self.compress_documents(documents, query, callbacks=config.get("callbacks"))
 
         async def acompress(inputs: CompressionInput, config: RunnableConfig) -> list[Document]:
+            documents, query = _runnable_input(inputs)
             return list(
-                await self.acompress_documents(
-                    inputs["documents"], inputs["query"], callbacks=config.get("callbacks")
-                )
+                await self.acompress_documents(documents, query, callbacks=config.get("callbacks"))
             )
 
         return RunnableLambda(compress, afunc=acompress, name=type(self).__name__)
+
+
+def _runnable_input(inputs: Any) -> tuple[Sequence[Document], str]:
+    """The documents and query of an `ILReCompressor.as_runnable` input, or a typed error."""
+    if not isinstance(inputs, Mapping) or "documents" not in inputs:
+        raise errors.InvalidDocumentError(
+            "ILReCompressor.as_runnable takes {'documents': [...], 'query': '...'}, got "
+            f"{type(inputs).__name__} {sorted(inputs) if isinstance(inputs, Mapping) else ''}"
+        )
+    if not isinstance(inputs.get("query"), str) or not inputs["query"].strip():
+        raise errors.EmptyInputError("ILReCompressor.as_runnable got no 'query'")
+    return inputs["documents"], inputs["query"]
 
 
 class ILReRetriever(BaseRetriever):

@@ -680,3 +680,17 @@ def test_retriever_refuses_a_bad_budget_before_loading_an_engine(tmp_path):
         ILReRetriever.load(tmp_path, model=missing, budget_tokens=True)
     with pytest.raises(ValidationError, match="devcie"):
         ILReRetriever.load(tmp_path, model=missing, k=1, devcie="cuda")
+
+
+def test_an_empty_query_is_refused_even_without_documents():
+    compressor = ILReCompressor(budget_tokens=10)
+    with pytest.raises(EmptyInputError):
+        compressor.compress_documents([], "   ")
+
+
+def test_the_runnable_refuses_inputs_without_documents_or_query():
+    runnable = ILReCompressor(budget_tokens=10).as_runnable()
+    with pytest.raises(InvalidDocumentError, match=r"takes \{'documents'"):
+        runnable.invoke({"query": "what?"})
+    with pytest.raises(EmptyInputError, match="no 'query'"):
+        runnable.invoke({"documents": [Document(page_content="text")]})
