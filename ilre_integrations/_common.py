@@ -353,3 +353,20 @@ def _legacy_metadata(root: Path) -> Any:
         return json.loads((root / _LEGACY_METADATA).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, RecursionError, json.JSONDecodeError) as error:
         raise errors.EncodedContextError(f"{root}: metadata.json is missing or damaged") from error
+
+
+def check_fields(values: Mapping[str, Any]) -> None:
+    """Refuse bad values of ILRe's own fields (of either face) as ILRe's errors (`BudgetError`
+    for budgets) before pydantic sees them: a pydantic validator would wrap them in a
+    ValidationError. Other names pass unchecked."""
+    for name, value in values.items():
+        if name in ("budget_tokens", "k"):
+            check_count(name, value)
+        elif name == "tokens_per_k":
+            check_count(name, value, optional=False)
+        elif name == "ratio":
+            check_ratio(value)
+        elif name == "engine":
+            check_engine(value)
+        elif name == "budget_tokenizer":
+            check_budget_tokenizer(value)

@@ -75,6 +75,7 @@ from ._common import (
     check_budget_tokenizer,
     check_count,
     check_engine,
+    check_fields,
     check_one_budget,
     check_ratio,
     per_document,
@@ -123,22 +124,6 @@ class CompressionInput(TypedDict):
 
     documents: Sequence[Document]
     query: str
-
-
-def _check_fields(values: Mapping[str, Any]) -> None:
-    """Refuse bad values of ILRe's own fields before pydantic sees them, so that a bad budget
-    raises `BudgetError` itself (a pydantic validator would wrap it in a ValidationError)."""
-    for name, value in values.items():
-        if name in ("budget_tokens", "k"):
-            check_count(name, value)
-        elif name == "tokens_per_k":
-            check_count(name, value, optional=False)
-        elif name == "ratio":
-            check_ratio(value)
-        elif name == "engine":
-            check_engine(value)
-        elif name == "budget_tokenizer":
-            check_budget_tokenizer(value)
 
 
 def _engine(engine: ILRe | None, settings: Mapping[str, Any]) -> ILRe:
@@ -252,7 +237,7 @@ class ILReCompressor(BaseDocumentCompressor):
     def __init__(self, **data: Any) -> None:
         # Checked here rather than in a pydantic validator, which would wrap BudgetError in
         # a ValidationError and break `except ILReError`.
-        _check_fields(data)
+        check_fields(data)
         super().__init__(**data)
         check_one_budget(budget_tokens=self.budget_tokens, ratio=self.ratio)
         if self.engine is not None and set(ENGINE_SETTINGS) & self.model_fields_set:
@@ -261,7 +246,7 @@ class ILReCompressor(BaseDocumentCompressor):
             )
 
     def __setattr__(self, name: str, value: Any) -> None:
-        _check_fields({name: value})
+        check_fields({name: value})
         super().__setattr__(name, value)
 
     def get_engine(self) -> ILRe:
@@ -426,12 +411,12 @@ class ILReRetriever(BaseRetriever):
 
     def __init__(self, **data: Any) -> None:
         # Not a pydantic validator: it would wrap BudgetError in a ValidationError.
-        _check_fields(data)
+        check_fields(data)
         super().__init__(**data)
         self._budget(self.k, self.budget_tokens, self.ratio)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        _check_fields({name: value})
+        check_fields({name: value})
         super().__setattr__(name, value)
 
     @classmethod

@@ -62,9 +62,8 @@ from ._common import (
     METADATA_KEY,
     DocumentRecall,
     EncodedCorpus,
-    check_budget_tokenizer,
     check_count,
-    check_engine,
+    check_fields,
     check_one_budget,
     check_ratio,
     per_document,
@@ -84,20 +83,6 @@ _MEDIA_FIELDS = ("image_resource", "audio_resource", "video_resource")
 
 _IDS = uuid.UUID("1b1e0d6a-6c1f-4c55-9d8e-5e2f0c3a7b11")
 """Namespace of the ids of ILRe's nodes (uuid5 of the source's id and the kept spans)."""
-
-
-def _check_fields(values: Mapping[str, Any]) -> None:
-    """Refuse bad values of ILRe's own fields, as ILRe's errors (`BudgetError` for budgets),
-    before pydantic sees them: a pydantic validator would wrap them in a ValidationError."""
-    for name, value in values.items():
-        if name == "budget_tokens":
-            check_count(name, value)
-        elif name == "ratio":
-            check_ratio(value)
-        elif name == "engine":
-            check_engine(value)
-        elif name == "budget_tokenizer":
-            check_budget_tokenizer(value)
 
 
 class ILRePostprocessor(BaseNodePostprocessor):
@@ -196,7 +181,7 @@ class ILRePostprocessor(BaseNodePostprocessor):
         """
         # Checked before pydantic's validation, so that these errors reach the caller as
         # ILRe's own (BudgetError, ILReError) rather than wrapped in a ValidationError.
-        _check_fields(
+        check_fields(
             {
                 "engine": engine,
                 "budget_tokenizer": budget_tokenizer,
@@ -219,7 +204,7 @@ class ILRePostprocessor(BaseNodePostprocessor):
         _check_engine_settings(engine, {**self._engine_settings(), **_given(model=model)})
 
     def __setattr__(self, name: str, value: Any) -> None:
-        _check_fields({name: value})
+        check_fields({name: value})
         super().__setattr__(name, value)
 
     @classmethod
@@ -334,7 +319,7 @@ class ILReRetriever(BaseRetriever):
             ratio: fraction of the corpus' tokens kept per query, in (0, 1].
         """
         # Refuse a bad budget before loading anything.
-        _check_fields({"engine": engine, "budget_tokenizer": budget_tokenizer})
+        check_fields({"engine": engine, "budget_tokenizer": budget_tokenizer})
         check_one_budget(budget_tokens=budget_tokens, ratio=ratio)
         self.budget_tokens = budget_tokens
         self.ratio = ratio
