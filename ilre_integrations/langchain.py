@@ -241,7 +241,7 @@ class ILReCompressor(BaseDocumentCompressor):
         super().__init__(**data)
         check_one_budget(budget_tokens=self.budget_tokens, ratio=self.ratio)
         if self.engine is not None and set(ENGINE_SETTINGS) & self.model_fields_set:
-            raise ValueError(
+            raise errors.ILReError(
                 f"give an engine or engine settings ({', '.join(ENGINE_SETTINGS)}), not both"
             )
 

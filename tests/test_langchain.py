@@ -323,7 +323,9 @@ def test_compressor_refuses_a_bad_budget_at_construction(engine, budget):
 
 
 def test_compressor_refuses_an_engine_with_engine_settings(engine):
-    with pytest.raises(ValueError, match="not both"):
+    from ilre_engine.errors import ILReError
+
+    with pytest.raises(ILReError, match="not both"):
         ILReCompressor(engine=engine, model="gemma3-270m", budget_tokens=10)
 
 
