@@ -109,6 +109,8 @@ def prepare(args) -> None:
     pack: Path = args.pack
     pack.mkdir(parents=True, exist_ok=True)
     engine = ILRe.from_pretrained(device="cpu")
+    if args.max_tokens:
+        engine.config = dataclasses.replace(engine.config, max_tokens=args.max_tokens)
     base = engine.config
     arrays: dict[str, np.ndarray] = {}
     lead_ins: dict[str, int] = {}
@@ -201,7 +203,8 @@ def run(args) -> None:
             values = first if variant == "prior_k17" else scores(encoded, name, variant).cpu()
             kept = max(1, int(np.ceil(KEPT_SHARE * len(values))))
             top = torch.topk(values.float(), kept)
-            bucket[f"{name}|{variant}|at"] = top.indices.numpy().astype(np.uint16)
+            positions = np.uint16 if len(values) <= 1 << 16 else np.uint32
+            bucket[f"{name}|{variant}|at"] = top.indices.numpy().astype(positions)
             bucket[f"{name}|{variant}|score"] = top.values.numpy().astype(np.float16)
         engine.config = base
         print(name, f"{elapsed:.3f} s", flush=True)
@@ -337,6 +340,9 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=10)
     parser.add_argument("--niah-lengths", default="8000,32000")
     parser.add_argument("--niah-samples", type=int, default=20, help="depths of the needle set")
+    parser.add_argument(
+        "--max-tokens", type=int, help="prepare: lift the context limit (past the model's window)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     {"prepare": prepare, "run": run, "score": score}[args.step](args)
