@@ -10,7 +10,8 @@ and per early layer ``l < l_R`` a kept span ``keep_l`` (`ilre_engine.streaming.l
   chunk they are concatenated with);
 - one chunk's activations: ``C * (4 H + (h_q + 2 h_kv) d + 3 I) * e``, plus its attention
   weights ``C * (max_l keep_l + C) * h_q * 4`` (CPU attention with a mask materialises them);
-- recall: ``3 * h_q * L * 4`` (scores, pooled copy, pooling gaps) plus one block of logits
+- recall: ``5 * h_q * L * 4`` (scores, the cached prior and the scores over it, pooled copy,
+  pooling gaps) plus one block of logits
   ``h_q * T_q * min(block, L) * 4`` for a query of up to ``T_q`` tokens
   (`ILReConfig.max_query_tokens`).
 
@@ -83,7 +84,7 @@ def estimate_encode_bytes(
     activations = chunk * (4 * hidden + (query_heads + 2 * kv_heads) * head_dim + 3 * intermediate)
     activations = activations * element + chunk * (widest + chunk) * query_heads * 4
     logits_block = query_heads * query_tokens * min(score_block, length) * 4
-    recall = 3 * query_heads * length * 4 + logits_block
+    recall = 5 * query_heads * length * 4 + logits_block
     return MemoryEstimate(
         keys=length * kv_heads * head_dim * element,
         early_layers=early,
