@@ -118,6 +118,7 @@ class ILRe:
                 sink=applied.sink,
                 window=applied.window,
                 kernel_sizes=applied.kernel_sizes,
+                kernel_allocation=applied.kernel_allocation,
             )
         engine = cls(
             trunk,

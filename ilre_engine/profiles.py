@@ -56,10 +56,12 @@ class Profile:
         kernel_sizes: the chosen pooling kernels.
         sink, window, chunk_size: the streaming settings the recall was measured with.
         recall: ``{layer: {kernels: mean answer recall}}`` over every task, length and
-            budget (kernels as ``"1,5,9,17"``).
+            budget (kernels as ``"1,5,9,17"``, or ``"1,5,9,17@average"`` averaged over heads).
         details: per layer, the chosen kernels' recall by task family, length and budget.
         settings: what was measured (lengths, samples, families, budgets, tolerance, seed).
         created: ISO date and time of the run; ilre_version: the package that made it.
+        kernel_allocation: how the chosen kernels pool the heads (`ILReConfig`); ``"heads"``
+            in profiles written before it was measured.
     """
 
     model_name: str
@@ -75,6 +77,7 @@ class Profile:
     created: str = ""
     ilre_version: str = ""
     seconds: float = 0.0
+    kernel_allocation: str = "heads"
 
     def to_json(self) -> str:
         data = {"format": FORMAT, "format_version": FORMAT_VERSION, **asdict(self)}

@@ -103,6 +103,17 @@ def test_cli_calibrates_and_writes_a_profile(tmp_path):
     assert all(
         0.0 <= v <= 1.0 for by_kernels in profile.recall.values() for v in by_kernels.values()
     )
+    # Every set of several kernels is measured dealt over heads and averaged; the profile
+    # carries the allocation of the chosen pooling, and an engine applies it.
+    assert {"1,5,9,17", "1,5,9,17@average"} <= set(profile.recall["5"])
+    chosen = ",".join(map(str, profile.kernel_sizes))
+    if profile.kernel_allocation == "average":
+        chosen += "@average"
+    assert profile.recall[str(profile.layer)][chosen] == max(
+        profile.recall[str(profile.layer)].values()
+    )
+    engine = ILRe.from_pretrained(profile=out)
+    assert engine.config.kernel_allocation == profile.kernel_allocation
     assert "<- l_R" in done.stdout and str(out) in done.stderr
     bad = subprocess.run(
         [sys.executable, "-m", "ilre_engine.cli", "calibrate", "--families", "nope"],

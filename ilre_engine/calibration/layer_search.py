@@ -13,7 +13,9 @@ lengths and budgets.
 
 The chosen layer is the shallowest whose recall (with its best kernels) is within
 `tolerance` of the best layer's: the cost of an encode grows with the layer, and a deeper
-layer that recalls about as well is not worth it. The kernels are the best at that layer.
+layer that recalls about as well is not worth it. The kernels are the best at that layer,
+each set of several kernels tried both dealt over heads and averaged over every head
+(`ILReConfig.kernel_allocation`).
 """
 
 from __future__ import annotations
@@ -136,13 +138,14 @@ def calibrate(
         cache_dir=cache_dir,
         profile=False,
     )
-    # recall[layer][kernels] -> one value per (family, length, sample, budget)
-    recall: dict[int, dict[tuple[int, ...], list[float]]] = {
-        layer: {kernels: [] for kernels in settings.kernel_sets} for layer in layers
+    candidates = pooling_candidates(settings.kernel_sets)
+    # recall[layer][pooling] -> one value per (family, length, sample, budget)
+    recall: dict[int, dict[Pooling, list[float]]] = {
+        layer: {pooling: [] for pooling in candidates} for layer in layers
     }
     # by_group[layer][kernels]["family=..." / "length=..." / "budget=..."] -> values
-    by_group: dict[int, dict[tuple[int, ...], dict[str, list[float]]]] = {
-        layer: {kernels: {} for kernels in settings.kernel_sets} for layer in layers
+    by_group: dict[int, dict[Pooling, dict[str, list[float]]]] = {
+        layer: {pooling: {} for pooling in candidates} for layer in layers
     }
     rng = random.Random(settings.seed)
     jobs = [
@@ -154,7 +157,7 @@ def calibrate(
     texts = {length: haystack(engine.tokenizer, length) for length in settings.lengths}
     for length, family, depth in tqdm(jobs, desc="ILRe calibrate", disable=not progress):
         task = ALL_FAMILIES[family](texts[length], depth, rng)
-        per_layer = _layer_recall(engine, task, layers, settings)
+        per_layer = _layer_recall(engine, task, layers, settings, candidates)
         for layer, per_kernels in per_layer.items():
             for kernels, per_budget in per_kernels.items():
                 recall[layer][kernels].extend(per_budget)
@@ -168,9 +171,7 @@ def calibrate(
         for layer, per_kernels in recall.items()
     }
     best_kernels = {
-        layer: max(
-            settings.kernel_sets, key=lambda k, layer=layer: table[str(layer)][_kernel_key(k)]
-        )
+        layer: max(candidates, key=lambda k, layer=layer: table[str(layer)][_kernel_key(k)])
         for layer in layers
     }
     layer_recall = {layer: table[str(layer)][_kernel_key(best_kernels[layer])] for layer in layers}
@@ -192,7 +193,8 @@ def calibrate(
         model_name=source.name,
         config_sha256=config_sha256(full_config),
         layer=chosen,
-        kernel_sizes=best_kernels[chosen],
+        kernel_sizes=best_kernels[chosen][0],
+        kernel_allocation=best_kernels[chosen][1],
         sink=config.sink,
         window=config.window,
         chunk_size=config.chunk_size,
@@ -203,7 +205,7 @@ def calibrate(
             "samples": settings.samples,
             "families": list(settings.families),
             "budgets": list(settings.budgets),
-            "kernel_sets": [_kernel_key(k) for k in settings.kernel_sets],
+            "kernel_sets": [_kernel_key(k) for k in candidates],
             "layers": list(layers),
             "tolerance": settings.tolerance,
             "seed": settings.seed,
@@ -215,8 +217,21 @@ def calibrate(
     )
 
 
-def _kernel_key(kernels: Sequence[int]) -> str:
-    return ",".join(str(k) for k in kernels)
+Pooling = tuple[tuple[int, ...], str]
+"""Kernel sizes and their allocation over heads (`ILReConfig.kernel_allocation`)."""
+
+
+def pooling_candidates(kernel_sets: Sequence[tuple[int, ...]]) -> list[Pooling]:
+    """Every kernel set dealt over heads, and each set of several kernels also averaged."""
+    candidates: list[Pooling] = [(tuple(k), "heads") for k in kernel_sets]
+    candidates += [(tuple(k), "average") for k in kernel_sets if len(k) > 1]
+    return candidates
+
+
+def _kernel_key(pooling: Pooling) -> str:
+    kernels, allocation = pooling
+    key = ",".join(str(k) for k in kernels)
+    return key if allocation == "heads" else f"{key}@{allocation}"
 
 
 class LayerRecorder:
@@ -272,7 +287,8 @@ def _layer_recall(
     task: RetrievalTask,
     layers: Sequence[int],
     settings: CalibrationSettings,
-) -> dict[int, dict[tuple[int, ...], list[float]]]:
+    candidates: Sequence[Pooling],
+) -> dict[int, dict[Pooling, list[float]]]:
     """Per candidate layer and kernel set, the answer recall at each budget."""
     tokens = tokenize_documents(engine.tokenizer, [task.context])
     query_ids, lead_in = engine.query_ids(task.query)
@@ -291,7 +307,7 @@ def _layer_recall(
     members_on_device = torch.from_numpy(members).to(engine.device)
     doc_ids = torch.from_numpy(tokens.doc_ids).to(engine.device)
     selectable = int((tokens.doc_ids >= 0).sum())
-    results: dict[int, dict[tuple[int, ...], list[float]]] = {}
+    results: dict[int, dict[Pooling, list[float]]] = {}
     for layer in layers:
         block = engine.config.score_block
         heads = head_scores(queries[layer][:, lead_in:], keys[layer], scaling, doc_ids, block)
@@ -301,17 +317,15 @@ def _layer_recall(
             )
             heads = remove_prior(heads, baseline)
         results[layer] = {}
-        for kernels in settings.kernel_sets:
-            scores = pool_scores(
-                heads, kernels, segments=doc_ids, allocation=engine.config.kernel_allocation
-            )
+        for kernels, allocation in candidates:
+            scores = pool_scores(heads, kernels, segments=doc_ids, allocation=allocation)
             scores[doc_ids < 0] = -math.inf
             # A token's rank: how many tokens score strictly higher. A word enters the
             # selection with its best token; an answer once its last word has entered.
             ranks = (scores[None, :] > scores[members_on_device][:, None]).sum(1).cpu().numpy()
             word_rank = {w: ranks[member_words == w].min() for w in np.unique(member_words)}
             answer_ranks = np.array([max(word_rank[w] for w in words) for words in answer_words])
-            results[layer][kernels] = [
+            results[layer][kernels, allocation] = [
                 float(np.mean(answer_ranks < max(1, math.floor(budget * selectable))))
                 for budget in settings.budgets
             ]
