@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("setuptools")  # the build backend, with --no-build-isolation
+# The build backend, used with --no-build-isolation; 77 reads PEP 639 license strings.
+pytest.importorskip("setuptools", minversion="77")
 
 ROOT = Path(__file__).resolve().parents[1]
 DISTRIBUTIONS = ROOT / "ilre_integrations" / "distributions"
