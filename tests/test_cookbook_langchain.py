@@ -1,7 +1,7 @@
 """The LangChain cookbook runs offline top to bottom, and shows what it says it shows.
 
 The notebook asserts its own key facts; this test also reads the executed outputs of the cells
-tagged ``setup``, ``tokens``, ``highlight``, ``answer`` and ``retriever``.
+tagged ``setup``, ``tokens``, ``highlight`` (HTML), ``answer``, ``retriever`` and ``plot`` (a PNG).
 """
 
 from __future__ import annotations
@@ -23,11 +23,12 @@ def test_langchain_cookbook_runs_and_shows_the_compression(tmp_path, monkeypatch
     client = NotebookClient(notebook, timeout=300, kernel_name="python3", resources=resources)
     client.execute()
 
+    tagged = {tag: cell for cell in notebook.cells for tag in cell.metadata.get("tags", [])}
     outputs = {
         tag: "".join(out.get("text", "") for out in cell.outputs if out.output_type == "stream")
-        for cell in notebook.cells
-        for tag in cell.metadata.get("tags", [])
+        for tag, cell in tagged.items()
     }
+    html = "".join(out.get("data", {}).get("text/html", "") for out in tagged["highlight"].outputs)
 
     value = re.search(
         r"Hidden in part 1: 'The special magic number for \w+ is (\d+)\.'", outputs["setup"]
@@ -42,8 +43,18 @@ def test_langchain_cookbook_runs_and_shows_the_compression(tmp_path, monkeypatch
     assert after <= budget < before
 
     # The needle's value is inside a kept span of its chunk.
-    kept = re.findall(r"\[\[(.*?)\]\]", outputs["highlight"], flags=re.DOTALL)
+    kept = re.findall(r"<mark>([^<]*)</mark>", html)
     assert any(value in span for span in kept)
 
     assert re.search(rf"^Answer: .*{value}", outputs["answer"], flags=re.MULTILINE)
     assert re.search(rf"^part 1: .*{value}", outputs["retriever"], flags=re.MULTILINE)
+
+    # The plot of the scores along the documents, with the budget cut, is drawn inline.
+    before, after, budget = map(
+        int,
+        re.search(
+            r"(\d+) tokens in the documents -> (\d+) tokens kept \(budget (\d+),", outputs["plot"]
+        ).groups(),
+    )
+    assert after <= budget < before
+    assert any("image/png" in out.get("data", {}) for out in tagged["plot"].outputs)

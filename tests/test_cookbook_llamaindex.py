@@ -42,6 +42,17 @@ def test_cookbook_runs_offline_and_shows_its_results():
     # Both pipelines show the needle inside a kept (highlighted) span.
     assert len(re.findall(rf"<mark>[^<]*{value}[^<]*</mark>", html)) == 2
     assert "reloaded 3 documents; same spans recalled" in printed
+    # The plot of the scores along the documents, with the budget cut, is drawn inline.
+    before, after, budget = map(
+        int,
+        re.search(
+            r"(\d+) tokens in the documents -> (\d+) tokens kept \(budget (\d+),", printed
+        ).groups(),
+    )
+    assert after <= budget < before
+    plots = [cell for cell in notebook.cells if "plot" in cell.metadata.get("tags", [])]
+    assert len(plots) == 1
+    assert any("image/png" in out.get("data", {}) for out in plots[0].outputs)
     # The hosted-LLM example is documentation only: no code cell reaches for a network.
     assert not any(
         "openai" in cell.source.lower() for cell in notebook.cells if cell.cell_type == "code"
