@@ -117,25 +117,19 @@ def whole_documents(documents: Sequence[str]) -> tuple[tuple[Span, ...], str]:
 
 
 class _Units:
-    """The units of one granularity: their tokens (as ranges) and best scores."""
+    """The units of one granularity that hold selectable tokens: each one's first and last
+    token, and its best token's score."""
 
     def __init__(self, ids: np.ndarray, scores: np.ndarray, selectable: np.ndarray) -> None:
         members = np.flatnonzero((ids >= 0) & selectable)
-        self.ids = ids
-        unit_of = ids[members]
-        boundaries = np.flatnonzero(np.diff(unit_of)) + 1
-        self.first = members[np.concatenate(([0], boundaries))] if len(members) else members
-        self.last = (
-            members[np.concatenate((boundaries - 1, [len(members) - 1]))]
-            if len(members)
-            else members
-        )
-        self.unit = unit_of[np.concatenate(([0], boundaries))] if len(members) else unit_of
-        self.score = (
-            np.maximum.reduceat(scores[members], np.concatenate(([0], boundaries)))
-            if len(members)
-            else scores[:0]
-        )
+        if not len(members):
+            self.first = self.last = members
+            self.score = scores[:0]
+            return
+        starts = np.concatenate(([0], np.flatnonzero(np.diff(ids[members])) + 1))
+        self.first = members[starts]
+        self.last = members[np.concatenate((starts[1:] - 1, [len(members) - 1]))]
+        self.score = np.maximum.reduceat(scores[members], starts)
 
 
 def select_within_budget(
