@@ -74,6 +74,18 @@ class KeptKV:
         tensors = (self.sink_keys, self.sink_values, self.recent_keys, self.recent_values)
         return sum(t.numel() * t.element_size() for t in tensors)
 
+    def compact(self) -> KeptKV:
+        """A copy whose tensors own exactly their elements. While streaming, the kept windows
+        are views into the last chunk's concatenation, which they would keep alive whole."""
+        return KeptKV(
+            self.sink_size,
+            self.keep,
+            self.sink_keys.clone(),
+            self.sink_values.clone(),
+            self.recent_keys.clone(),
+            self.recent_values.clone(),
+        )
+
 
 @dataclass
 class EncodedContext:

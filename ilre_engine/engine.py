@@ -264,7 +264,7 @@ class ILRe:
         return EncodedContext(
             tokens=tokens,
             keys=keys,
-            kept=state.kept,
+            kept={layer: kept.compact() for layer, kept in state.kept.items()},
             layer=self.layer,
             model_name=self.name,
             sink=state.sink,

@@ -99,3 +99,20 @@ def test_query_does_not_change_the_encoded_state(models):
     assert torch.equal(first, again)
     for layer, kv in encoded.kept.items():
         assert torch.equal(kv.recent_keys, before[layer])
+
+
+def test_kept_windows_own_only_their_elements(models):
+    """An encoded context holds what `nbytes` reports: its kept windows are not views that
+    keep a whole chunk's buffer alive."""
+    _, _, trunk = models
+    engine = tiny_engine(trunk, LAYER, chunk_size=32, sink=4, window=24)
+    encoded = engine.encode_tokens(random_context(LENGTH))
+    for kept in encoded.kept.values():
+        for tensor in (kept.sink_keys, kept.sink_values, kept.recent_keys, kept.recent_values):
+            assert tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size()
+    storage = sum(
+        t.untyped_storage().nbytes()
+        for kept in encoded.kept.values()
+        for t in (kept.sink_keys, kept.sink_values, kept.recent_keys, kept.recent_values)
+    )
+    assert storage + encoded.keys.untyped_storage().nbytes() == encoded.nbytes()
