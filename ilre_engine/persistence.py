@@ -229,9 +229,10 @@ _SCRATCH = re.compile(r"\.tmp[A-Za-z0-9_]{6}")
 
 def _remove_stale(root: Path, keep: set[str], roles: set[str]) -> None:
     """Remove the data files of earlier (or interrupted) saves, leftover manifest scratch
-    files and the scratch files an interrupted tensors write leaves (``.tmpXXXXXX``, written
-    by safetensors); files of other roles, and anything else in the directory, are left
-    alone. Runs under the writer lock, so no other save's scratch file is removed."""
+    files and the scratch file an interrupted tensors write leaves (``.tmp`` and six random
+    characters, written by safetensors); files of other roles, and anything else in the
+    directory, are left alone. Runs under the writer lock, so no other save's scratch file
+    is removed."""
     for stale in root.iterdir():
         if stale.name in keep:
             continue
