@@ -416,13 +416,15 @@ class ILRe:
         budget tokenizer) or `ratio` (a fraction of the context's tokens, in (0, 1]).
         """
         self._check_compatible(encoded)
-        self.query_ids(query)  # refuses an empty, invalid or too long query, even unscored
+        # Tokenised once, before anything else: refuses an empty, invalid or too long query
+        # even when the budget covers the whole context.
+        query_ids, lead_in = self.query_ids(query)
         input_tokens = self.input_tokens(encoded)
         budget = resolve_budget(input_tokens, budget_tokens, ratio)
         if input_tokens <= budget:
             spans, text = whole_documents(encoded.documents)
             return RecallResult(text, spans, input_tokens, input_tokens, budget, True)
-        scores = self.token_scores(encoded, query)
+        scores = self.scores_for_ids(encoded, query_ids, lead_in).cpu().numpy()
         spans, text = select_within_budget(
             encoded.tokens, scores, budget, self.counter.count, self.config.granularity
         )
