@@ -79,6 +79,15 @@ class ModelDims:
         )
 
 
+def layer_keep(sliding_window: int | None, sink: int, window: int) -> tuple[int, int]:
+    """``(sink_size, keep)`` of an early layer: a sliding layer keeps exactly the window it
+    was trained with and no sink; a global layer keeps `sink` first and `window` recent
+    tokens. The streaming prefill and the memory estimate both follow this rule."""
+    if sliding_window:
+        return 0, int(sliding_window)
+    return sink, window
+
+
 ADAPTERS: tuple[Adapter, ...] = (
     Adapter(("llama",)),
     Adapter(("mistral",)),

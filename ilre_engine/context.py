@@ -1,7 +1,8 @@
 """The context types: a `TokenizedContext` (tokens and their sources) and an `EncodedContext`
 (what the streaming prefill keeps of it: keys at the retrieval layer, early-layer windows).
 
-The engine builds them; `ilre_engine.persistence` writes and reads them.
+The engine builds them; `ilre_engine.persistence` is their on-disk format, which knows
+nothing of these classes: an `EncodedContext` converts to and from its `Record`.
 """
 
 from __future__ import annotations
@@ -9,13 +10,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import numpy as np
 import torch
 
-if TYPE_CHECKING:
-    from .engine import ILRe
+from . import persistence
 
 
 @dataclass(frozen=True)
@@ -124,19 +124,72 @@ class EncodedContext:
     def __len__(self) -> int:
         return len(self.tokens)
 
-    def save(self, directory: str | os.PathLike[str]) -> Path:
-        """Write to `directory` atomically (format: `ilre_engine.persistence`)."""
-        from . import persistence  # persistence builds contexts: imported at call time
+    def save(
+        self, directory: str | os.PathLike[str], *, extra: dict[str, Any] | None = None
+    ) -> Path:
+        """Write to `directory` atomically (format: `ilre_engine.persistence`).
 
-        return persistence.save(self, directory)
+        Args:
+            extra: JSON payloads committed with the context, by name (lowercase letters,
+                digits and ``_``); `load_with_extra` returns them.
+        """
+        return persistence.write(self._record(), directory, extra=extra)
 
     @classmethod
-    def load(cls, directory: str | os.PathLike[str], engine: ILRe) -> EncodedContext:
+    def load(cls, directory: str | os.PathLike[str], engine: persistence.Encoder) -> EncodedContext:
         """Read a saved context for `engine`; a different model, layer or tokenizer, a damaged
         file or a newer format raises `EncodedContextError`."""
-        from . import persistence
+        return cls.load_with_extra(directory, engine)[0]
 
-        return persistence.load(directory, engine)
+    @classmethod
+    def load_with_extra(
+        cls, directory: str | os.PathLike[str], engine: persistence.Encoder
+    ) -> tuple[EncodedContext, dict[str, Any]]:
+        """`load`, and the extra payloads saved with the context."""
+        record, extra = persistence.read(directory, engine)
+        tokens = TokenizedContext(documents=record.documents, **record.tokens)
+        kept = {
+            layer: KeptKV(*sizes, **{name: part[None] for name, part in parts.items()})
+            for layer, (sizes, parts) in record.kept.items()
+        }
+        context = cls(
+            tokens=tokens,
+            keys=record.keys,
+            kept=kept,
+            layer=record.layer,
+            model_name=record.model_name,
+            sink=record.sink,
+            window=record.window,
+            fingerprint=record.fingerprint,
+            tokenizer_name=record.tokenizer_name,
+            tokenizer_sha256=record.tokenizer_sha256,
+        )
+        return context, extra
+
+    def _record(self) -> persistence.Record:
+        tokens = self.tokens
+        kept_parts = ("sink_keys", "sink_values", "recent_keys", "recent_values")
+        return persistence.Record(
+            documents=tokens.documents,
+            tokens={
+                "input_ids": tokens.input_ids,
+                "doc_ids": tokens.doc_ids,
+                "offsets": tokens.offsets,
+                "word_ids": tokens.word_ids,
+            },
+            keys=self.keys,
+            kept={
+                layer: ((kv.sink_size, kv.keep), {n: getattr(kv, n)[0] for n in kept_parts})
+                for layer, kv in self.kept.items()
+            },
+            layer=self.layer,
+            sink=self.sink,
+            window=self.window,
+            model_name=self.model_name,
+            fingerprint=self.fingerprint,
+            tokenizer_name=self.tokenizer_name,
+            tokenizer_sha256=self.tokenizer_sha256,
+        )
 
     def nbytes(self) -> int:
         """Bytes held on the device: keys at the retrieval layer plus the early layers' windows."""

@@ -150,6 +150,11 @@ class ILRe:
     def tokenizer_name(self) -> str:
         return getattr(self.tokenizer, "name_or_path", None) or type(self.tokenizer).__name__
 
+    @property
+    def tokenizer_sha256(self) -> str:
+        """The tokenizer's identity by content (`tokenization.tokenizer_identity`, cached)."""
+        return tokenizer_identity(self.tokenizer)
+
     @functools.cached_property
     def fingerprint(self) -> str:
         """Identity of the model's weights and shape up to the retrieval layer
@@ -271,7 +276,7 @@ class ILRe:
             window=state.window,
             fingerprint=self.fingerprint,
             tokenizer_name=self.tokenizer_name,
-            tokenizer_sha256=tokenizer_identity(self.tokenizer),
+            tokenizer_sha256=self.tokenizer_sha256,
         )
 
     @torch.inference_mode()

@@ -2,7 +2,7 @@
 
 For a context of ``L`` tokens, with ``e`` bytes per element of the model's dtype, ``h_kv`` key
 heads and ``h_q`` query heads of width ``d``, hidden size ``H``, MLP width ``I``, chunk ``C``,
-and per early layer ``l < l_R`` a kept span ``keep_l`` (`ilre_engine.streaming.layer_keep`:
+and per early layer ``l < l_R`` a kept span ``keep_l`` (`ilre_engine.architectures.layer_keep`:
 ``sink + window`` for a global layer, its own window for a sliding one):
 
 - keys at the retrieval layer: ``L * h_kv * d * e`` (the only part that grows with ``L``);
@@ -29,9 +29,8 @@ from typing import Any
 
 import torch
 
-from .architectures import ModelDims
+from .architectures import ModelDims, layer_keep
 from .errors import InsufficientMemoryError
-from .streaming import layer_keep
 
 MiB = 2**20
 

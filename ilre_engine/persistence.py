@@ -12,8 +12,12 @@ that directory:
 
 The manifest records the format version, the model fingerprint, layer, sink and window, the
 tokenizer (its name, for messages, and ``tokenizer_sha256``, a digest of its content: see
-`tokenizer_identity`), the shapes, each data file's name, size and SHA-256, and
-``manifest_sha256``, the SHA-256 of the canonical JSON of everything else in it.
+`ilre_engine.tokenization.tokenizer_identity`), the shapes, each data file's name, size and
+SHA-256, and ``manifest_sha256``, the SHA-256 of the canonical JSON of everything else in it.
+
+This module knows no engine class: it writes and reads a `Record` (plain arrays and tensors)
+and checks it against an `Encoder` (what an engine exposes), so the context types build on it
+without an import cycle.
 
 Saving writes new data files first and then replaces the manifest with one atomic rename, so
 a crash at any point leaves the previous copy loadable; stale data files are removed
@@ -44,7 +48,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -52,15 +56,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from . import fileio
-from .architectures import ModelDims
-from .context import EncodedContext, KeptKV, TokenizedContext
+from .architectures import ModelDims, layer_keep
 from .errors import EncodedContextError
 from .fileio import file_sha256, write_synced
-from .streaming import layer_keep
-from .tokenization import tokenizer_identity
-
-if TYPE_CHECKING:
-    from .engine import ILRe
 
 FORMAT = "ilre-encoded-context"
 FORMAT_VERSION = 2
@@ -89,41 +87,76 @@ _LOAD_ATTEMPTS = 8
 """How many times a load starts again when a concurrent save replaced what it was reading."""
 
 
+class Encoder(Protocol):
+    """What a load checks a saved context against: the engine that will recall from it
+    (`ilre_engine.ILRe` is one)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def fingerprint(self) -> str: ...
+    @property
+    def layer(self) -> int: ...
+    @property
+    def tokenizer_name(self) -> str: ...
+    @property
+    def tokenizer_sha256(self) -> str: ...
+    @property
+    def model(self) -> Any: ...
+    @property
+    def device(self) -> torch.device: ...
+
+
+@dataclass(frozen=True)
+class Record:
+    """An encoded context as this format stores it: plain arrays and tensors plus what
+    identifies the model, layer and tokenizer that made them (`EncodedContext` converts).
+
+    Attributes:
+        tokens: ``input_ids``, ``doc_ids``, ``offsets``, ``word_ids`` (as in `TokenizedContext`).
+        keys: ``(kv_heads, L, head_dim)`` keys at the retrieval layer.
+        kept: per early layer, its ``(sink_size, keep)`` and its four ``(kv_heads, n,
+            head_dim)`` tensors ``sink_keys``, ``sink_values``, ``recent_keys``,
+            ``recent_values``.
+        tokenizer_sha256: the tokenizer's identity by content, or None (matched by name).
+    """
+
+    documents: tuple[str, ...]
+    tokens: dict[str, np.ndarray]
+    keys: torch.Tensor
+    kept: dict[int, tuple[tuple[int, int], dict[str, torch.Tensor]]]
+    layer: int
+    sink: int
+    window: int
+    model_name: str
+    fingerprint: str
+    tokenizer_name: str
+    tokenizer_sha256: str | None
+
+
 def _write_synced(path: Path, data: bytes) -> None:
     """`write_synced`, looked up at call time (tests replace it to kill a writer midway)."""
     write_synced(path, data)
 
 
-# -- tokenizer identity -----------------------------------------------------------------------
-
-
 # -- save -------------------------------------------------------------------------------------
 
 
-def save(
-    encoded: EncodedContext,
-    directory: str | os.PathLike[str],
-    *,
-    extra: Mapping[str, Any] | None = None,
-    tokenizer_sha256: str | None = None,
+def write(
+    record: Record, directory: str | os.PathLike[str], *, extra: Mapping[str, Any] | None = None
 ) -> Path:
-    """Write `encoded` to `directory` (created if needed), replacing any earlier copy atomically.
+    """Write `record` to `directory` (created if needed), replacing any earlier copy atomically.
 
     Args:
         extra: JSON payloads saved and committed with the context, by name (lowercase letters,
-            digits and ``_``; not ``tensors`` or ``documents``); `load_with_extra` returns them.
-        tokenizer_sha256: the encoding tokenizer's `tokenizer_identity`; None takes
-            ``encoded.tokenizer_sha256`` where the context carries one. Without it the saved
-            context is matched to engines by tokenizer name only.
+            digits and ``_``; not ``tensors`` or ``documents``); `read` returns them.
 
     Concurrent saves to one directory are serialised: the last one wins, each is complete.
     """
     root = Path(directory)
     root.mkdir(parents=True, exist_ok=True)
     payloads = _encode_extras(extra or {})
-    if tokenizer_sha256 is None:
-        tokenizer_sha256 = getattr(encoded, "tokenizer_sha256", None)
-    tensors = _tensors_of(encoded)
+    tensors = _tensors_of(record)
     with fileio.exclusive_directory_lock(root):
         previous_roles = _roles_in_manifest(root)
         tag = uuid.uuid4().hex[:12]
@@ -131,13 +164,13 @@ def save(
         save_file(tensors, str(tensor_file))
         fileio.fsync_file(tensor_file)
         files = {"tensors": tensor_file}
-        documents = json.dumps(list(encoded.documents), ensure_ascii=False).encode("utf-8")
+        documents = json.dumps(list(record.documents), ensure_ascii=False).encode("utf-8")
         files["documents"] = root / f"documents-{tag}.json"
         _write_synced(files["documents"], documents)
         for name, data in payloads.items():
             files[name] = root / f"{name}-{tag}.json"
             _write_synced(files[name], data)
-        manifest = _manifest_for(encoded, tensors, files, tokenizer_sha256)
+        manifest = _manifest_for(record, tensors, files)
         scratch = root / f".{MANIFEST}.{tag}"
         _write_synced(scratch, json.dumps(manifest, indent=1).encode("utf-8"))
         os.replace(scratch, root / MANIFEST)
@@ -156,42 +189,33 @@ def _encode_extras(extra: Mapping[str, Any]) -> dict[str, bytes]:
     return payloads
 
 
-def _tensors_of(encoded: EncodedContext) -> dict[str, torch.Tensor]:
-    tokens = encoded.tokens
-    tensors = {
-        "keys": encoded.keys.contiguous(),
-        "input_ids": torch.from_numpy(tokens.input_ids),
-        "doc_ids": torch.from_numpy(tokens.doc_ids),
-        "offsets": torch.from_numpy(tokens.offsets),
-        "word_ids": torch.from_numpy(tokens.word_ids),
-    }
-    for layer, kept in encoded.kept.items():
+def _tensors_of(record: Record) -> dict[str, torch.Tensor]:
+    tensors = {"keys": record.keys.contiguous()}
+    tensors.update({name: torch.from_numpy(array) for name, array in record.tokens.items()})
+    for layer, (_, parts) in record.kept.items():
         for name in _KEPT_FIELDS:
-            tensors[f"kept.{layer}.{name}"] = getattr(kept, name)[0].contiguous()
+            tensors[f"kept.{layer}.{name}"] = parts[name].contiguous()
     return {k: v.detach().cpu() for k, v in tensors.items()}
 
 
 def _manifest_for(
-    encoded: EncodedContext,
-    tensors: Mapping[str, torch.Tensor],
-    files: Mapping[str, Path],
-    tokenizer_sha256: str | None,
+    record: Record, tensors: Mapping[str, torch.Tensor], files: Mapping[str, Path]
 ) -> dict[str, Any]:
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "model_name": encoded.model_name,
-        "model_fingerprint": encoded.fingerprint,
-        "layer": encoded.layer,
-        "sink": encoded.sink,
-        "window": encoded.window,
-        "tokenizer": encoded.tokenizer_name,
-        "tokenizer_sha256": tokenizer_sha256,
-        "num_tokens": len(encoded),
-        "num_documents": len(encoded.documents),
+        "model_name": record.model_name,
+        "model_fingerprint": record.fingerprint,
+        "layer": record.layer,
+        "sink": record.sink,
+        "window": record.window,
+        "tokenizer": record.tokenizer_name,
+        "tokenizer_sha256": record.tokenizer_sha256,
+        "num_tokens": int(record.keys.shape[1]),
+        "num_documents": len(record.documents),
         "kept": {
-            str(layer): {"sink_size": kv.sink_size, "keep": kv.keep}
-            for layer, kv in encoded.kept.items()
+            str(layer): {"sink_size": sizes[0], "keep": sizes[1]}
+            for layer, (sizes, _) in record.kept.items()
         },
         "shapes": {k: list(v.shape) for k, v in tensors.items()},
         "files": {
@@ -245,16 +269,10 @@ def _remove_stale(root: Path, keep: set[str], roles: set[str]) -> None:
 # -- load -------------------------------------------------------------------------------------
 
 
-def load(directory: str | os.PathLike[str], engine: ILRe) -> EncodedContext:
-    """Read an encoded context saved by `save`, refusing anything that does not match `engine`
-    or is damaged with `EncodedContextError`."""
-    return load_with_extra(directory, engine)[0]
-
-
-def load_with_extra(
-    directory: str | os.PathLike[str], engine: ILRe
-) -> tuple[EncodedContext, dict[str, Any]]:
-    """`load`, and the extra JSON payloads saved with the context (by name).
+def read(directory: str | os.PathLike[str], engine: Encoder) -> tuple[Record, dict[str, Any]]:
+    """A record saved by `write`, with its tensors on `engine`'s device, and the extra JSON
+    payloads saved with it (by name). Anything that does not match `engine` or is damaged
+    raises `EncodedContextError`.
 
     Takes no lock: when a concurrent save replaces the manifest while this reads, the read
     starts again from the new manifest (a few times at most)."""
@@ -372,7 +390,7 @@ class _Layout:
     files: dict[str, tuple[Path, int | None, str]]
 
 
-def _load_generation(root: Path, engine: ILRe, raw: bytes) -> tuple[EncodedContext, dict]:
+def _load_generation(root: Path, engine: Encoder, raw: bytes) -> tuple[Record, dict]:
     manifest = _parse_json(raw, root / MANIFEST)
     layout = _validate_manifest(manifest, root, engine)
     for role, (path, size, digest) in layout.files.items():
@@ -385,8 +403,7 @@ def _load_generation(root: Path, engine: ILRe, raw: bytes) -> tuple[EncodedConte
         if role not in _RESERVED_ROLES
     }
     tensors = _read_tensors(root, layout, engine)
-    tokens = _tokens(root, documents, tensors, engine)
-    return _context(engine, layout, tokens, tensors), extras
+    return _record(root, engine, layout, documents, tensors), extras
 
 
 # -- manifest schema ---------------------------------------------------------------------------
@@ -435,7 +452,7 @@ _V1_KEYS = {
 _V2_KEYS = _V1_KEYS | {"tokenizer_sha256", "manifest_sha256"}
 
 
-def _validate_manifest(manifest: Any, root: Path, engine: ILRe) -> _Layout:
+def _validate_manifest(manifest: Any, root: Path, engine: Encoder) -> _Layout:
     """Check the manifest's structure, its own checksum and its match with `engine`; the
     layout it promises. Opens no data file."""
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
@@ -480,9 +497,9 @@ def _validate_manifest(manifest: Any, root: Path, engine: ILRe) -> _Layout:
     )
 
 
-def _check_identity(manifest: dict[str, Any], root: Path, engine: ILRe) -> None:
+def _check_identity(manifest: dict[str, Any], root: Path, engine: Encoder) -> None:
     """Refuse a context encoded by another model, at another layer, or with another tokenizer:
-    by content where the manifest records the tokenizer's `tokenizer_identity` (its name is
+    by content where the manifest records the tokenizer's identity (its name is
     then only shown), else by name (version 1, or a save that did not know the identity)."""
     model = _require_str(root, manifest["model_name"], "model_name")
     name = _require_str(root, manifest["tokenizer"], "tokenizer")
@@ -494,10 +511,10 @@ def _check_identity(manifest: dict[str, Any], root: Path, engine: ILRe) -> None:
         mismatch = f"another model ({model!r:.80}; this engine has {engine.name!r})"
     elif manifest["layer"] != engine.layer:
         mismatch = f"layer {manifest['layer']!r:.20} (this engine reads layer {engine.layer})"
-    elif recorded is not None and recorded != tokenizer_identity(engine.tokenizer):
+    elif recorded is not None and recorded != engine.tokenizer_sha256:
         mismatch = (
             f"another tokenizer ({name!r:.80}, content {recorded[:12]}; this engine has "
-            f"{engine.tokenizer_name!r}, content {tokenizer_identity(engine.tokenizer)[:12]})"
+            f"{engine.tokenizer_name!r}, content {engine.tokenizer_sha256[:12]})"
         )
     elif recorded is None and name != engine.tokenizer_name:
         mismatch = f"tokenizer {name!r:.80} (this engine has {engine.tokenizer_name!r})"
@@ -506,10 +523,10 @@ def _check_identity(manifest: dict[str, Any], root: Path, engine: ILRe) -> None:
 
 
 def _validate_kept(
-    root: Path, kept: Any, engine: ILRe, layer: int, sink: int, window: int
+    root: Path, kept: Any, engine: Encoder, layer: int, sink: int, window: int
 ) -> dict[int, tuple[int, int]]:
     """Every early layer ``0 .. layer - 1`` with the sink size and window the streaming
-    prefill gives it (`streaming.layer_keep`) for this model and the saved sink and window."""
+    prefill gives it (`architectures.layer_keep`) for this model and the saved sink and window."""
     _require_keys(root, kept, "kept", {str(i) for i in range(layer)})
     windows = ModelDims.from_config(engine.model.config).sliding_windows
     result = {}
@@ -525,7 +542,7 @@ def _validate_kept(
 
 
 def _expected_shapes(
-    engine: ILRe, num_tokens: int, kept: Mapping[int, tuple[int, int]]
+    engine: Encoder, num_tokens: int, kept: Mapping[int, tuple[int, int]]
 ) -> dict[str, tuple[int, ...]]:
     """Every tensor's shape, from the engine's model and the token count: what streaming
     `num_tokens` tokens leaves (`streaming._evict`)."""
@@ -624,7 +641,7 @@ def _check_documents(root: Path, documents: Any, count: int) -> None:
         raise EncodedContextError(f"{root}: documents or tokens do not match the manifest")
 
 
-def _read_tensors(root: Path, layout: _Layout, engine: ILRe) -> dict[str, torch.Tensor]:
+def _read_tensors(root: Path, layout: _Layout, engine: Encoder) -> dict[str, torch.Tensor]:
     """Each tensor, memory-mapped and sent straight to the engine's device one at a time (a
     large corpus is never held twice), after its name, dtype and shape are checked."""
     path = layout.files["tensors"][0]
@@ -647,7 +664,9 @@ def _read_tensors(root: Path, layout: _Layout, engine: ILRe) -> dict[str, torch.
         raise EncodedContextError(f"{root} is damaged: {error}") from error
 
 
-def _tokens(root: Path, documents: list[str], tensors: dict[str, torch.Tensor], engine: ILRe):
+def _tokens(
+    root: Path, documents: list[str], tensors: dict[str, torch.Tensor], engine: Encoder
+) -> dict[str, np.ndarray]:
     """The tokens, after checking what recall relies on: token ids in the vocabulary; document
     ids in ``[-1, num_documents)`` and in order; each document token's offsets inside its
     document; word ids non-decreasing, each at most its position. Values are checked before
@@ -683,32 +702,36 @@ def _tokens(root: Path, documents: list[str], tensors: dict[str, torch.Tensor], 
     for check, problem in checks:
         if not check():
             raise EncodedContextError(f"{root}: the tensors file is inconsistent: {problem}")
-    return TokenizedContext(
-        documents=tuple(documents),
-        input_ids=ids,
-        doc_ids=docs.astype(np.int32),
-        offsets=offsets,
-        word_ids=words,
-    )
+    return {
+        "input_ids": ids,
+        "doc_ids": docs.astype(np.int32),
+        "offsets": offsets,
+        "word_ids": words,
+    }
 
 
-def _context(
-    engine: ILRe, layout: _Layout, tokens: TokenizedContext, tensors: dict[str, torch.Tensor]
-) -> EncodedContext:
+def _record(
+    root: Path,
+    engine: Encoder,
+    layout: _Layout,
+    documents: list[str],
+    tensors: dict[str, torch.Tensor],
+) -> Record:
     device, dtype = engine.device, engine.model.dtype
-    kept = {}
-    for layer, (sink_size, keep) in layout.kept.items():
-        parts = {n: tensors[f"kept.{layer}.{n}"].to(device, dtype)[None] for n in _KEPT_FIELDS}
-        kept[layer] = KeptKV(sink_size, keep, **parts)
-    return EncodedContext(
-        tokens=tokens,
+    kept = {
+        layer: (sizes, {n: tensors[f"kept.{layer}.{n}"].to(device, dtype) for n in _KEPT_FIELDS})
+        for layer, sizes in layout.kept.items()
+    }
+    return Record(
+        documents=tuple(documents),
+        tokens=_tokens(root, documents, tensors, engine),
         keys=tensors["keys"].to(device, dtype),
         kept=kept,
         layer=layout.layer,
-        model_name=engine.name,
         sink=layout.sink,
         window=layout.window,
+        model_name=engine.name,
         fingerprint=engine.fingerprint,
         tokenizer_name=engine.tokenizer_name,
-        tokenizer_sha256=tokenizer_identity(engine.tokenizer),
+        tokenizer_sha256=engine.tokenizer_sha256,
     )

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from transformers import AttentionInterface
 
 from . import compiled
+from .architectures import layer_keep
 from .context import KeptKV
 
 ATTENTION_NAME = "ilre_stream"
@@ -50,15 +51,6 @@ class StreamObserver(Protocol):
 
     def on_queries(self, layer: int, queries: torch.Tensor) -> None:
         """``(query_heads, Tq, head_dim)`` query states of a query pass."""
-
-
-def layer_keep(sliding_window: int | None, sink: int, window: int) -> tuple[int, int]:
-    """``(sink_size, keep)`` of an early layer: a sliding layer keeps exactly the window it
-    was trained with and no sink; a global layer keeps `sink` first and `window` recent
-    tokens. The streaming prefill and the memory estimate both follow this rule."""
-    if sliding_window:
-        return 0, int(sliding_window)
-    return sink, window
 
 
 @dataclass

@@ -285,26 +285,18 @@ class EncodedCorpus:
     def save(self, directory: str | os.PathLike[str]) -> Path:
         """Write the encoded context and the metadata to `directory` in one atomic commit.
 
-        Both go to ``encoded/`` (`ilre_engine.persistence`, the metadata as its ``metadata``
+        Both go to ``encoded/`` (`EncodedContext.save`, the metadata as its ``metadata``
         payload, values JSON cannot hold written as their ``str``), so a crash at any point
         leaves the previous corpus or the new one, never a mix. Concurrent saves: the last
         one wins, each complete. A ``metadata.json`` of the former two-file layout is removed
         once the new corpus is committed."""
         if self.encoded is None:
             raise errors.EncodedContextError("the corpus is empty: nothing to save")
-        from ilre_engine.persistence import save as save_encoded
-        from ilre_engine.persistence import tokenizer_identity
-
         root = Path(directory)
         with self._lock:
             encoded, metadata = self.encoded, list(self.metadata)
         payload = json.loads(json.dumps(metadata, ensure_ascii=False, default=str))
-        save_encoded(
-            encoded,
-            root / "encoded",
-            extra={"metadata": payload},
-            tokenizer_sha256=tokenizer_identity(self.engine.tokenizer),
-        )
+        encoded.save(root / "encoded", extra={"metadata": payload})
         (root / _LEGACY_METADATA).unlink(missing_ok=True)
         return root
 
@@ -313,12 +305,12 @@ class EncodedCorpus:
         """Read a corpus saved by `save` (or in the former layout, with its metadata in a
         separate ``metadata.json``); refuses one encoded by a different model, or damaged,
         with `EncodedContextError`."""
+        from ilre_engine.context import EncodedContext
         from ilre_engine.errors import EncodedContextError
-        from ilre_engine.persistence import load_with_extra
 
         root = Path(directory)
         corpus = cls(engine)
-        corpus.encoded, extra = load_with_extra(root / "encoded", engine)
+        corpus.encoded, extra = EncodedContext.load_with_extra(root / "encoded", engine)
         metadata = extra["metadata"] if "metadata" in extra else _legacy_metadata(root)
         if not isinstance(metadata, list) or not all(isinstance(m, dict) for m in metadata):
             raise EncodedContextError(f"{root}: the metadata is not a list of objects")

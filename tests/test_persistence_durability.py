@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from ilre_engine import EncodedContext, EncodedContextError, persistence
+from ilre_engine import EncodedContext, EncodedContextError
 from ilre_integrations._common import EncodedCorpus
 from tests.crafting import (
     TEXTS_A,
@@ -284,12 +284,12 @@ def test_corpus_metadata_keeps_what_json_holds_and_strs_the_rest(tiny, contents,
 
 def test_extra_payloads_are_saved_and_checked_with_the_context(tiny, contents, tmp_path):
     encoded = contents["A"][0]
-    persistence.save(encoded, tmp_path, extra={"notes": {"k": [1, 2]}})
-    loaded, extra = persistence.load_with_extra(tmp_path, tiny)
+    encoded.save(tmp_path, extra={"notes": {"k": [1, 2]}})
+    loaded, extra = EncodedContext.load_with_extra(tmp_path, tiny)
     assert extra == {"notes": {"k": [1, 2]}} and same_context(loaded, encoded)
     notes = tmp_path / read_manifest(tmp_path)["files"]["notes"]["name"]
     notes.write_text('{"k": [1, 3]}')
     with pytest.raises(EncodedContextError, match="damaged"):
-        persistence.load_with_extra(tmp_path, tiny)
+        EncodedContext.load_with_extra(tmp_path, tiny)
     with pytest.raises(ValueError, match="invalid extra payload name"):
-        persistence.save(encoded, tmp_path, extra={"../x": 1})
+        encoded.save(tmp_path, extra={"../x": 1})

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors import safe_open
 
-from ilre_engine import EncodedContextError, persistence
+from ilre_engine import EncodedContext, EncodedContextError, persistence
 from tests.crafting import (
     TEXTS_A,
     documents_context,
@@ -56,13 +56,12 @@ def base(tiny, tmp_path_factory):
     root = tmp_path_factory.mktemp("fuzz")
     saved = root / "ctx"
     encoded = tiny.encode_tokens(documents_context(TEXTS_A))
-    identity = persistence.tokenizer_identity(tiny.tokenizer)
     metadata = [{"page": 1}, {"page": 2}]
-    persistence.save(encoded, saved, extra={"metadata": metadata}, tokenizer_sha256=identity)
+    encoded.save(saved, extra={"metadata": metadata})
     outside = root / "outside"
     outside.mkdir()
     (outside / "secret-0123456789ab.json").write_text('["secret", "x"]')
-    persistence.load_with_extra(saved, tiny)  # lazy imports happen here, not while recording
+    EncodedContext.load_with_extra(saved, tiny)  # lazy imports happen here, not while recording
     yield saved
     print("\ncrafted-input probe (category, outcome): count")
     for key, count in sorted(OUTCOMES.items()):
@@ -81,7 +80,7 @@ def check_load(tiny, directory: Path, category: str) -> None:
     try:
         with recording_opens() as opened:
             try:
-                loaded, extra = persistence.load_with_extra(directory, tiny)
+                loaded, extra = EncodedContext.load_with_extra(directory, tiny)
             except EncodedContextError:
                 loaded = None
         inside = str(directory.resolve()) + "/"

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ilre_engine import EncodedContext, EncodedContextError, ILRe, persistence
+from ilre_engine import EncodedContext, EncodedContextError, ILRe
+from ilre_engine.tokenization import tokenizer_identity
 from ilre_integrations._common import EncodedCorpus
 from tests.conftest import QUESTION
 from tests.crafting import (
@@ -291,8 +292,7 @@ def test_a_corpus_loads_with_the_same_tokenizer_from_another_path(engine, reloca
 
 def test_a_context_loads_with_the_same_tokenizer_from_another_path(engine, relocated, tmp_path):
     encoded = engine.encode(["The crew waits twenty-five minutes at low tide."])
-    identity = persistence.tokenizer_identity(engine.tokenizer)
-    persistence.save(encoded, tmp_path, tokenizer_sha256=identity)
+    encoded.save(tmp_path)
     loaded = EncodedContext.load(tmp_path, relocated)
     assert relocated.recall(loaded, QUESTION, budget_tokens=8) == engine.recall(
         encoded, QUESTION, budget_tokens=8
@@ -313,11 +313,11 @@ def test_another_tokenizer_under_the_same_name_is_refused(engine, relocated, tmp
 
 
 def test_tokenizer_identity_is_content_and_none_without_a_tokenizer(engine, relocated):
-    assert persistence.tokenizer_identity(None) == "none"
-    identity = persistence.tokenizer_identity(engine.tokenizer)
-    assert identity == persistence.tokenizer_identity(relocated.tokenizer)
+    assert tokenizer_identity(None) == "none"
+    identity = tokenizer_identity(engine.tokenizer)
+    assert identity == tokenizer_identity(relocated.tokenizer)
     assert len(identity) == 64
     changed = copy.deepcopy(relocated.tokenizer)
-    assert persistence.tokenizer_identity(changed) == identity
+    assert tokenizer_identity(changed) == identity
     changed.add_tokens(["zzqqxx"])  # changed after its identity was cached
-    assert persistence.tokenizer_identity(changed) != identity
+    assert tokenizer_identity(changed) != identity
