@@ -132,7 +132,7 @@ def _parser() -> argparse.ArgumentParser:
     compress.add_argument(
         "--max-tokens",
         type=int,
-        help="longest context in model tokens (default: the model's max_position_embeddings)",
+        help="longest context in model tokens (default: no limit but memory)",
     )
     calibrate = commands.add_parser(
         "calibrate",

@@ -21,8 +21,10 @@ class ILReConfig:
         query_template: how the query is phrased after the context; ``{query}`` is replaced.
         score_block: keys per block when scoring (bounds the memory of the softmax).
         max_tokens: the longest context, in model tokens, an encode accepts (documents
-            added by `ILRe.extend` count with the earlier ones); None takes the model's
-            ``max_position_embeddings``, past which its positions were never trained.
+            added by `ILRe.extend` count with the earlier ones); None: no limit but the
+            device's memory (checked before any work). A context past the model's
+            ``max_position_embeddings`` is read in segments whose positions stay inside it
+            (`ilre_engine.segments`).
         kernel_allocation: ``"average"`` pools every head with every kernel and averages;
             ``"heads"`` deals the kernel sizes round-robin over the query heads (the paper's
             allocation). One kernel makes them the same.
@@ -31,7 +33,8 @@ class ILReConfig:
             each token's score under the real question is divided by its score under this
             one (both normalised to sum 1, plus ``1/L``); None scores without the prior.
         max_query_tokens: the longest query, in model tokens with its template, a recall
-            accepts (the query pass costs about quadratically in it).
+            accepts (the query pass costs about quadratically in it). A context read in
+            segments keeps this many positions of the model's window for the query.
         granularity: the units a selection is made of: ``"sentence"``, ``"clause"`` or
             ``"word"`` (`ilre_engine.selection`). A unit that does not fit what is left of the
             budget gives way to its finer units; a word is never cut.

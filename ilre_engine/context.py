@@ -74,6 +74,14 @@ class KeptKV:
         tensors = (self.sink_keys, self.sink_values, self.recent_keys, self.recent_values)
         return sum(t.numel() * t.element_size() for t in tensors)
 
+    def sink_only(self) -> KeptKV:
+        """A copy with the sink alone: what every segment of a long context starts from
+        (`ilre_engine.segments`)."""
+        none = self.sink_keys[:, :, :0]
+        return KeptKV(
+            self.sink_size, self.keep, self.sink_keys.clone(), self.sink_values.clone(), none, none
+        )
+
     def compact(self) -> KeptKV:
         """A copy whose tensors own exactly their elements. While streaming, the kept windows
         are views into the last chunk's concatenation, which they would keep alive whole."""
@@ -102,6 +110,9 @@ class EncodedContext:
         tokenizer_name: the tokenizer it was tokenised with (for messages).
         tokenizer_sha256: that tokenizer's identity by content
             (`ilre_engine.tokenization.tokenizer_identity`), checked when a save is loaded.
+        query_position: where a query's positions begin: right after the context (its
+            length, the default), or for a context read in segments the end they all share
+            (`ilre_engine.segments`).
     """
 
     tokens: TokenizedContext
@@ -114,8 +125,13 @@ class EncodedContext:
     fingerprint: str
     tokenizer_name: str
     tokenizer_sha256: str | None = None
+    query_position: int | None = None
     input_token_counts: dict[str, int] = field(default_factory=dict, repr=False)
     prior_scores: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.query_position is None:
+            self.query_position = len(self.tokens)
 
     @property
     def documents(self) -> tuple[str, ...]:
@@ -163,6 +179,7 @@ class EncodedContext:
             fingerprint=record.fingerprint,
             tokenizer_name=record.tokenizer_name,
             tokenizer_sha256=record.tokenizer_sha256,
+            query_position=record.query_position,
         )
         return context, extra
 
@@ -189,6 +206,7 @@ class EncodedContext:
             fingerprint=self.fingerprint,
             tokenizer_name=self.tokenizer_name,
             tokenizer_sha256=self.tokenizer_sha256,
+            query_position=self.query_position,
         )
 
     def nbytes(self) -> int:

@@ -15,12 +15,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from . import compiled, streaming
-from .architectures import ModelDims
+from .architectures import ModelDims, layer_keep
 from .budget import TokenCounter, resolve_budget
 from .config import ILReConfig
-from .context import EncodedContext, TokenizedContext
+from .context import EncodedContext, KeptKV, TokenizedContext
 from .errors import ConfigError, ContextTooLongError, EncodedContextError, ILReError
 from .inputs import as_documents, check_query
 from .loading import ModelSource, ProfileChoice, load_trunk, model_fingerprint, resolve_model
@@ -28,6 +29,7 @@ from .memory import MemoryEstimate, check_memory, estimate_encode_bytes
 from .profiles import Profile
 from .recall import head_scores, pool_scores, remove_prior
 from .results import RecallResult
+from .segments import Segment, plan_segments, query_position
 from .selection import select_within_budget, whole_documents
 from .streaming import StreamObserver, StreamState
 from .tokenization import tokenize_documents, tokenizer_identity
@@ -190,9 +192,18 @@ class ILRe:
         """
         cfg = self.config
         self._check_capacity(len(tokens))
+        plan = self.plan_segments(len(tokens))
+        if len(plan) > 1:  # a segment's keys are read into a buffer of their own first
+            self._check_capacity(len(tokens), new_tokens=plan[0].end)
+        if observer is not None and len(plan) > 1:
+            raise ILReError(
+                "a StreamObserver reads contexts that fit the model's window in one stream; "
+                f"this one ({len(tokens):,} tokens) is read in {len(plan)} segments"
+            )
         state = StreamState(self.layer, cfg.sink, cfg.window, observer=observer)
-        keys = self._stream(tokens.input_ids, 0, state, progress)
-        return self._encoded(tokens, keys, state)
+        keys = self._new_keys(len(tokens))
+        state = self._stream_segments(tokens.input_ids, plan, keys, state, None, progress)
+        return self._encoded(tokens, keys, state, plan)
 
     @torch.inference_mode()
     def extend(
@@ -202,28 +213,77 @@ class ILRe:
         *,
         progress: bool | None = None,
     ) -> EncodedContext:
-        """A new encoded context with `documents` appended after `encoded`'s documents.
+        """A new encoded context with `documents` appended after `encoded`'s documents; the
+        result equals encoding all documents at once. `encoded` itself is left as it was.
 
-        Only the new tokens are read: the stream continues from the early layers' kept keys
-        and values, so the result equals encoding all documents at once. `encoded` itself
-        is left as it was.
+        Within the model's window only the new tokens are read: the stream continues from the
+        early layers' kept keys and values. Past it (`ilre_engine.segments`), the last
+        segment of `encoded` is read again with the new tokens; a context that outgrows the
+        window by this extend is read again whole.
         """
         self._check_compatible(encoded)
         added = tokenize_documents(
             self.tokenizer, as_documents(documents), first_document=len(encoded.documents)
         )
-        self._check_capacity(len(encoded) + len(added), new_tokens=len(added))
-        state = StreamState(self.layer, encoded.sink, encoded.window, kept=dict(encoded.kept))
-        keys = self._stream(added.input_ids, len(encoded), state, progress)
-        return self._encoded(
-            encoded.tokens.concat(added), torch.cat([encoded.keys, keys], dim=1), state
+        tokens = encoded.tokens.concat(added)
+        self._check_capacity(len(tokens), new_tokens=len(added))
+        plan = self.plan_segments(len(tokens))
+        if len(plan) == 1:
+            state = StreamState(self.layer, encoded.sink, encoded.window, kept=dict(encoded.kept))
+            keys = self._new_keys(len(added))
+            streaming.stream_keys(
+                self.model,
+                added.input_ids,
+                len(encoded),
+                state,
+                keys,
+                self.config.chunk_size,
+                progress,
+            )
+            return self._encoded(tokens, torch.cat([encoded.keys, keys], dim=1), state, plan)
+        reused = self.plan_segments(len(encoded))[-1].own_start
+        if reused == 0 or encoded.query_position != plan[0].end:
+            return self.encode_tokens(tokens, progress=progress)
+        keys = self._new_keys(len(tokens))
+        keys[:, :reused] = encoded.keys[:, :reused]
+        state = StreamState(self.layer, encoded.sink, encoded.window)
+        remaining = [segment for segment in plan if segment.own_start >= reused]
+        sink_parts = {layer: kept.sink_only() for layer, kept in encoded.kept.items()}
+        state = self._stream_segments(
+            tokens.input_ids, remaining, keys, state, sink_parts, progress
         )
+        return self._encoded(tokens, keys, state, plan)
 
     @property
     def max_tokens(self) -> int | None:
-        """The longest context an encode accepts (`ILReConfig.max_tokens`, else the model's
-        ``max_position_embeddings``; None when neither is known)."""
-        return self.config.max_tokens or getattr(self.model.config, "max_position_embeddings", None)
+        """The longest context an encode accepts (`ILReConfig.max_tokens`); None: no limit but
+        the device's memory. Past the model's window a context is read in segments
+        (`ilre_engine.segments`)."""
+        return self.config.max_tokens
+
+    @property
+    def max_positions(self) -> int | None:
+        """The model's window (``max_position_embeddings``): no distance ILRe computes is
+        longer. None when the model states none."""
+        return getattr(self.model.config, "max_position_embeddings", None)
+
+    def plan_segments(self, num_tokens: int) -> list[Segment]:
+        """The segments a context of `num_tokens` model tokens is read in: one when it fits
+        the model's window with a query after it, else `ilre_engine.segments`'s plan."""
+        cfg = self.config
+        end = query_position(self.max_positions, cfg.max_query_tokens)
+        if end is None:
+            return [Segment(0, 0, num_tokens, 0)]
+        if end < 1:
+            raise ConfigError(
+                f"max_query_tokens ({cfg.max_query_tokens:,}) leaves no position for a context "
+                f"in the model's window of {self.max_positions:,}"
+            )
+        windows = ModelDims.from_config(self.model.config).sliding_windows
+        keeps = [layer_keep(windows[i], cfg.sink, cfg.window) for i in range(self.layer)]
+        sink = max((sink for sink, _ in keeps), default=0)
+        warmup = max((keep for _, keep in keeps), default=0)
+        return plan_segments(num_tokens, end, sink, warmup)
 
     def memory_estimate(self, num_tokens: int) -> MemoryEstimate:
         """Bytes on the engine's device to encode `num_tokens` tokens and recall over them
@@ -254,8 +314,7 @@ class ILRe:
         if limit is not None and total_tokens > limit:
             raise ContextTooLongError(
                 f"the context is {total_tokens:,} model tokens, over the limit of {limit:,} "
-                "(raise it with ILReConfig(max_tokens=...); the default is the model's "
-                "max_position_embeddings)"
+                "(raise it with ILReConfig(max_tokens=...); the default is no limit but memory)"
             )
         estimate = self.memory_estimate(total_tokens)
         if new_tokens is not None:
@@ -264,8 +323,13 @@ class ILRe:
         check_memory(estimate, self.device, total_tokens)
 
     def _encoded(
-        self, tokens: TokenizedContext, keys: torch.Tensor, state: StreamState
+        self,
+        tokens: TokenizedContext,
+        keys: torch.Tensor,
+        state: StreamState,
+        plan: Sequence[Segment],
     ) -> EncodedContext:
+        last = plan[-1]
         return EncodedContext(
             tokens=tokens,
             keys=keys,
@@ -277,20 +341,54 @@ class ILRe:
             fingerprint=self.fingerprint,
             tokenizer_name=self.tokenizer_name,
             tokenizer_sha256=self.tokenizer_sha256,
+            query_position=last.position + last.end - last.read_start,
+        )
+
+    def _new_keys(self, length: int) -> torch.Tensor:
+        """An empty ``(kv_heads, length, head_dim)`` buffer for keys at `l_R`."""
+        dims = ModelDims.from_config(self.model.config)
+        return torch.empty(
+            dims.kv_heads, length, dims.head_dim, dtype=self.model.dtype, device=self.device
         )
 
     @torch.inference_mode()
-    def _stream(
-        self, input_ids: np.ndarray, offset: int, state: StreamState, progress: bool | None
-    ) -> torch.Tensor:
-        """Feed `input_ids` (positions from `offset`); return their keys at `l_R`."""
-        dims = ModelDims.from_config(self.model.config)
-        keys = torch.empty(
-            dims.kv_heads, len(input_ids), dims.head_dim, dtype=self.model.dtype, device=self.device
+    def _stream_segments(
+        self,
+        input_ids: np.ndarray,
+        plan: Sequence[Segment],
+        keys: torch.Tensor,
+        state: StreamState,
+        sink_parts: dict[int, KeptKV] | None,
+        progress: bool | None,
+    ) -> StreamState:
+        """Read each segment of `plan` into `keys` (the whole context's buffer); return the
+        last segment's state. `sink_parts`: what every segment after the first starts from;
+        None takes it from the first segment, which `state` then reads."""
+        bar = tqdm(
+            plan,
+            desc="ILRe segments",
+            unit="segment",
+            disable=len(plan) == 1 or (not progress if progress is not None else None),
+            leave=False,
         )
-        return streaming.stream_keys(
-            self.model, input_ids, offset, state, keys, self.config.chunk_size, progress
-        )
+        chunk = self.config.chunk_size
+        inner = progress if len(plan) == 1 else False
+        for segment in bar:
+            ids = input_ids[segment.read_start : segment.end]
+            if sink_parts is not None:
+                state = StreamState(self.layer, state.sink, state.window, kept=dict(sink_parts))
+            if segment.read_start == segment.own_start:
+                view = keys[:, segment.read_start : segment.end]
+                streaming.stream_keys(self.model, ids, segment.position, state, view, chunk, inner)
+            else:
+                read = self._new_keys(len(ids))
+                streaming.stream_keys(self.model, ids, segment.position, state, read, chunk, inner)
+                keys[:, segment.own_start : segment.end] = read[
+                    :, segment.own_start - segment.read_start :
+                ]
+            if sink_parts is None:
+                sink_parts = {layer: kept.sink_only() for layer, kept in state.kept.items()}
+        return state
 
     def _check_compatible(self, encoded: EncodedContext) -> None:
         if not isinstance(encoded, EncodedContext):
@@ -327,13 +425,15 @@ class ILRe:
             update=False,
             observer=observer,
         )
-        limit = self.max_tokens
-        if limit is not None and len(encoded) + len(query_ids) > limit:
+        start = encoded.query_position
+        limit = self.max_positions
+        if limit is not None and start + len(query_ids) > limit:
             raise ContextTooLongError(
-                f"the context ({len(encoded):,} model tokens) and the query ({len(query_ids):,}) "
-                f"together are over the limit of {limit:,} positions"
+                f"the query ({len(query_ids):,} model tokens) at position {start:,} after the "
+                f"context ({len(encoded):,} tokens) reaches past the model's window of "
+                f"{limit:,} positions (ILReConfig(max_query_tokens=...) sets the room kept for it)"
             )
-        state.start, state.length = len(encoded), len(query_ids)
+        state.start, state.length = start, len(query_ids)
         ids = torch.as_tensor(query_ids, dtype=torch.long, device=self.device)
         streaming.run_chunk(self.model, ids, state)
         return state.queries, state.scaling

@@ -1,4 +1,5 @@
-"""The on-disk format of an encoded context (format version 2; version 1 is still read).
+"""The on-disk format of an encoded context (format version 3; versions 1 and 2 are still
+read).
 
 A directory holds ``manifest.json`` and the data files it names, all plain file names in
 that directory:
@@ -61,7 +62,7 @@ from .errors import EncodedContextError
 from .fileio import file_sha256, write_synced
 
 FORMAT = "ilre-encoded-context"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 MANIFEST = "manifest.json"
 MAX_MANIFEST_BYTES = 1 << 20
 """A manifest larger than this is refused unread."""
@@ -119,6 +120,7 @@ class Record:
             head_dim)`` tensors ``sink_keys``, ``sink_values``, ``recent_keys``,
             ``recent_values``.
         tokenizer_sha256: the tokenizer's identity by content, or None (matched by name).
+        query_position: where a query's positions begin (`EncodedContext.query_position`).
     """
 
     documents: tuple[str, ...]
@@ -132,6 +134,7 @@ class Record:
     fingerprint: str
     tokenizer_name: str
     tokenizer_sha256: str | None
+    query_position: int
 
 
 def _write_synced(path: Path, data: bytes) -> None:
@@ -212,6 +215,7 @@ def _manifest_for(
         "tokenizer": record.tokenizer_name,
         "tokenizer_sha256": record.tokenizer_sha256,
         "num_tokens": int(record.keys.shape[1]),
+        "query_position": record.query_position,
         "num_documents": len(record.documents),
         "kept": {
             str(layer): {"sink_size": sizes[0], "keep": sizes[1]}
@@ -381,6 +385,7 @@ class _Layout:
 
     version: int
     num_tokens: int
+    query_position: int
     num_documents: int
     sink: int
     window: int
@@ -450,6 +455,7 @@ _V1_KEYS = {
     "files",
 }
 _V2_KEYS = _V1_KEYS | {"tokenizer_sha256", "manifest_sha256"}
+_V3_KEYS = _V2_KEYS | {"query_position"}
 
 
 def _validate_manifest(manifest: Any, root: Path, engine: Encoder) -> _Layout:
@@ -467,13 +473,16 @@ def _validate_manifest(manifest: Any, root: Path, engine: Encoder) -> _Layout:
         )
     if _depth(manifest, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
         raise _fail(root, "nested too deep")
-    _require_keys(root, manifest, "the manifest", _V2_KEYS if version >= 2 else _V1_KEYS)
+    keys = {1: _V1_KEYS, 2: _V2_KEYS}.get(version, _V3_KEYS)
+    _require_keys(root, manifest, "the manifest", keys)
     if version >= 2:
         digest = _require_str(root, manifest["manifest_sha256"], "manifest_sha256", _HEX64)
         if digest != manifest_digest(manifest):
             raise EncodedContextError(f"{root}/{MANIFEST} is damaged (checksum mismatch)")
     _check_identity(manifest, root, engine)
     num_tokens = _require_int(root, manifest["num_tokens"], "num_tokens", 1)
+    query_at = manifest.get("query_position", num_tokens)  # before version 3: after the context
+    query_at = _require_int(root, query_at, "query_position", 1, num_tokens)
     layer = _require_int(root, manifest["layer"], "layer")
     sink = _require_int(root, manifest["sink"], "sink")
     window = _require_int(root, manifest["window"], "window", 1)
@@ -487,6 +496,7 @@ def _validate_manifest(manifest: Any, root: Path, engine: Encoder) -> _Layout:
     return _Layout(
         version=version,
         num_tokens=num_tokens,
+        query_position=query_at,
         num_documents=_require_int(root, manifest["num_documents"], "num_documents", 1),
         sink=sink,
         window=window,
@@ -734,4 +744,5 @@ def _record(
         fingerprint=engine.fingerprint,
         tokenizer_name=engine.tokenizer_name,
         tokenizer_sha256=engine.tokenizer_sha256,
+        query_position=layout.query_position,
     )

@@ -215,7 +215,9 @@ def _evict(
     recent_start = max(kept.sink_size, seen - kept.keep)
     # Views into this chunk's concatenation: it stays alive until the next chunk, which keeps
     # memory at sink + window + chunk per layer without copying the window every chunk.
-    tail = max(seen - recent_start, 0)
+    # A stream that starts past position 0 (a later segment) has seen only what it kept and
+    # this chunk, not every position before `recent_start`.
+    tail = min(max(seen - recent_start, 0), kept.recent_keys.shape[2] + length)
     recent_keys = keys[:, :, keys.shape[2] - tail :]
     recent_values = values[:, :, values.shape[2] - tail :]
     return KeptKV(

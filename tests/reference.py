@@ -5,6 +5,10 @@
 retrieval layer receives, and (for the eviction reference) replace each global layer's
 causal mask with the sink + window mask over the whole sequence. They share no code with
 `ilre_engine.streaming`. Tests and `benchmarks/gpu_long_context.py` use them.
+
+`segment_states` is the reference for a segment of a context past the model's window
+(`ilre_engine.segments`): the sink's tokens, then the segment's, at the positions given, with
+every mask built from those positions.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
 CAUSAL = "ilre_reference_causal"
 SINK_WINDOW = "ilre_reference_sink_window"
+SEGMENT = "ilre_reference_segment"
 
 _local = threading.local()
 
@@ -37,7 +42,24 @@ def _observe_sink_window(module, query, key, value, attention_mask, **kwargs):
     return _observe(module, query, key, value, attention_mask, **kwargs)
 
 
+def _observe_segment(module, query, key, value, attention_mask, **kwargs):
+    positions = _local.positions
+    distance = positions[:, None] - positions[None, :]
+    index = torch.arange(len(positions), device=key.device)
+    in_prefix, in_sink = index < _local.prefix, index < _local.sink
+    sliding = kwargs.get("sliding_window")
+    if sliding:
+        # A sliding layer keeps no sink: a segment's tokens never see the prefix it follows.
+        attention_mask = (distance >= 0) & (distance < sliding)
+        attention_mask &= ~(in_prefix[None, :] & ~in_prefix[:, None])
+    else:
+        attention_mask = (distance >= 0) & ((distance < _local.window) | in_sink[None, :])
+    return _observe(module, query, key, value, attention_mask[None, None], **kwargs)
+
+
 AttentionInterface.register(CAUSAL, _observe)
+AttentionInterface.register(SEGMENT, _observe_segment)
+ALL_MASK_ATTENTION_FUNCTIONS.register(SEGMENT, sdpa_mask)
 AttentionInterface.register(SINK_WINDOW, _observe_sink_window)
 ALL_MASK_ATTENTION_FUNCTIONS.register(CAUSAL, sdpa_mask)
 ALL_MASK_ATTENTION_FUNCTIONS.register(SINK_WINDOW, sdpa_mask)
@@ -64,6 +86,36 @@ def reference_states(
         model.set_attn_implementation(SINK_WINDOW)
     try:
         model(input_ids=input_ids[None].to(model.device), use_cache=False)
+    finally:
+        model.set_attn_implementation(implementation)
+    return _local.keys, _local.queries
+
+
+@torch.inference_mode()
+def segment_states(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    positions: torch.Tensor,
+    layer: int,
+    *,
+    sink: int,
+    window: int,
+    prefix: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`reference_states` at `positions` (1-D, like `input_ids`): global layers see the first
+    `sink` tokens and the `window` tokens before each token, sliding layers their own window,
+    all by position, except that the first `prefix` tokens (the sink put before a later
+    segment) are hidden from the rest in sliding layers."""
+    _local.layer, _local.sink, _local.window, _local.prefix = layer, sink, window, prefix
+    _local.positions = positions.to(model.device)
+    implementation = model.config._attn_implementation
+    model.set_attn_implementation(SEGMENT)
+    try:
+        model(
+            input_ids=input_ids[None].to(model.device),
+            position_ids=_local.positions[None],
+            use_cache=False,
+        )
     finally:
         model.set_attn_implementation(implementation)
     return _local.keys, _local.queries

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -82,11 +83,14 @@ def test_recall_refuses_what_is_not_an_encoded_context(tiny):
             tiny.recall(encoded, "what?", budget_tokens=5)
 
 
-def test_the_query_and_the_context_share_the_position_limit(tiny):
+def test_a_query_never_reaches_past_the_models_window(tiny):
     encoded = tiny.encode_tokens(random_context(95))
-    tiny.query_states(encoded, [1, 2, 3, 4, 5])  # 100 positions: at the limit
-    with pytest.raises(ContextTooLongError, match="together are over the limit of 100"):
-        tiny.query_states(encoded, [1, 2, 3, 4, 5, 6])
+    tiny.query_states(encoded, [1, 2, 3, 4, 5])
+    # A context saved with less room for the query than this engine's query takes.
+    late = dataclasses.replace(encoded, query_position=tiny.max_positions - 4)
+    tiny.query_states(late, [1, 2, 3, 4])  # the last position of the window
+    with pytest.raises(ContextTooLongError, match="past the model's window of 4,096"):
+        tiny.query_states(late, [1, 2, 3, 4, 5])
 
 
 def test_empty_queries_are_refused():

@@ -80,8 +80,9 @@ def test_whitespace_contexts_and_queries_are_refused(engine, face, texts, query)
         face(engine, texts, query)
 
 
-def test_the_default_limit_is_the_models_window_and_extend_counts_it_all(engine, short_engine):
-    assert engine.max_tokens == engine.model.config.max_position_embeddings == 32768
+def test_the_default_limit_is_memory_alone_and_extend_counts_it_all(engine, short_engine):
+    # Past the model's window of 32,768 positions a context is read in segments.
+    assert engine.max_tokens is None and engine.max_positions == 32768
     encoded = short_engine.encode("word " * 120)
     with pytest.raises(ContextTooLongError, match="over the limit of 200"):
         short_engine.extend(encoded, "word " * 120)

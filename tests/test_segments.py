@@ -1,0 +1,165 @@
+"""Contexts past the model's window are read in segments, and every segment computes what the
+model's own forward computes at the positions it is given (`ilre_engine.segments`)."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModel, Gemma3TextConfig
+
+from ilre_engine import ContextTooLongError, ILRe, ILReConfig
+from ilre_engine.segments import plan_segments
+from ilre_engine.streaming import ATTENTION_NAME
+from tests.reference import relative_error, segment_states
+from tests.tiny_models import build_models, random_context, tiny_configs, tiny_engine
+
+FAMILIES = sorted(tiny_configs())
+LAYER = 3
+POSITIONS = 96  # the tiny models' window, for these tests
+SINK, WINDOW, QUERY = 4, 16, 8
+LENGTH = 300
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def models(request):
+    full, trunk = build_models(copy.deepcopy(tiny_configs()[request.param]), LAYER)
+    trunk.config.max_position_embeddings = POSITIONS
+    return request.param, full, trunk
+
+
+def _engine(trunk) -> ILRe:
+    return tiny_engine(
+        trunk, LAYER, chunk_size=16, sink=SINK, window=WINDOW, max_query_tokens=QUERY
+    )
+
+
+@pytest.mark.parametrize("length", [1, 87, 88, 89, 155, 156, 157, 300, 1001])
+def test_segments_own_every_token_once_and_end_where_the_query_begins(length):
+    end, sink, warmup = 88, 4, 16
+    plan = plan_segments(length, end, sink, warmup)
+    owned = np.concatenate([np.arange(s.own_start, s.end) for s in plan])
+    assert np.array_equal(owned, np.arange(length))
+    if length <= end:
+        assert plan == plan[:1] and plan[0].position == 0 and plan[0].end == length
+        return
+    assert plan[0].read_start == plan[0].position == 0 and plan[0].end == end
+    for segment in plan[1:]:
+        assert segment.read_start == segment.own_start - warmup
+        assert segment.position >= sink  # after the sink's positions
+        assert segment.position + segment.end - segment.read_start == end
+
+
+def test_a_long_context_is_refused_only_by_the_guard_or_memory(models):
+    _, _, trunk = models
+    encoded = _engine(trunk).encode_tokens(random_context(LENGTH))
+    assert encoded.keys.shape[1] == LENGTH
+    assert encoded.query_position + QUERY <= POSITIONS
+    guarded = tiny_engine(trunk, LAYER, max_query_tokens=QUERY, max_tokens=LENGTH - 1)
+    with pytest.raises(ContextTooLongError, match="over the limit"):
+        guarded.encode_tokens(random_context(LENGTH))
+
+
+def test_each_segment_equals_the_models_own_forward_at_its_positions(models):
+    name, full, trunk = models
+    engine = _engine(trunk)
+    context = random_context(LENGTH, seed=2)
+    ids = torch.as_tensor(context.input_ids)
+    plan = engine.plan_segments(LENGTH)
+    assert len(plan) == 5
+    sink = 0 if name == "mistral-sliding" else SINK  # layers that all slide keep no sink
+    encoded = engine.encode_tokens(context)
+    for segment in plan:
+        prefix = sink if segment.read_start else 0
+        positions = torch.cat(
+            [
+                torch.arange(prefix),
+                torch.arange(
+                    segment.position, segment.position + len(ids[segment.read_start : segment.end])
+                ),
+            ]
+        )
+        sequence = torch.cat([ids[:prefix], ids[segment.read_start : segment.end]])
+        keys, _ = segment_states(
+            full, sequence, positions, LAYER, sink=sink, window=WINDOW, prefix=prefix
+        )
+        own = keys[:, prefix + segment.own_start - segment.read_start :]
+        assert relative_error(encoded.keys[:, segment.own_start : segment.end], own) < 1e-4
+
+    # The query continues the last segment, at positions that end inside the window.
+    query = np.arange(10, 10 + QUERY)
+    queries, _ = engine.query_states(encoded, query)
+    last = plan[-1]
+    positions = torch.cat(
+        [
+            torch.arange(sink),
+            torch.arange(last.position, encoded.query_position),
+            torch.arange(encoded.query_position, encoded.query_position + QUERY),
+        ]
+    )
+    sequence = torch.cat([ids[:sink], ids[last.read_start : last.end], torch.as_tensor(query)])
+    _, expected = segment_states(
+        full, sequence, positions, LAYER, sink=sink, window=WINDOW, prefix=sink
+    )
+    assert relative_error(queries, expected[:, -QUERY:]) < 1e-4
+
+
+def test_a_needle_is_scored_alike_in_every_segment(models):
+    """Every segment ends where the query begins: two segments that read the same tokens
+    score them alike, wherever they lie in the context (pooling aside, at their edges)."""
+    _, _, trunk = models
+    engine = _engine(trunk)
+    context = random_context(LENGTH, seed=3)
+    plan = engine.plan_segments(LENGTH)
+    ids = context.input_ids.copy()
+    window = ids[plan[1].read_start : plan[1].end].copy()
+    ids[plan[3].read_start : plan[3].end] = window  # segment 3 reads what segment 1 reads
+    scores = engine.scores_for_ids(
+        engine.encode_tokens(type(context)(**{**context.__dict__, "input_ids": ids})),
+        np.arange(10, 10 + QUERY),
+    )
+    edge = max(engine.config.kernel_sizes) // 2  # pooling reaches into the neighbours
+    one = scores[plan[1].own_start + edge : plan[1].end - edge]
+    three = scores[plan[3].own_start + edge : plan[3].end - edge]
+    assert torch.allclose(one, three, rtol=1e-4, atol=1e-9)
+
+
+@pytest.fixture(scope="module")
+def worded(tokenizer):
+    """A tiny Gemma 3 over the embedded model's tokenizer, with a window of 160 positions."""
+    config = Gemma3TextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        max_position_embeddings=160,
+        sliding_window=24,
+        layer_types=["sliding_attention", "full_attention"],
+    )
+    torch.manual_seed(0)
+    model = AutoModel.from_config(config, attn_implementation=ATTENTION_NAME).eval()
+    settings = ILReConfig(chunk_size=32, max_query_tokens=16, prior_query=None)
+    return ILRe(model, tokenizer, layer=1, name="worded", config=settings)
+
+
+@pytest.mark.parametrize("split", [1, 3, 5])
+def test_extend_past_the_window_equals_encoding_at_once(worded, split):
+    documents = [
+        f"Entry {i}: the keeper of lock {i} logged a delay of {i * 7} minutes." * 2
+        for i in range(8)
+    ]
+    whole = worded.encode(documents)
+    assert len(worded.plan_segments(len(whole))) > 2
+    extended = worded.extend(worded.encode(documents[:split]), documents[split:])
+    assert extended.query_position == whole.query_position
+    assert np.array_equal(extended.tokens.input_ids, whole.tokens.input_ids)
+    assert torch.allclose(extended.keys, whole.keys, atol=1e-5)
+    question = "Which lock logged a delay of 21 minutes?"
+    assert worded.recall(extended, question, budget_tokens=20) == worded.recall(
+        whole, question, budget_tokens=20
+    )
