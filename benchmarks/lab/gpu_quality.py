@@ -109,8 +109,6 @@ def prepare(args) -> None:
     pack: Path = args.pack
     pack.mkdir(parents=True, exist_ok=True)
     engine = ILRe.from_pretrained(device="cpu")
-    if args.max_tokens:
-        engine.config = dataclasses.replace(engine.config, max_tokens=args.max_tokens)
     base = engine.config
     arrays: dict[str, np.ndarray] = {}
     lead_ins: dict[str, int] = {}
@@ -173,6 +171,8 @@ def run(args) -> None:
     # tasks dealt round-robin.
     buckets: list[dict[str, np.ndarray]] = [{} for _ in range(7)]
     seconds: dict[str, float] = {}
+    segments: dict[str, int] = {}
+    variants = args.variants.split(",")
     names = sorted({k.rsplit("|", 1)[0] for k in tasks.files if k.endswith("|ids")})
 
     def scores(encoded, name: str, variant: str) -> torch.Tensor:
@@ -198,8 +198,9 @@ def run(args) -> None:
         if index == 0:
             continue
         seconds[name] = elapsed
+        segments[name] = len(engine.plan_segments(len(ids)))
         bucket = buckets[index % len(buckets)]
-        for variant in SCORINGS:
+        for variant in variants:
             values = first if variant == "prior_k17" else scores(encoded, name, variant).cpu()
             kept = max(1, int(np.ceil(KEPT_SHARE * len(values))))
             top = torch.topk(values.float(), kept)
@@ -217,6 +218,8 @@ def run(args) -> None:
                 "torch": torch.__version__,
                 "transformers": __import__("transformers").__version__,
                 "seconds": seconds,
+                "segments": segments,
+                "max_positions": engine.max_positions,
             }
         )
     )
@@ -264,6 +267,8 @@ def score(args) -> None:
         record = quality.recorder(records, task, family, length, sample, input_tokens, counter)
         methods = {"ilre": METHODS["ilre"]} if set_name == "niah" else METHODS
         for method, (variant, granularity) in methods.items():
+            if f"{name}|{variant}|at" not in stored:  # a run limited by --variants
+                continue
             token_scores, floor = full_scores(
                 stored[f"{name}|{variant}|at"], stored[f"{name}|{variant}|score"], len(tokens)
             )
@@ -341,7 +346,7 @@ def main() -> None:
     parser.add_argument("--niah-lengths", default="8000,32000")
     parser.add_argument("--niah-samples", type=int, default=20, help="depths of the needle set")
     parser.add_argument(
-        "--max-tokens", type=int, help="prepare: lift the context limit (past the model's window)"
+        "--variants", default=",".join(SCORINGS), help="run: the scoring variants to compute"
     )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
