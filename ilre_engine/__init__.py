@@ -26,6 +26,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "EMBEDDED_MODEL": "loading",
     "GAP_MARKER": "selection",
+    "CorpusStore": "store",
     "EncodedContext": "context",
     "ILRe": "engine",
     "ILReConfig": "config",
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
     from .loading import EMBEDDED_MODEL
     from .results import RecallResult, Span
     from .selection import GAP_MARKER, join_spans
+    from .store import CorpusStore
 
 
 def __getattr__(name: str) -> Any:
@@ -65,6 +67,7 @@ __all__ = [
     "GAP_MARKER",
     "BudgetError",
     "ContextTooLongError",
+    "CorpusStore",
     "EmptyInputError",
     "EncodedContext",
     "EncodedContextError",

@@ -183,16 +183,21 @@ class ILRe:
         *,
         progress: bool | None = None,
         observer: StreamObserver | None = None,
+        end_aligned: bool = False,
     ) -> EncodedContext:
         """`encode` for already tokenised input.
 
         Args:
             observer: receives the keys of the early layers it names on the way to `l_R`
                 (`ilre_engine.streaming.StreamObserver`).
+            end_aligned: place a context that fits the window so that it ends where the
+                query begins past the window, as every segment of a longer one does: the
+                documents of a `CorpusStore` are read this way, so that one query pass
+                (`standalone_query_states`) serves them all.
         """
         cfg = self.config
         self._check_capacity(len(tokens))
-        plan = self.plan_segments(len(tokens))
+        plan = self.plan_segments(len(tokens), end_aligned=end_aligned)
         if len(plan) > 1:  # a segment's keys are read into a buffer of their own first
             self._check_capacity(len(tokens), new_tokens=plan[0].end)
         if observer is not None and len(plan) > 1:
@@ -267,12 +272,18 @@ class ILRe:
         longer. None when the model states none."""
         return getattr(self.model.config, "max_position_embeddings", None)
 
-    def plan_segments(self, num_tokens: int) -> list[Segment]:
+    def plan_segments(self, num_tokens: int, *, end_aligned: bool = False) -> list[Segment]:
         """The segments a context of `num_tokens` model tokens is read in: one when it fits
-        the model's window with a query after it, else `ilre_engine.segments`'s plan."""
+        the model's window with a query after it, else `ilre_engine.segments`'s plan.
+        `end_aligned`: see `encode_tokens`."""
         cfg = self.config
         end = query_position(self.max_positions, cfg.max_query_tokens)
         if end is None:
+            if end_aligned:
+                raise ConfigError(
+                    f"{self.name!r} states no max_position_embeddings: its documents cannot be "
+                    "aligned on a shared query position"
+                )
             return [Segment(0, 0, num_tokens, 0)]
         if end < 1:
             raise ConfigError(
@@ -283,7 +294,10 @@ class ILRe:
         keeps = [layer_keep(windows[i], cfg.sink, cfg.window) for i in range(self.layer)]
         sink = max((sink for sink, _ in keeps), default=0)
         warmup = max((keep for _, keep in keeps), default=0)
-        return plan_segments(num_tokens, end, sink, warmup)
+        plan = plan_segments(num_tokens, end, sink, warmup)
+        if end_aligned and len(plan) == 1:
+            return [Segment(0, 0, num_tokens, end - num_tokens)]
+        return plan
 
     def memory_estimate(self, num_tokens: int) -> MemoryEstimate:
         """Bytes on the engine's device to encode `num_tokens` tokens and recall over them
@@ -425,13 +439,27 @@ class ILRe:
             update=False,
             observer=observer,
         )
-        start = encoded.query_position
+        return self._query_pass(state, encoded.query_position, query_ids)
+
+    @torch.inference_mode()
+    def standalone_query_states(
+        self, query_ids: Sequence[int], position: int
+    ) -> tuple[torch.Tensor, float]:
+        """`query_states` for query tokens read on their own (no context before them) at
+        positions from `position`: the one query pass of a `CorpusStore`."""
+        cfg = self.config
+        state = StreamState(self.layer, cfg.sink, cfg.window, update=False)
+        return self._query_pass(state, position, query_ids)
+
+    def _query_pass(
+        self, state: StreamState, start: int, query_ids: Sequence[int]
+    ) -> tuple[torch.Tensor, float]:
         limit = self.max_positions
         if limit is not None and start + len(query_ids) > limit:
             raise ContextTooLongError(
-                f"the query ({len(query_ids):,} model tokens) at position {start:,} after the "
-                f"context ({len(encoded):,} tokens) reaches past the model's window of "
-                f"{limit:,} positions (ILReConfig(max_query_tokens=...) sets the room kept for it)"
+                f"the query ({len(query_ids):,} model tokens) at position {start:,} reaches "
+                f"past the model's window of {limit:,} positions "
+                "(ILReConfig(max_query_tokens=...) sets the room kept for it)"
             )
         state.start, state.length = start, len(query_ids)
         ids = torch.as_tensor(query_ids, dtype=torch.long, device=self.device)

@@ -273,10 +273,16 @@ def _remove_stale(root: Path, keep: set[str], roles: set[str]) -> None:
 # -- load -------------------------------------------------------------------------------------
 
 
-def read(directory: str | os.PathLike[str], engine: Encoder) -> tuple[Record, dict[str, Any]]:
+def read(
+    directory: str | os.PathLike[str], engine: Encoder, *, mapped: bool = False
+) -> tuple[Record, dict[str, Any]]:
     """A record saved by `write`, with its tensors on `engine`'s device, and the extra JSON
     payloads saved with it (by name). Anything that does not match `engine` or is damaged
     raises `EncodedContextError`.
+
+    `mapped`: leave the keys and kept tensors memory-mapped on the CPU, in the saved dtype,
+    so a record larger than memory can be read block by block. The tensors file's size is
+    checked but not its SHA-256, which would read it whole (`check_files` does).
 
     Takes no lock: when a concurrent save replaces the manifest while this reads, the read
     starts again from the new manifest (a few times at most)."""
@@ -284,7 +290,7 @@ def read(directory: str | os.PathLike[str], engine: Encoder) -> tuple[Record, di
     for attempt in range(_LOAD_ATTEMPTS):
         raw = _read_manifest_bytes(root)
         try:
-            return _load_generation(root, engine, raw)
+            return _load_generation(root, engine, raw, mapped)
         except EncodedContextError:
             if attempt + 1 < _LOAD_ATTEMPTS and _manifest_changed(root, raw):
                 continue
@@ -395,11 +401,24 @@ class _Layout:
     files: dict[str, tuple[Path, int | None, str]]
 
 
-def _load_generation(root: Path, engine: Encoder, raw: bytes) -> tuple[Record, dict]:
+def check_files(directory: str | os.PathLike[str], engine: Encoder) -> None:
+    """Every check of `read`, the SHA-256 of every data file included, without loading."""
+    root = Path(directory)
+    layout = _validate_manifest(
+        _parse_json(_read_manifest_bytes(root), root / MANIFEST), root, engine
+    )
+    for role, (path, size, digest) in layout.files.items():
+        _check_file(root, path, size, digest, _size_bounds(layout, role))
+
+
+def _load_generation(
+    root: Path, engine: Encoder, raw: bytes, mapped: bool = False
+) -> tuple[Record, dict]:
     manifest = _parse_json(raw, root / MANIFEST)
     layout = _validate_manifest(manifest, root, engine)
     for role, (path, size, digest) in layout.files.items():
-        _check_file(root, path, size, digest, _size_bounds(layout, role))
+        hashed = not (mapped and role == "tensors")
+        _check_file(root, path, size, digest if hashed else None, _size_bounds(layout, role))
     documents = _read_json_file(layout.files["documents"][0])
     _check_documents(root, documents, layout.num_documents)
     extras = {
@@ -407,8 +426,8 @@ def _load_generation(root: Path, engine: Encoder, raw: bytes) -> tuple[Record, d
         for role, (path, _, _) in layout.files.items()
         if role not in _RESERVED_ROLES
     }
-    tensors = _read_tensors(root, layout, engine)
-    return _record(root, engine, layout, documents, tensors), extras
+    tensors = _read_tensors(root, layout, engine, mapped)
+    return _record(root, engine, layout, documents, tensors, mapped), extras
 
 
 # -- manifest schema ---------------------------------------------------------------------------
@@ -482,11 +501,11 @@ def _validate_manifest(manifest: Any, root: Path, engine: Encoder) -> _Layout:
     _check_identity(manifest, root, engine)
     num_tokens = _require_int(root, manifest["num_tokens"], "num_tokens", 1)
     query_at = manifest.get("query_position", num_tokens)  # before version 3: after the context
-    query_at = _require_int(root, query_at, "query_position", 1, num_tokens)
+    query_at = _require_int(root, query_at, "query_position", 1)
     layer = _require_int(root, manifest["layer"], "layer")
     sink = _require_int(root, manifest["sink"], "sink")
     window = _require_int(root, manifest["window"], "window", 1)
-    kept = _validate_kept(root, manifest["kept"], engine, layer, sink, window)
+    kept = _validate_kept(root, manifest["kept"], engine, layer, sink, window, version)
     shapes = _expected_shapes(engine, num_tokens, kept)
     declared = manifest["shapes"]
     _require_keys(root, declared, "shapes", set(shapes))
@@ -533,10 +552,13 @@ def _check_identity(manifest: dict[str, Any], root: Path, engine: Encoder) -> No
 
 
 def _validate_kept(
-    root: Path, kept: Any, engine: Encoder, layer: int, sink: int, window: int
+    root: Path, kept: Any, engine: Encoder, layer: int, sink: int, window: int, version: int
 ) -> dict[int, tuple[int, int]]:
     """Every early layer ``0 .. layer - 1`` with the sink size and window the streaming
-    prefill gives it (`architectures.layer_keep`) for this model and the saved sink and window."""
+    prefill gives it (`architectures.layer_keep`) for this model and the saved sink and window;
+    from version 3, none at all for a keys-only record."""
+    if kept == {} and version >= 3:
+        return {}  # keys only (a store's shard): its queries are read on their own
     _require_keys(root, kept, "kept", {str(i) for i in range(layer)})
     windows = ModelDims.from_config(engine.model.config).sliding_windows
     result = {}
@@ -613,7 +635,7 @@ def _size_bounds(layout: _Layout, role: str) -> tuple[int, int]:
 
 
 def _check_file(
-    root: Path, path: Path, size: int | None, digest: str, bounds: tuple[int, int]
+    root: Path, path: Path, size: int | None, digest: str | None, bounds: tuple[int, int]
 ) -> None:
     """Refuse a missing, irregular, wrongly sized or damaged data file; sizes are checked
     before the file is read."""
@@ -627,6 +649,8 @@ def _check_file(
             f"{path} is damaged: {actual:,} bytes where the manifest implies "
             f"{bounds[0]:,} to {bounds[1]:,}"
         )
+    if digest is None:
+        return
     try:
         if file_sha256(path) != digest:
             raise EncodedContextError(f"{path} is damaged (checksum mismatch)")
@@ -651,12 +675,16 @@ def _check_documents(root: Path, documents: Any, count: int) -> None:
         raise EncodedContextError(f"{root}: documents or tokens do not match the manifest")
 
 
-def _read_tensors(root: Path, layout: _Layout, engine: Encoder) -> dict[str, torch.Tensor]:
+def _read_tensors(
+    root: Path, layout: _Layout, engine: Encoder, mapped: bool = False
+) -> dict[str, torch.Tensor]:
     """Each tensor, memory-mapped and sent straight to the engine's device one at a time (a
-    large corpus is never held twice), after its name, dtype and shape are checked."""
+    large corpus is never held twice), after its name, dtype and shape are checked; with
+    `mapped`, left memory-mapped on the CPU."""
     path = layout.files["tensors"][0]
     try:
-        with safe_open(str(path), framework="pt", device=str(engine.device)) as handle:
+        device = "cpu" if mapped else str(engine.device)
+        with safe_open(str(path), framework="pt", device=device) as handle:
             names = set(handle.keys())
             if names != set(layout.shapes):
                 raise EncodedContextError(f"{root}: the tensors file holds other tensors")
@@ -667,11 +695,47 @@ def _read_tensors(root: Path, layout: _Layout, engine: Encoder) -> dict[str, tor
                     raise EncodedContextError(
                         f"{root}: tensor {name!r} has the wrong dtype or shape"
                     )
-            return {name: handle.get_tensor(name) for name in layout.shapes}
+            if not mapped:
+                return {name: handle.get_tensor(name) for name in layout.shapes}
+        return _mapped_tensors(path, layout.shapes)
     except (SafetensorError, OSError, RuntimeError, ValueError) as error:
         if isinstance(error, EncodedContextError):
             raise
         raise EncodedContextError(f"{root} is damaged: {error}") from error
+
+
+_NUMPY_DTYPES = {
+    "F64": np.float64,
+    "F32": np.float32,
+    "F16": np.float16,
+    "BF16": np.uint16,  # numpy has no bfloat16: mapped as its bits, viewed by torch
+    "I64": np.int64,
+    "I32": np.int32,
+}
+
+
+def _mapped_tensors(path: Path, shapes: Mapping[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
+    """Copy-on-write memory maps of a safetensors file's tensors (whose names, dtypes and
+    shapes `safe_open` has checked): nothing is read until it is used."""
+    with path.open("rb") as handle:
+        size = int.from_bytes(handle.read(8), "little")
+        if size > MAX_TENSOR_HEADER_BYTES:
+            raise EncodedContextError(f"{path} is damaged: a header of {size:,} bytes")
+        header = json.loads(handle.read(size))
+    tensors = {}
+    for name, shape in shapes.items():
+        entry = header[name]
+        dtype = _NUMPY_DTYPES[entry["dtype"]]
+        begin, end = entry["data_offsets"]
+        if end - begin != math.prod(shape) * np.dtype(dtype).itemsize:
+            raise EncodedContextError(f"{path} is damaged: tensor {name!r} has the wrong size")
+        if math.prod(shape) == 0:
+            array = np.zeros(shape, dtype=dtype)
+        else:
+            array = np.memmap(path, dtype=dtype, mode="c", offset=8 + size + begin, shape=shape)
+        tensor = torch.from_numpy(array)
+        tensors[name] = tensor.view(torch.bfloat16) if entry["dtype"] == "BF16" else tensor
+    return tensors
 
 
 def _tokens(
@@ -726,16 +790,21 @@ def _record(
     layout: _Layout,
     documents: list[str],
     tensors: dict[str, torch.Tensor],
+    mapped: bool = False,
 ) -> Record:
     device, dtype = engine.device, engine.model.dtype
+
+    def placed(tensor: torch.Tensor) -> torch.Tensor:
+        return tensor if mapped else tensor.to(device, dtype)
+
     kept = {
-        layer: (sizes, {n: tensors[f"kept.{layer}.{n}"].to(device, dtype) for n in _KEPT_FIELDS})
+        layer: (sizes, {n: placed(tensors[f"kept.{layer}.{n}"]) for n in _KEPT_FIELDS})
         for layer, sizes in layout.kept.items()
     }
     return Record(
         documents=tuple(documents),
         tokens=_tokens(root, documents, tensors, engine),
-        keys=tensors["keys"].to(device, dtype),
+        keys=placed(tensors["keys"]),
         kept=kept,
         layer=layout.layer,
         sink=layout.sink,

@@ -1,0 +1,534 @@
+"""`CorpusStore`: a corpus of any size on disk, recalled with one query pass over all of it.
+
+Every document is its own stream (`ILRe.encode_tokens(..., end_aligned=True)`): it ends at
+the position where the query begins, or is read in window-bounded segments that all end
+there (`ilre_engine.segments`). So documents encode independently, a corpus has no length
+limit, and one query pass serves every document: the query is read on its own after the
+sink token (`ILRe.standalone_query_states`), and every key of every document lies at a
+distance from it that the model was trained on, as if the question followed that document.
+
+On disk::
+
+    <directory>/store.json      the manifest: model, layer, tokenizer, the query's position,
+                                the shards, the deleted documents, and its own SHA-256
+    <directory>/shard-<id>/     the documents of one `add`: keys at the retrieval layer and
+                                tokens, in the durable format of `ilre_engine.persistence`
+                                (keys only), with their ids and metadata
+
+An `add` writes a new shard and then commits the manifest with one atomic rename; a `delete`
+commits a manifest that lists the document as deleted. A crash at any point leaves the store
+as it was before or after the change, and writers to one directory are serialised by a
+lock. Shards are memory-mapped: recall reads the keys block by block, so a store larger than
+memory works (its tokens, texts and per-token scores are held in memory during a recall).
+
+Recall is exact: the softmax of each query head runs over every key of every live document
+(two passes over blocks, as `recall.attention_scores` does), then the prior, pooling within
+documents and budgeted selection of whole units, as `ILRe.recall` does for one context.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import fileio, persistence
+from .budget import resolve_budget
+from .context import TokenizedContext
+from .engine import ILRe
+from .errors import EmptyInputError, EncodedContextError, ILReError
+from .inputs import as_documents
+from .recall import pool_scores, remove_prior
+from .results import RecallResult
+from .selection import select_within_budget, whole_documents
+from .tokenization import sink_token_id, tokenize_documents
+
+FORMAT = "ilre-corpus-store"
+FORMAT_VERSION = 1
+MANIFEST = "store.json"
+_SHARD = re.compile(r"shard-[0-9a-f]{12}")
+
+
+@dataclass(frozen=True)
+class _Shard:
+    """A shard as the manifest lists it."""
+
+    name: str
+    first_document: int
+    documents: int
+    tokens: int
+
+
+@dataclass
+class _Loaded:
+    """A shard read for recall: its memory-mapped keys, tokens and payloads."""
+
+    keys: torch.Tensor
+    tokens: TokenizedContext
+    document_ids: np.ndarray
+    metadata: list[dict[str, Any]]
+    budget_counts: dict[str, list[int]]
+
+
+class CorpusStore:
+    """Documents encoded one by one into shards on disk; `recall` keeps what a question
+    attends to most across all of them, within a budget.
+
+    Create one with `CorpusStore.create(directory, engine)`, reopen it with
+    `CorpusStore.open(directory, engine)`. Document ids are assigned in order by `add` and
+    never reused.
+    """
+
+    def __init__(self, directory: Path, engine: ILRe, manifest: dict[str, Any]) -> None:
+        self.directory = directory
+        self.engine = engine
+        self._manifest = manifest
+        self._loaded: dict[str, _Loaded] = {}
+        self._prior: tuple[tuple, list[torch.Tensor]] | None = None
+
+    # -- opening ------------------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, directory: str | os.PathLike[str], engine: ILRe) -> CorpusStore:
+        """An empty store in `directory` (created if needed); refuses one that holds a store."""
+        root = Path(directory)
+        root.mkdir(parents=True, exist_ok=True)
+        with fileio.exclusive_directory_lock(root):
+            if (root / MANIFEST).exists():
+                raise ILReError(f"{root} already holds a corpus store: open it instead")
+            position = engine.plan_segments(1, end_aligned=True)[0].position + 1
+            manifest = {
+                "format": FORMAT,
+                "format_version": FORMAT_VERSION,
+                "model_name": engine.name,
+                "model_fingerprint": engine.fingerprint,
+                "layer": engine.layer,
+                "tokenizer_sha256": engine.tokenizer_sha256,
+                "query_position": position,
+                "next_document": 0,
+                "shards": [],
+                "deleted": [],
+            }
+            _commit(root, manifest)
+        return cls(root, engine, manifest)
+
+    @classmethod
+    def open(cls, directory: str | os.PathLike[str], engine: ILRe) -> CorpusStore:
+        """The store in `directory`; `EncodedContextError` when it is missing, damaged, or
+        was encoded by another model, layer or tokenizer."""
+        root = Path(directory)
+        return cls(root, engine, _read_manifest(root, engine))
+
+    # -- what it holds ------------------------------------------------------------------------
+
+    @property
+    def _shards(self) -> list[_Shard]:
+        return [_Shard(**entry) for entry in self._manifest["shards"]]
+
+    @property
+    def deleted(self) -> frozenset[int]:
+        return frozenset(self._manifest["deleted"])
+
+    def __len__(self) -> int:
+        """Live documents."""
+        return sum(s.documents for s in self._shards) - len(self.deleted)
+
+    @property
+    def num_tokens(self) -> int:
+        """Model tokens of every shard, deleted documents included until they are rewritten."""
+        return sum(s.tokens for s in self._shards)
+
+    def document(self, document_id: int) -> tuple[str, dict[str, Any]]:
+        """A live document's text and metadata."""
+        for shard in self._shards:
+            index = document_id - shard.first_document
+            if 0 <= index < shard.documents and document_id not in self.deleted:
+                loaded = self._load(shard)
+                return loaded.tokens.documents[index], loaded.metadata[index]
+        raise KeyError(f"no live document {document_id} in {self.directory}")
+
+    # -- changes ------------------------------------------------------------------------------
+
+    def add(
+        self,
+        documents: str | Sequence[str],
+        metadata: Sequence[Mapping[str, Any]] | None = None,
+        *,
+        progress: bool | None = None,
+    ) -> list[int]:
+        """Encode `documents` (each its own stream) into a new shard and commit it; their ids.
+
+        `metadata`: one JSON-serialisable mapping per document, returned by `document`
+        (values JSON cannot hold are stored as their ``str``)."""
+        texts = as_documents(documents)
+        if metadata is None:
+            metadata = [{} for _ in texts]
+        if len(metadata) != len(texts):
+            raise ILReError(f"{len(texts)} documents but {len(metadata)} metadata entries")
+        payload = json.loads(json.dumps([dict(m) for m in metadata], default=str))
+        engine = self.engine
+        tokenized = [tokenize_documents(engine.tokenizer, [text]) for text in texts]
+        # tqdm's disable=None hides the bar when stderr is not a terminal.
+        quiet = (not progress) if progress is not None else (None if len(texts) > 8 else True)
+        bar = tqdm(tokenized, desc="ILRe store", unit="doc", leave=False, disable=quiet)
+        keys = [engine.encode_tokens(tokens, end_aligned=True).keys.cpu() for tokens in bar]
+        counter = engine.counter
+        counts = {counter.name: [counter.count(text) for text in texts]}
+        tag = uuid.uuid4().hex[:12]
+        with fileio.exclusive_directory_lock(self.directory):
+            manifest = _read_manifest(self.directory, engine)
+            first = manifest["next_document"]
+            ids = list(range(first, first + len(texts)))
+            record = persistence.Record(
+                documents=tuple(texts),
+                tokens=_concatenated(tokenized),
+                keys=torch.cat(keys, dim=1),
+                kept={},
+                layer=engine.layer,
+                sink=engine.config.sink,
+                window=engine.config.window,
+                model_name=engine.name,
+                fingerprint=engine.fingerprint,
+                tokenizer_name=engine.tokenizer_name,
+                tokenizer_sha256=engine.tokenizer_sha256,
+                query_position=manifest["query_position"],
+            )
+            extra = {"document_ids": ids, "metadata": payload, "budget_counts": counts}
+            persistence.write(record, self.directory / f"shard-{tag}", extra=extra)
+            manifest["shards"].append(
+                {
+                    "name": f"shard-{tag}",
+                    "first_document": first,
+                    "documents": len(texts),
+                    "tokens": int(record.keys.shape[1]),
+                }
+            )
+            manifest["next_document"] = first + len(texts)
+            _commit(self.directory, manifest)
+            self._manifest = manifest
+        return ids
+
+    def delete(self, document_ids: Iterable[int]) -> None:
+        """Delete documents: the committed manifest lists them, their shards stay as they are
+        and recall reads past them. Unknown or already deleted ids raise `KeyError`."""
+        with fileio.exclusive_directory_lock(self.directory):
+            manifest = _read_manifest(self.directory, self.engine)
+            known = {
+                i
+                for s in manifest["shards"]
+                for i in range(s["first_document"], s["first_document"] + s["documents"])
+            }
+            gone = set(manifest["deleted"])
+            wanted = set(document_ids)
+            missing = sorted(wanted - (known - gone))
+            if missing:
+                raise KeyError(f"no live documents {missing[:10]} in {self.directory}")
+            manifest["deleted"] = sorted(gone | wanted)
+            _commit(self.directory, manifest)
+            self._manifest = manifest
+
+    def check(self) -> None:
+        """Every check of loading, each data file's SHA-256 included (recall maps the keys
+        without reading them whole): `EncodedContextError` on any damage."""
+        for shard in self._shards:
+            persistence.check_files(self.directory / shard.name, self.engine)
+
+    # -- recall -------------------------------------------------------------------------------
+
+    def recall(
+        self, query: str, *, budget_tokens: int | None = None, ratio: float | None = None
+    ) -> RecallResult:
+        """Keep the tokens of the live documents that `query` attends to most, within a budget
+        (reader-LLM tokens, or `ratio` of the live documents' tokens). Spans name documents by
+        their store ids."""
+        engine = self.engine
+        query_ids, lead_in = engine.query_ids(query)
+        shards = [self._load(shard) for shard in self._shards]
+        if not len(self):
+            raise EmptyInputError(f"the store at {self.directory} holds no documents")
+        context, live = self._context(shards)
+        input_tokens = self._input_tokens(shards, live)
+        budget = resolve_budget(input_tokens, budget_tokens, ratio)
+        if input_tokens <= budget:
+            spans, text = whole_documents(context.documents)  # deleted ones are empty here
+            return RecallResult(text, spans, input_tokens, input_tokens, budget, True)
+        scores = self._scores(shards, context, query_ids, lead_in).cpu().numpy()
+        spans, text = select_within_budget(
+            context, scores, budget, engine.counter.count, engine.config.granularity
+        )
+        return RecallResult(text, tuple(spans), input_tokens, engine.counter.count(text), budget)
+
+    def token_scores(self, query: str) -> dict[int, np.ndarray]:
+        """Per live document (by store id), the pooled recall score of each of its model
+        tokens for `query`, normalised to sum 1 over the store."""
+        query_ids, lead_in = self.engine.query_ids(query)
+        shards = [self._load(shard) for shard in self._shards]
+        if not len(self):
+            raise EmptyInputError(f"the store at {self.directory} holds no documents")
+        context, live = self._context(shards)
+        scores = self._scores(shards, context, query_ids, lead_in).cpu().numpy()
+        return {int(i): scores[context.doc_ids == i] for i in np.flatnonzero(live)}
+
+    def _scores(
+        self,
+        shards: Sequence[_Loaded],
+        context: TokenizedContext,
+        query_ids: Sequence[int],
+        lead_in: int,
+    ) -> torch.Tensor:
+        """``(L,)`` pooled token scores over all shards, as `ILRe.scores_for_ids` computes them
+        for one context; tokens of deleted documents are not part of the context at all."""
+        cfg = self.engine.config
+        masks = [self._live_tokens(loaded) for loaded in shards]
+        heads = torch.cat(self._head_scores(shards, masks, query_ids, lead_in), dim=1)
+        if cfg.prior_query is not None:
+            present = torch.cat([in_softmax for in_softmax, _ in masks])
+            prior = torch.cat(self._prior_scores(shards, masks), dim=1)
+            heads[:, present] = remove_prior(heads[:, present], prior[:, present])
+        doc_ids = torch.from_numpy(context.doc_ids).to(heads.device)
+        pooled = pool_scores(
+            heads, cfg.kernel_sizes, segments=doc_ids, allocation=cfg.kernel_allocation
+        )
+        return pooled / pooled.sum().clamp_min(1e-30)
+
+    def _load(self, shard: _Shard) -> _Loaded:
+        if shard.name not in self._loaded:
+            record, extra = persistence.read(self.directory / shard.name, self.engine, mapped=True)
+            ids = extra.get("document_ids")
+            expected = list(range(shard.first_document, shard.first_document + shard.documents))
+            if ids != expected or len(extra.get("metadata", ())) != shard.documents:
+                raise EncodedContextError(
+                    f"{self.directory / shard.name} does not match {MANIFEST}"
+                )
+            self._loaded[shard.name] = _Loaded(
+                keys=record.keys,
+                tokens=TokenizedContext(documents=record.documents, **record.tokens),
+                document_ids=np.asarray(ids, dtype=np.int64),
+                metadata=extra["metadata"],
+                budget_counts=extra.get("budget_counts", {}),
+            )
+        return self._loaded[shard.name]
+
+    def _context(self, shards: Sequence[_Loaded]) -> tuple[TokenizedContext, np.ndarray]:
+        """All shards' tokens as one context whose documents are indexed by store id (deleted
+        documents' tokens belong to none), and which store ids are live."""
+        documents: list[str] = [""] * self._manifest["next_document"]
+        live = np.zeros(len(documents), dtype=bool)
+        doc_ids = []
+        for loaded in shards:
+            local = loaded.tokens.doc_ids
+            global_ids = np.where(local >= 0, loaded.document_ids[np.maximum(local, 0)], -1)
+            for index, text in zip(loaded.document_ids, loaded.tokens.documents, strict=True):
+                live[index] = index not in self.deleted
+                documents[index] = text if live[index] else ""
+            global_ids[(global_ids >= 0) & ~live[np.maximum(global_ids, 0)]] = -1
+            doc_ids.append(global_ids.astype(np.int32))
+        parts = [s.tokens for s in shards]
+        starts = np.cumsum([0] + [len(p) for p in parts[:-1]])
+        context = TokenizedContext(
+            documents=tuple(documents),
+            input_ids=np.concatenate([p.input_ids for p in parts]),
+            doc_ids=np.concatenate(doc_ids),
+            offsets=np.concatenate([p.offsets for p in parts]),
+            word_ids=np.concatenate(
+                [p.word_ids + start for p, start in zip(parts, starts, strict=True)]
+            ),
+        )
+        return context, live
+
+    def _input_tokens(self, shards: Sequence[_Loaded], live: np.ndarray) -> int:
+        counter = self.engine.counter
+        total = 0
+        for loaded in shards:
+            counts = loaded.budget_counts.get(counter.name)
+            if counts is None:
+                counts = [counter.count(text) for text in loaded.tokens.documents]
+                loaded.budget_counts[counter.name] = counts
+            total += sum(c for c, i in zip(counts, loaded.document_ids, strict=True) if live[i])
+        return total
+
+    def _head_scores(
+        self,
+        shards: Sequence[_Loaded],
+        masks: Sequence[tuple[torch.Tensor, torch.Tensor]],
+        query_ids: Sequence[int],
+        lead_in: int,
+    ) -> list[torch.Tensor]:
+        """Per shard, ``(query_heads, L_shard)`` attention of each head to each token over the
+        whole store (one softmax over every live key), the tokens of no live document zeroed."""
+        engine = self.engine
+        sink = sink_token_id(engine.tokenizer)
+        ids = ([sink] if sink is not None else []) + list(query_ids)
+        lead_in += 1 if sink is not None else 0
+        position = self._manifest["query_position"] - (1 if sink is not None else 0)
+        queries, scaling = engine.standalone_query_states(ids, position)
+        queries = queries[:, min(lead_in, len(ids) - 1) :]
+        return _store_attention(
+            queries, [s.keys for s in shards], masks, scaling, engine.config.score_block
+        )
+
+    def _live_tokens(self, loaded: _Loaded) -> tuple[torch.Tensor, torch.Tensor]:
+        """(tokens in the softmax, tokens that can score): a live document's sink takes part
+        in the softmax but never scores; a deleted document takes part in nothing."""
+        local = loaded.tokens.doc_ids.astype(np.int64)
+        past = np.iinfo(np.int64).max
+        # A token of no document (a sink) belongs to the document it opens, else to the one
+        # it follows.
+        following = np.minimum.accumulate(np.where(local >= 0, local, past)[::-1])[::-1]
+        preceding = np.maximum.accumulate(np.where(local >= 0, local, -1))
+        owner = loaded.document_ids[np.where(following != past, following, preceding)]
+        deleted = np.isin(owner, np.fromiter(self.deleted, dtype=np.int64))
+        device = self.engine.device
+        return (
+            torch.from_numpy(~deleted).to(device),
+            torch.from_numpy((local >= 0) & ~deleted).to(device),
+        )
+
+    def _prior_scores(
+        self, shards: Sequence[_Loaded], masks: Sequence[tuple[torch.Tensor, torch.Tensor]]
+    ) -> list[torch.Tensor]:
+        """The prior question's head scores over the store, cached until the store changes."""
+        key = (tuple(s.name for s in self._shards), self.deleted)
+        if self._prior is None or self._prior[0] != key:
+            ids, lead_in = self.engine.query_ids(self.engine.config.prior_query)
+            self._prior = (key, self._head_scores(shards, masks, ids, lead_in))
+        return self._prior[1]
+
+
+def _store_attention(
+    queries: torch.Tensor,
+    shard_keys: Sequence[torch.Tensor],
+    masks: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    scaling: float,
+    block: int,
+) -> list[torch.Tensor]:
+    """`recall.attention_scores` over the keys of many shards as one context: per shard,
+    ``(query_heads, L_shard)`` float32 attention averaged over query tokens, with the keys
+    outside `masks[i][0]` left out of the softmax and the tokens outside `masks[i][1]` zeroed.
+    Keys go to the queries' device one block at a time."""
+    query_heads, query_len, head_dim = queries.shape
+    kv_heads = shard_keys[0].shape[0]
+    group = query_heads // kv_heads
+    grouped = queries.reshape(kv_heads, group * query_len, head_dim)
+
+    def blocks() -> Iterable[tuple[int, int, int, torch.Tensor]]:
+        for index, keys in enumerate(shard_keys):
+            for start in range(0, keys.shape[1], block):
+                part = keys[:, start : start + block].to(grouped.device, grouped.dtype)
+                logits = torch.matmul(grouped, part.transpose(1, 2)).float() * scaling
+                visible = masks[index][0][start : start + block]
+                yield index, start, part.shape[1], logits.masked_fill(~visible, -torch.inf)
+
+    log_norm = torch.full((kv_heads, group * query_len), -torch.inf, device=grouped.device)
+    for _, _, _, logits in blocks():
+        log_norm = torch.logaddexp(log_norm, torch.logsumexp(logits, dim=-1))
+    scores = [torch.zeros(query_heads, keys.shape[1], device=grouped.device) for keys in shard_keys]
+    for index, start, width, logits in blocks():
+        probabilities = torch.exp(logits - log_norm[..., None])
+        scores[index][:, start : start + width] = (
+            probabilities.view(kv_heads, group, query_len, width)
+            .mean(2)
+            .reshape(query_heads, width)
+        )
+    for index, (_, scoring) in enumerate(masks):
+        scores[index][:, ~scoring] = 0.0
+    return scores
+
+
+def _concatenated(parts: Sequence[TokenizedContext]) -> dict[str, np.ndarray]:
+    """Token arrays of independently tokenised one-document contexts, one after another: the
+    document ids count documents within the shard, word ids keep increasing."""
+    starts = np.cumsum([0] + [len(p) for p in parts[:-1]])
+    return {
+        "input_ids": np.concatenate([p.input_ids for p in parts]),
+        "doc_ids": np.concatenate(
+            [np.where(p.doc_ids >= 0, index, -1) for index, p in enumerate(parts)]
+        ).astype(np.int32),
+        "offsets": np.concatenate([p.offsets for p in parts]),
+        "word_ids": np.concatenate(
+            [p.word_ids + start for p, start in zip(parts, starts, strict=True)]
+        ),
+    }
+
+
+# -- the manifest ---------------------------------------------------------------------------------
+
+
+def _commit(root: Path, manifest: dict[str, Any]) -> None:
+    """Replace the manifest atomically (the caller holds the directory's lock), then remove
+    shards it no longer names (left by a writer that died before committing)."""
+    manifest = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+    manifest["manifest_sha256"] = persistence.manifest_digest(manifest)
+    scratch = root / f".{MANIFEST}.{uuid.uuid4().hex[:12]}"
+    fileio.write_synced(scratch, json.dumps(manifest, indent=1).encode("utf-8"))
+    os.replace(scratch, root / MANIFEST)
+    fileio.fsync_directory(root)
+    named = {entry["name"] for entry in manifest["shards"]}
+    for path in root.iterdir():
+        if path.is_dir() and _SHARD.fullmatch(path.name) and path.name not in named:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+_KEYS = {
+    "format",
+    "format_version",
+    "model_name",
+    "model_fingerprint",
+    "layer",
+    "tokenizer_sha256",
+    "query_position",
+    "next_document",
+    "shards",
+    "deleted",
+    "manifest_sha256",
+}
+
+
+def _read_manifest(root: Path, engine: ILRe) -> dict[str, Any]:
+    path = root / MANIFEST
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError as error:
+        raise EncodedContextError(f"no corpus store at {root} (no {MANIFEST})") from error
+    except OSError as error:
+        raise EncodedContextError(f"cannot read {path}: {error}") from error
+    try:
+        manifest = json.loads(raw)
+    except ValueError as error:
+        raise EncodedContextError(f"{path} is damaged: {error}") from error
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise EncodedContextError(f"{root} does not hold an ILRe corpus store")
+    if manifest.get("format_version") != FORMAT_VERSION or set(manifest) != _KEYS:
+        raise EncodedContextError(f"{path} is invalid or of another format version")
+    if manifest["manifest_sha256"] != persistence.manifest_digest(manifest):
+        raise EncodedContextError(f"{path} is damaged (checksum mismatch)")
+    if (
+        manifest["model_fingerprint"] != engine.fingerprint
+        or manifest["layer"] != engine.layer
+        or manifest["tokenizer_sha256"] != engine.tokenizer_sha256
+    ):
+        raise EncodedContextError(
+            f"{root} was encoded by {manifest['model_name']!r:.80} at layer "
+            f"{manifest['layer']!r:.10} or with another tokenizer; this engine is "
+            f"{engine.name!r} at layer {engine.layer}"
+        )
+    expected = engine.plan_segments(1, end_aligned=True)[0].position + 1
+    if manifest["query_position"] != expected:
+        raise EncodedContextError(
+            f"{root} places its queries at {manifest['query_position']!r:.20}, this engine at "
+            f"{expected} (another max_query_tokens): encode it again"
+        )
+    for entry in manifest["shards"]:
+        if not isinstance(entry, dict) or not _SHARD.fullmatch(str(entry.get("name"))):
+            raise EncodedContextError(f"{path} names an invalid shard")
+    return manifest
