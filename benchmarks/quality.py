@@ -19,7 +19,8 @@ Methods:
 - ``ilre``: the embedded model as `ILRe.from_pretrained()` loads it (its calibrated layer and
   kernels, recorded in the JSON). Ablations recall from the same encoding with other pooling
   kernels: ``ilre_k1``, ``ilre_k9``, ``ilre_k17`` (one kernel for every head) and
-  ``ilre_kmulti`` (1, 5, 9, 17 dealt over the heads: the paper's multi-kernel allocation).
+  ``ilre_kmulti`` (1, 5, 9, 17 dealt over the heads: the paper's multi-kernel allocation);
+  ``ilre_p2`` with two recall passes (`ILReConfig.recall_passes`).
 - ``ilre_l<N>``: retrieval layer N (``--ablation-layers``, default 5 and 11: this model's
   global-attention layers) instead of the calibrated one, at ``--deep-lengths``;
   ``ilre_l11_w512`` / ``ilre_l11_wfull`` re-encode layer 11 (``--window-layer``) with a
@@ -67,15 +68,16 @@ CHUNK_TOKENS = 128
 """Largest chunk of the chunk-based methods, in cl100k tokens (sentences are never split,
 so a single longer sentence makes a longer chunk)."""
 
-KERNEL_ABLATIONS = {
-    "ilre_k1": (1,),
-    "ilre_k9": (9,),
-    "ilre_k17": (17,),
-    "ilre_kmulti": (1, 5, 9, 17),
+ABLATIONS: dict[str, dict] = {
+    "ilre_k1": {"kernel_sizes": (1,)},
+    "ilre_k9": {"kernel_sizes": (9,)},
+    "ilre_k17": {"kernel_sizes": (17,)},
+    "ilre_kmulti": {"kernel_sizes": (1, 5, 9, 17)},
+    "ilre_p2": {"recall_passes": 2},
 }
-"""Pooling kernels recalled from ILRe's own encoding (the one equal to the engine's own
-kernels is skipped: its rows are ILRe's)."""
-ILRE_METHODS = ("ilre", *KERNEL_ABLATIONS)
+"""Settings recalled from ILRe's own encoding (one that changes nothing of the engine's own
+settings is skipped: its rows are ILRe's)."""
+ILRE_METHODS = ("ilre", *ABLATIONS)
 WINDOWS = {"w512": 512, "wfull": 10**9}
 """Streaming windows of the window ablation (default 2048; 10**9 evicts nothing)."""
 OTHER_METHODS = ("bm25", "dense", "llmlingua", "truncation", "random")
@@ -287,18 +289,19 @@ def run_ilre(
     engine: ILRe,
     task: RetrievalTask,
     ratios: Sequence[float],
-    variants: dict[str, tuple[int, ...] | None],
+    variants: dict[str, dict | None],
     record: Callable[..., None],
 ) -> None:
-    """Encode once; recall every ratio for every kernel variant (None: the engine's own)."""
+    """Encode once; recall every ratio for every variant: settings that replace the engine's
+    (None: the engine's own)."""
     started = time.perf_counter()
     encoded = engine.encode(task.context)
     encode_s = time.perf_counter() - started
     base = engine.config
     try:
-        for method, kernels in variants.items():
-            if kernels is not None:
-                engine.config = dataclasses.replace(base, kernel_sizes=kernels)
+        for method, settings in variants.items():
+            if settings is not None:
+                engine.config = dataclasses.replace(base, **settings)
             scores = engine.token_scores(encoded, task.query)
             ranks = answer_ranks(encoded, task, scores)
             for ratio in ratios:
@@ -318,6 +321,11 @@ def run_ilre(
             engine.config = base
     finally:
         engine.config = base
+
+
+def _same_settings(engine: ILRe, settings: dict) -> bool:
+    """Whether `settings` are the engine's own already."""
+    return all(getattr(engine.config, key) == value for key, value in settings.items())
 
 
 def family_names(names: str) -> list[str]:
@@ -506,9 +514,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         record = recorder(records, task, family, length, sample, input_tokens, counter)
 
         variants = {
-            m: KERNEL_ABLATIONS.get(m)
+            m: ABLATIONS.get(m)
             for m in ILRE_METHODS
-            if m in methods and KERNEL_ABLATIONS.get(m) != engine.config.kernel_sizes
+            if m in methods and (m == "ilre" or not _same_settings(engine, ABLATIONS[m]))
         }
         if variants:
             run_ilre(engine, task, ratios, variants, record)

@@ -38,6 +38,13 @@ class ILReConfig:
         granularity: the units a selection is made of: ``"sentence"``, ``"clause"`` or
             ``"word"`` (`ilre_engine.selection`). A unit that does not fit what is left of the
             budget gives way to its finer units; a word is never cut.
+        recall_passes: how many times a recall scores the context. 1 scores it for the
+            question alone. Each further pass asks again with the text the passes so far
+            attend to most put before the question (`ilre_engine.engine.SEED_TOKENS` budget
+            tokens per earlier pass, cut to fit ``max_query_tokens``), so a statement that
+            names what the question's answer names is found (a chain of assignments, a fact
+            split over sentences); the selection ranks by the mean of every pass's scores.
+            Each pass costs one more query pass over the context's keys.
     """
 
     chunk_size: int = 1024
@@ -52,9 +59,10 @@ class ILReConfig:
     granularity: str = "sentence"
 
     max_query_tokens: int = 256
+    recall_passes: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("chunk_size", "window", "score_block", "max_query_tokens"):
+        for name in ("chunk_size", "window", "score_block", "max_query_tokens", "recall_passes"):
             _require_int(name, getattr(self, name), low=1)
         _require_int("sink", self.sink, low=0)
         if self.max_tokens is not None:

@@ -32,7 +32,13 @@ from .results import RecallResult
 from .segments import Segment, plan_segments, query_position
 from .selection import select_within_budget, whole_documents
 from .streaming import StreamObserver, StreamState
-from .tokenization import tokenize_documents, tokenizer_identity
+from .tokenization import cut_to_tokens, tokenize_documents, tokenizer_identity
+
+SEED_TOKENS = 16
+"""Budget tokens of seed text per earlier pass in a further recall pass
+(`ILReConfig.recall_passes`): about one sentence. Measured on variable tracking, a seed of
+one sentence found the next link of the chain better than two or four sentences, whose
+extra text draws attention of its own."""
 
 
 def _default_device() -> torch.device:
@@ -477,21 +483,69 @@ class ILRe:
                 "this engine has no tokenizer: give one, or pass query token ids to "
                 "scores_for_ids with ILReConfig(prior_query=None)"
             )
-        prefix = self.config.query_template.split("{query}", 1)[0]
-        text = self.config.query_template.format(query=query)
-        encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        ids = encoded["input_ids"]
+        ids, lead_in = self._template_ids(query)
         if len(ids) > self.config.max_query_tokens:
             raise ContextTooLongError(
                 f"the query is {len(ids):,} model tokens with its template, over the limit of "
                 f"{self.config.max_query_tokens:,} (ILReConfig(max_query_tokens=...))"
             )
+        return ids, lead_in
+
+    def _template_ids(self, query: str) -> tuple[list[int], int]:
+        """`query_ids` unchecked."""
+        prefix = self.config.query_template.split("{query}", 1)[0]
+        text = self.config.query_template.format(query=query)
+        encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids = encoded["input_ids"]
         lead_in = sum(1 for _, end in encoded["offset_mapping"] if end <= len(prefix))
         return ids, min(lead_in, len(ids) - 1)
 
     def token_scores(self, encoded: EncodedContext, query: str) -> np.ndarray:
-        """``(L,)`` pooled recall score of every context token for `query`."""
-        return self.scores_for_ids(encoded, *self.query_ids(query)).cpu().numpy()
+        """``(L,)`` recall score of every context token for `query`: the scores `recall`
+        selects by, over `ILReConfig.recall_passes` passes."""
+        return self._recall_scores(encoded, query, *self.query_ids(query))
+
+    def _recall_scores(
+        self, encoded: EncodedContext, query: str, query_ids: Sequence[int], lead_in: int
+    ) -> np.ndarray:
+        """The mean of the passes' `scores_for_ids`: the first for the question, each further
+        one for the best text of the passes so far (`SEED_TOKENS` budget tokens per pass)
+        on a line before the question. A chain link or the other half of a split fact
+        shares no word with the question but does with what the question finds."""
+        passes = [self.scores_for_ids(encoded, query_ids, lead_in)]
+        for done in range(1, self.config.recall_passes):
+            scores = torch.stack(passes).mean(0).cpu().numpy()
+            _, seed = select_within_budget(
+                encoded.tokens,
+                scores,
+                done * SEED_TOKENS,
+                self.counter.count,
+                self.config.granularity,
+            )
+            follow_up = self._follow_up_ids(encoded, seed, query)
+            if follow_up is None:  # the question leaves no room for a seed
+                break
+            passes.append(self.scores_for_ids(encoded, *follow_up))
+        return torch.stack(passes).mean(0).cpu().numpy()
+
+    def _follow_up_ids(
+        self, encoded: EncodedContext, seed: str, query: str
+    ) -> tuple[list[int], int] | None:
+        """`query_ids` of `seed` on a line before `query`, the seed's end cut so that the
+        whole query fits `max_query_tokens` and, after the context, the position limit;
+        None when no part of the seed fits."""
+        limit = self.config.max_query_tokens
+        if self.max_tokens is not None:
+            limit = min(limit, self.max_tokens - len(encoded))
+        while seed:
+            ids, lead_in = self._template_ids(f"{seed}\n{query}")
+            excess = len(ids) - limit
+            if excess <= 0:
+                return ids, lead_in
+            # Tokens may merge across the line break, so cut and count again.
+            kept = len(self.tokenizer(seed, add_special_tokens=False)["input_ids"]) - excess
+            seed = cut_to_tokens(self.tokenizer, seed, kept)
+        return None
 
     @torch.inference_mode()
     def head_scores_for_ids(
@@ -557,7 +611,7 @@ class ILRe:
         if input_tokens <= budget:
             spans, text = whole_documents(encoded.documents)
             return RecallResult(text, spans, input_tokens, input_tokens, budget, True)
-        scores = self.scores_for_ids(encoded, query_ids, lead_in).cpu().numpy()
+        scores = self._recall_scores(encoded, query, query_ids, lead_in)
         spans, text = select_within_budget(
             encoded.tokens, scores, budget, self.counter.count, self.config.granularity
         )

@@ -101,6 +101,19 @@ def _continues_word(text: str, starts: np.ndarray) -> np.ndarray:
     return result
 
 
+def cut_to_tokens(tokenizer: Any, text: str, count: int) -> str:
+    """`text` up to the first of `tokenizer`'s tokens past the first `count` (tokenised
+    alone), trailing spaces stripped: at least one character shorter when it holds more."""
+    offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)[
+        "offset_mapping"
+    ]
+    if len(offsets) <= count:
+        return text
+    # The first dropped token's start: a character split over several byte tokens goes whole.
+    end = min(int(offsets[max(count, 0)][0]), len(text) - 1)
+    return text[:end].rstrip()
+
+
 _identities: weakref.WeakKeyDictionary[Any, tuple[int, str]] = weakref.WeakKeyDictionary()
 
 

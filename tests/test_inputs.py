@@ -53,6 +53,10 @@ def test_lone_surrogates_are_refused_in_documents_and_queries():
         {"kernel_allocation": "some"},
         {"granularity": "page"},
         {"prior_query": "  "},
+        {"recall_passes": 0},
+        {"recall_passes": 1.0},
+        {"recall_passes": True},
+        {"recall_passes": None},
     ],
 )
 def test_bad_settings_are_config_errors(settings):

@@ -6,6 +6,7 @@ The references are `ilre_engine.reference`: the model's own full forward, observ
 from __future__ import annotations
 
 import copy
+import string
 
 import numpy as np
 import torch
@@ -78,6 +79,20 @@ def tiny_engine(trunk: torch.nn.Module, layer: int, **config) -> ILRe:
     # No tokenizer: the neutral-question prior has no text to read, so it is off.
     config = {"prior_query": None, **config}
     return ILRe(trunk, tokenizer=None, layer=layer, name="tiny", config=ILReConfig(**config))
+
+
+def char_tokenizer():
+    """A fast tokenizer of one token per printable ASCII character (ids below 102, so it
+    fits the tiny models' vocabulary), with a beginning-of-sequence token: engines over tiny
+    models can then read text queries."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<bos>": 1}
+    vocab.update({ch: i + 2 for i, ch in enumerate(sorted(set(string.printable)))})
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<bos>", unk_token="<unk>")
 
 
 def random_context(length: int, vocab: int = 256, seed: int = 0) -> TokenizedContext:
