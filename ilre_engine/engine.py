@@ -532,11 +532,11 @@ class ILRe:
         self, encoded: EncodedContext, seed: str, query: str
     ) -> tuple[list[int], int] | None:
         """`query_ids` of `seed` on a line before `query`, the seed's end cut so that the
-        whole query fits `max_query_tokens` and, after the context, the position limit;
+        whole query fits `max_query_tokens` and, after the context, the model's window;
         None when no part of the seed fits."""
         limit = self.config.max_query_tokens
-        if self.max_tokens is not None:
-            limit = min(limit, self.max_tokens - len(encoded))
+        if self.max_positions is not None:
+            limit = min(limit, self.max_positions - encoded.query_position)
         while seed:
             ids, lead_in = self._template_ids(f"{seed}\n{query}")
             excess = len(ids) - limit

@@ -93,12 +93,15 @@ def test_the_seed_is_cut_to_the_query_limits_and_the_question_kept_whole(trunk, 
     # Room for five seed tokens: under max_query_tokens, then under the position limit.
     by_query = engine_for(trunk, recall_passes=3, max_query_tokens=question_tokens + 6)
     encoded = by_query.encode(context)
-    by_position = engine_for(trunk, recall_passes=3, max_tokens=len(encoded) + question_tokens + 6)
+    by_position = engine_for(trunk, recall_passes=3)
+    # A context (saved by an engine with less room for queries) near the window's end.
+    window = trunk.config.max_position_embeddings
+    late = replace(encoded, query_position=window - question_tokens - 6)
     tail = base.tokenizer(f"\n{QUESTION}", add_special_tokens=False)["input_ids"]
-    for engine in (by_query, by_position):
+    for engine, context_ in ((by_query, encoded), (by_position, late)):
         asked.clear()
         record(engine)
-        engine.recall(encoded, QUESTION, budget_tokens=20)
+        engine.recall(context_, QUESTION, budget_tokens=20)
         follow_ups = [ids for ids in asked if len(ids) > question_tokens]
         assert len(follow_ups) == 2  # passes 2 and 3 each got a seed
         for ids in follow_ups:
