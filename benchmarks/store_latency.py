@@ -8,8 +8,8 @@ are written directly (`persistence.write`) with random keys of the embedded mode
 (Gemma 3 270M: one key head of width 256 at layer 5, four query heads), synthetic documents
 of 1,000 one-token words each, and a random model of that shape for the query pass. Encoding
 is measured elsewhere (`gpu_long_context.py`, the README's tables). Every step after that is
-the store's own code (the shards are committed with its private `_commit`, as `add` does):
-opening the memory-mapped shards, the standalone query pass, the exact
+the store's own code (`CorpusStore.commit` of the written shards): opening the memory-mapped
+shards, the standalone query pass, the exact
 two-pass softmax over every key, the prior (cold: computed; warm: cached), pooling and the
 budgeted selection. Prints one JSON line per size: medians of `--repeats` recalls.
 """
@@ -27,7 +27,7 @@ import torch
 from transformers import AutoModel, Gemma3TextConfig
 
 from ilre_engine import ILRe, ILReConfig, persistence
-from ilre_engine.store import CorpusStore, _commit
+from ilre_engine.store import CorpusStore
 from ilre_engine.streaming import ATTENTION_NAME
 
 WORDS_PER_DOCUMENT = 1000
@@ -82,9 +82,9 @@ def engine_for(device: str, dtype: torch.dtype) -> ILRe:
     )
 
 
-def write_shard(store: CorpusStore, engine: ILRe, first: int, tokens: int, seed: int) -> None:
-    """One shard of `tokens` tokens in documents of `WORDS_PER_DOCUMENT` words (plus a sink
-    each), committed as `CorpusStore.add` commits it."""
+def write_shard(store: CorpusStore, engine: ILRe, tokens: int, seed: int) -> str:
+    """One pending shard of `tokens` tokens in documents of `WORDS_PER_DOCUMENT` words (plus
+    a sink each), as `ilre_engine.store.write_shard` writes it but with random keys."""
     rng = np.random.default_rng(seed)
     per = WORDS_PER_DOCUMENT + 1
     count = tokens // per
@@ -117,17 +117,13 @@ def write_shard(store: CorpusStore, engine: ILRe, first: int, tokens: int, seed:
         fingerprint=engine.fingerprint,
         tokenizer_name=engine.tokenizer_name,
         tokenizer_sha256=engine.tokenizer_sha256,
-        query_position=store._manifest["query_position"],
+        query_position=engine.plan_segments(1, end_aligned=True)[0].position + 1,
     )
     counts = {engine.counter.name: [engine.counter.count(text)] * count}
-    ids = list(range(first, first + count))
-    name = f"shard-{seed:012x}"
-    extra = {"document_ids": ids, "metadata": [{}] * count, "budget_counts": counts}
+    name = f"pending-{seed:012x}"
+    extra = {"metadata": [{}] * count, "budget_counts": counts}
     persistence.write(record, store.directory / name, extra=extra)
-    store._manifest["shards"].append(
-        {"name": name, "first_document": first, "documents": count, "tokens": length}
-    )
-    store._manifest["next_document"] = first + count
+    return name
 
 
 def main() -> None:
@@ -147,15 +143,12 @@ def main() -> None:
         root = args.dir / f"{tokens}"
         store = CorpusStore.create(root, engine)
         started = time.perf_counter()
-        for seed, first in enumerate(range(0, tokens, SHARD_TOKENS)):
-            write_shard(
-                store,
-                engine,
-                store._manifest["next_document"],
-                min(SHARD_TOKENS, tokens - first),
-                seed + 1,
-            )
-        _commit(root, store._manifest)
+        store.commit(
+            [
+                write_shard(store, engine, min(SHARD_TOKENS, tokens - first), seed + 1)
+                for seed, first in enumerate(range(0, tokens, SHARD_TOKENS))
+            ]
+        )
         written = time.perf_counter() - started
         opened = CorpusStore.open(root, engine)
         started = time.perf_counter()

@@ -57,6 +57,7 @@ FORMAT = "ilre-corpus-store"
 FORMAT_VERSION = 1
 MANIFEST = "store.json"
 _SHARD = re.compile(r"shard-[0-9a-f]{12}")
+_PENDING = re.compile(r"pending-[0-9a-f]{12}")
 
 
 @dataclass(frozen=True)
@@ -106,7 +107,7 @@ class CorpusStore:
         with fileio.exclusive_directory_lock(root):
             if (root / MANIFEST).exists():
                 raise ILReError(f"{root} already holds a corpus store: open it instead")
-            position = engine.plan_segments(1, end_aligned=True)[0].position + 1
+            position = _query_position(engine)
             manifest = {
                 "format": FORMAT,
                 "format_version": FORMAT_VERSION,
@@ -170,53 +171,48 @@ class CorpusStore:
 
         `metadata`: one JSON-serialisable mapping per document, returned by `document`
         (values JSON cannot hold are stored as their ``str``)."""
-        texts = as_documents(documents)
-        if metadata is None:
-            metadata = [{} for _ in texts]
-        if len(metadata) != len(texts):
-            raise ILReError(f"{len(texts)} documents but {len(metadata)} metadata entries")
-        payload = json.loads(json.dumps([dict(m) for m in metadata], default=str))
-        engine = self.engine
-        tokenized = [tokenize_documents(engine.tokenizer, [text]) for text in texts]
-        # tqdm's disable=None hides the bar when stderr is not a terminal.
-        quiet = (not progress) if progress is not None else (None if len(texts) > 8 else True)
-        bar = tqdm(tokenized, desc="ILRe store", unit="doc", leave=False, disable=quiet)
-        keys = [engine.encode_tokens(tokens, end_aligned=True).keys.cpu() for tokens in bar]
-        counter = engine.counter
-        counts = {counter.name: [counter.count(text) for text in texts]}
-        tag = uuid.uuid4().hex[:12]
+        pending = write_shard(self.directory, self.engine, documents, metadata, progress=progress)
+        return self.commit([pending])[0]
+
+    def commit(self, pending: Sequence[str]) -> list[list[int]]:
+        """Make shards written by `write_shard` (their pending names) part of the store in one
+        atomic commit, in order; each one's document ids. Writers elsewhere (other processes,
+        a Ray cluster on a shared file system) write shards, one process commits them."""
         with fileio.exclusive_directory_lock(self.directory):
-            manifest = _read_manifest(self.directory, engine)
-            first = manifest["next_document"]
-            ids = list(range(first, first + len(texts)))
-            record = persistence.Record(
-                documents=tuple(texts),
-                tokens=_concatenated(tokenized),
-                keys=torch.cat(keys, dim=1),
-                kept={},
-                layer=engine.layer,
-                sink=engine.config.sink,
-                window=engine.config.window,
-                model_name=engine.name,
-                fingerprint=engine.fingerprint,
-                tokenizer_name=engine.tokenizer_name,
-                tokenizer_sha256=engine.tokenizer_sha256,
-                query_position=manifest["query_position"],
-            )
-            extra = {"document_ids": ids, "metadata": payload, "budget_counts": counts}
-            persistence.write(record, self.directory / f"shard-{tag}", extra=extra)
-            manifest["shards"].append(
-                {
-                    "name": f"shard-{tag}",
-                    "first_document": first,
-                    "documents": len(texts),
-                    "tokens": int(record.keys.shape[1]),
-                }
-            )
-            manifest["next_document"] = first + len(texts)
+            manifest = _read_manifest(self.directory, self.engine)
+            ids = []
+            for name in pending:
+                if not _PENDING.fullmatch(name):
+                    raise ILReError(f"{name!r} is not a pending shard of write_shard")
+                source = self.directory / name
+                record, _ = persistence.read(source, self.engine, mapped=True)
+                if record.query_position != manifest["query_position"]:
+                    raise EncodedContextError(f"{source} places its queries elsewhere")
+                shard = "shard-" + name.removeprefix("pending-")
+                os.replace(source, self.directory / shard)
+                first, count = manifest["next_document"], len(record.documents)
+                manifest["shards"].append(
+                    {
+                        "name": shard,
+                        "first_document": first,
+                        "documents": count,
+                        "tokens": int(record.keys.shape[1]),
+                    }
+                )
+                manifest["next_document"] = first + count
+                ids.append(list(range(first, first + count)))
             _commit(self.directory, manifest)
             self._manifest = manifest
         return ids
+
+    def discard_pending(self) -> list[str]:
+        """Remove the shards written but never committed (a writer died, or its commit was
+        abandoned); their names. Call it when no writer is running."""
+        with fileio.exclusive_directory_lock(self.directory):
+            names = sorted(p.name for p in self.directory.iterdir() if _PENDING.fullmatch(p.name))
+            for name in names:
+                shutil.rmtree(self.directory / name)
+        return names
 
     def delete(self, document_ids: Iterable[int]) -> None:
         """Delete documents: the committed manifest lists them, their shards stay as they are
@@ -304,9 +300,9 @@ class CorpusStore:
     def _load(self, shard: _Shard) -> _Loaded:
         if shard.name not in self._loaded:
             record, extra = persistence.read(self.directory / shard.name, self.engine, mapped=True)
-            ids = extra.get("document_ids")
-            expected = list(range(shard.first_document, shard.first_document + shard.documents))
-            if ids != expected or len(extra.get("metadata", ())) != shard.documents:
+            ids = list(range(shard.first_document, shard.first_document + shard.documents))
+            counted = (len(record.documents), len(extra.get("metadata", ())))
+            if counted != (shard.documents, shard.documents):
                 raise EncodedContextError(
                     f"{self.directory / shard.name} does not match {MANIFEST}"
                 )
@@ -445,6 +441,55 @@ def _store_attention(
     return scores
 
 
+def write_shard(
+    directory: str | os.PathLike[str],
+    engine: ILRe,
+    documents: str | Sequence[str],
+    metadata: Sequence[Mapping[str, Any]] | None = None,
+    *,
+    progress: bool | None = None,
+) -> str:
+    """Encode `documents`, each its own stream, into a shard of the store in `directory`, not
+    yet part of it: its name, for `CorpusStore.commit`. Needs no lock and no manifest, so any
+    number of writers can run at once. A writer that dies leaves a ``pending-*`` directory
+    that no recall reads."""
+    texts = as_documents(documents)
+    if metadata is None:
+        metadata = [{} for _ in texts]
+    if len(metadata) != len(texts):
+        raise ILReError(f"{len(texts)} documents but {len(metadata)} metadata entries")
+    payload = json.loads(json.dumps([dict(m) for m in metadata], default=str))
+    tokenized = [tokenize_documents(engine.tokenizer, [text]) for text in texts]
+    # tqdm's disable=None hides the bar when stderr is not a terminal.
+    quiet = (not progress) if progress is not None else (None if len(texts) > 8 else True)
+    bar = tqdm(tokenized, desc="ILRe store", unit="doc", leave=False, disable=quiet)
+    keys = [engine.encode_tokens(tokens, end_aligned=True).keys.cpu() for tokens in bar]
+    record = persistence.Record(
+        documents=tuple(texts),
+        tokens=_concatenated(tokenized),
+        keys=torch.cat(keys, dim=1),
+        kept={},
+        layer=engine.layer,
+        sink=engine.config.sink,
+        window=engine.config.window,
+        model_name=engine.name,
+        fingerprint=engine.fingerprint,
+        tokenizer_name=engine.tokenizer_name,
+        tokenizer_sha256=engine.tokenizer_sha256,
+        query_position=_query_position(engine),
+    )
+    counts = {engine.counter.name: [engine.counter.count(text) for text in texts]}
+    name = f"pending-{uuid.uuid4().hex[:12]}"
+    extra = {"metadata": payload, "budget_counts": counts}
+    persistence.write(record, Path(directory) / name, extra=extra)
+    return name
+
+
+def _query_position(engine: ILRe) -> int:
+    """Where the store's queries begin: where every end-aligned document ends."""
+    return engine.plan_segments(1, end_aligned=True)[0].position + 1
+
+
 def _concatenated(parts: Sequence[TokenizedContext]) -> dict[str, np.ndarray]:
     """Token arrays of independently tokenised one-document contexts, one after another: the
     document ids count documents within the shard, word ids keep increasing."""
@@ -522,7 +567,7 @@ def _read_manifest(root: Path, engine: ILRe) -> dict[str, Any]:
             f"{manifest['layer']!r:.10} or with another tokenizer; this engine is "
             f"{engine.name!r} at layer {engine.layer}"
         )
-    expected = engine.plan_segments(1, end_aligned=True)[0].position + 1
+    expected = _query_position(engine)
     if manifest["query_position"] != expected:
         raise EncodedContextError(
             f"{root} places its queries at {manifest['query_position']!r:.20}, this engine at "

@@ -11,7 +11,7 @@ from transformers import AutoModel, Gemma3TextConfig
 
 from ilre_engine import EmptyInputError, EncodedContextError, ILRe, ILReConfig
 from ilre_engine import store as store_module
-from ilre_engine.store import CorpusStore
+from ilre_engine.store import CorpusStore, write_shard
 from ilre_engine.streaming import ATTENTION_NAME
 
 QUESTION = "Which lock logged a delay of 21 minutes?"
@@ -125,11 +125,22 @@ def test_a_writer_that_dies_before_its_commit_leaves_the_store_as_it_was(filled,
     monkeypatch.undo()
     reopened = CorpusStore.open(filled.directory, tiny)
     assert len(reopened) == 7 and reopened.recall(QUESTION, budget_tokens=25) == before
-    orphans = len([p for p in filled.directory.iterdir() if p.name.startswith("shard-")])
-    assert orphans == 3  # two committed shards and the orphan, removed by the next commit
+    assert len(reopened.discard_pending()) == 1
     reopened.add(["One more entry."])
-    shards = [p for p in filled.directory.iterdir() if p.name.startswith("shard-")]
-    assert len(shards) == 3 and len(reopened) == 8
+    names = sorted(p.name.split("-")[0] for p in filled.directory.iterdir() if p.is_dir())
+    assert names == ["shard"] * 3 and len(reopened) == 8
+
+
+def test_shards_written_elsewhere_are_committed_in_order(tiny, tmp_path):
+    """What a distributed encode does: writers write shards, one process commits them."""
+    store = CorpusStore.create(tmp_path / "s", tiny)
+    first = write_shard(store.directory, tiny, DOCUMENTS[:2], [{"n": 0}, {"n": 1}])
+    second = write_shard(store.directory, tiny, DOCUMENTS[2:5])
+    assert len(store) == 0  # written, not committed
+    assert store.commit([second, first]) == [[0, 1, 2], [3, 4]]
+    assert store.document(3) == (DOCUMENTS[0], {"n": 0}) and len(store) == 5
+    with pytest.raises(ValueError, match="pending"):
+        store.commit(["shard-0123456789ab"])
 
 
 def test_damage_and_other_models_are_refused(filled, tokenizer):
