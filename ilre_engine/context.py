@@ -128,6 +128,9 @@ class EncodedContext:
     query_position: int | None = None
     input_token_counts: dict[str, int] = field(default_factory=dict, repr=False)
     prior_scores: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    unit_cache: dict[str, np.ndarray] = field(
+        default_factory=dict, repr=False, init=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         if self.query_position is None:

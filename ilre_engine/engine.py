@@ -521,6 +521,7 @@ class ILRe:
                 done * SEED_TOKENS,
                 self.counter.count,
                 self.config.granularity,
+                encoded.unit_cache,
             )
             follow_up = self._follow_up_ids(encoded, seed, query)
             if follow_up is None:  # the question leaves no room for a seed
@@ -613,7 +614,12 @@ class ILRe:
             return RecallResult(text, spans, input_tokens, input_tokens, budget, True)
         scores = self._recall_scores(encoded, query, query_ids, lead_in)
         spans, text = select_within_budget(
-            encoded.tokens, scores, budget, self.counter.count, self.config.granularity
+            encoded.tokens,
+            scores,
+            budget,
+            self.counter.count,
+            self.config.granularity,
+            encoded.unit_cache,
         )
         return RecallResult(text, tuple(spans), input_tokens, self.counter.count(text), budget)
 

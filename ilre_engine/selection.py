@@ -65,22 +65,19 @@ def unit_ids(context: TokenizedContext, granularity: str) -> np.ndarray:
     return ids
 
 
-_SPACES = re.compile(r"\s+")
+_WHITE_SPACE = np.array([c for c in range(0x3001) if chr(c).isspace()], dtype=np.uint32)
+"""Every code point `str.isspace` accepts (none lies above U+3000)."""
 
 
 def _first_visible(text: str, offsets: np.ndarray) -> np.ndarray:
-    """Each token's first non-space character (its start when it has none): a start inside
-    a run of white space moves to the run's end."""
-    runs = np.fromiter(
-        (bound for m in _SPACES.finditer(text) for bound in m.span()), dtype=np.int64
-    ).reshape(-1, 2)
-    starts = offsets[:, 0]
-    if not len(runs):
-        return starts
-    run = np.searchsorted(runs[:, 0], starts, side="right") - 1
-    inside = (run >= 0) & (starts < runs[np.maximum(run, 0), 1])
-    first = np.where(inside, runs[np.maximum(run, 0), 1], starts)
-    return np.where(first < offsets[:, 1], first, starts)
+    """Each token's first non-space character (its start when it has none)."""
+    points = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    visible = np.flatnonzero(~np.isin(points, _WHITE_SPACE))
+    if not len(visible):
+        return offsets[:, 0]
+    after = np.searchsorted(visible, offsets[:, 0])
+    first = visible[np.minimum(after, len(visible) - 1)]
+    return np.where((after < len(visible)) & (first < offsets[:, 1]), first, offsets[:, 0])
 
 
 def spans_from_mask(
@@ -151,8 +148,12 @@ def select_within_budget(
     budget: int,
     count_tokens: Callable[[str], int],
     granularity: str = "sentence",
+    units: dict[str, np.ndarray] | None = None,
 ) -> tuple[list[Span], str]:
     """The best-scoring units of `granularity` whose joined text counts at most `budget`.
+
+    `units`: a cache of `unit_ids` of this context by granularity, filled as needed (they
+    depend on the text only, so recalls over one context share them).
 
     Units are taken best first (a unit scores its best token); one that does not fit what is
     left of the budget is replaced by its finer units, which compete with the rest. The
@@ -162,7 +163,12 @@ def select_within_budget(
     """
     selectable = (context.doc_ids >= 0) & (context.offsets[:, 1] > context.offsets[:, 0])
     finer = GRANULARITIES[: GRANULARITIES.index(granularity) + 1][::-1]
-    levels = [_Units(unit_ids(context, g), token_scores, selectable) for g in finer]
+    if units is None:
+        units = {}
+    for g in finer:
+        if g not in units:
+            units[g] = unit_ids(context, g)
+    levels = [_Units(units[g], token_scores, selectable) for g in finer]
     gap = count_tokens(GAP_MARKER)
     cost_cache: dict[tuple[int, int], int] = {}
 

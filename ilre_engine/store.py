@@ -96,6 +96,7 @@ class CorpusStore:
         self._manifest = manifest
         self._loaded: dict[str, _Loaded] = {}
         self._prior: tuple[tuple, list[torch.Tensor]] | None = None
+        self._combined: tuple[tuple, TokenizedContext, np.ndarray, dict] | None = None
 
     # -- opening ------------------------------------------------------------------------------
 
@@ -252,7 +253,7 @@ class CorpusStore:
         shards = [self._load(shard) for shard in self._shards]
         if not len(self):
             raise EmptyInputError(f"the store at {self.directory} holds no documents")
-        context, live = self._context(shards)
+        context, live, units = self._context(shards)
         input_tokens = self._input_tokens(shards, live)
         budget = resolve_budget(input_tokens, budget_tokens, ratio)
         if input_tokens <= budget:
@@ -260,7 +261,7 @@ class CorpusStore:
             return RecallResult(text, spans, input_tokens, input_tokens, budget, True)
         scores = self._scores(shards, context, query_ids, lead_in).cpu().numpy()
         spans, text = select_within_budget(
-            context, scores, budget, engine.counter.count, engine.config.granularity
+            context, scores, budget, engine.counter.count, engine.config.granularity, units
         )
         return RecallResult(text, tuple(spans), input_tokens, engine.counter.count(text), budget)
 
@@ -271,7 +272,7 @@ class CorpusStore:
         shards = [self._load(shard) for shard in self._shards]
         if not len(self):
             raise EmptyInputError(f"the store at {self.directory} holds no documents")
-        context, live = self._context(shards)
+        context, live, _ = self._context(shards)
         scores = self._scores(shards, context, query_ids, lead_in).cpu().numpy()
         return {int(i): scores[context.doc_ids == i] for i in np.flatnonzero(live)}
 
@@ -315,9 +316,18 @@ class CorpusStore:
             )
         return self._loaded[shard.name]
 
-    def _context(self, shards: Sequence[_Loaded]) -> tuple[TokenizedContext, np.ndarray]:
+    def _context(
+        self, shards: Sequence[_Loaded]
+    ) -> tuple[TokenizedContext, np.ndarray, dict[str, np.ndarray]]:
         """All shards' tokens as one context whose documents are indexed by store id (deleted
-        documents' tokens belong to none), and which store ids are live."""
+        documents' tokens belong to none), which store ids are live, and the selection's cache
+        of its units; kept until the store changes."""
+        key = (tuple(s.name for s in self._shards), self.deleted)
+        if self._combined is None or self._combined[0] != key:
+            self._combined = (key, *self._combine(shards), {})
+        return self._combined[1:]
+
+    def _combine(self, shards: Sequence[_Loaded]) -> tuple[TokenizedContext, np.ndarray]:
         documents: list[str] = [""] * self._manifest["next_document"]
         live = np.zeros(len(documents), dtype=bool)
         doc_ids = []
