@@ -1,6 +1,6 @@
 """GPU: the FP8 trunk (`ILRe.fp8()`) against bf16, compiled, Llama-3.1-8B shape, one process.
 
-    PYTHONPATH=. python benchmarks/gpu_fp8.py --out OUT/gpu_fp8.json    # ~3 minutes on an H200
+    PYTHONPATH=. python benchmarks/gpu_fp8.py --out OUT/gpu_fp8.json    # 2.5 minutes on an H200
     PYTHONPATH=. python benchmarks/gpu_fp8.py --smoke --length 8192     # CPU, tiny widths
 
 The trunk of `gpu_long_context.py` (random bf16 weights, l_R = 3, sink 128, window 1024),
