@@ -23,6 +23,7 @@ from .budget import TokenCounter, resolve_budget
 from .config import ILReConfig
 from .context import EncodedContext, KeptKV, TokenizedContext
 from .errors import ConfigError, ContextTooLongError, EncodedContextError, ILReError
+from .fp8 import quantize_trunk, require_fp8
 from .inputs import as_documents, check_query
 from .loading import ModelSource, ProfileChoice, load_trunk, model_fingerprint, resolve_model
 from .memory import MemoryEstimate, check_memory, estimate_encode_bytes
@@ -83,6 +84,7 @@ class ILRe:
         budget_tokenizer: str | Any = "cl100k_base",
         cache_dir: str | os.PathLike[str] | None = None,
         compile: bool = False,
+        fp8: bool = False,
         profile: ProfileChoice = None,
         **hub_kwargs: Any,
     ) -> ILRe:
@@ -102,12 +104,17 @@ class ILRe:
                 user cache directory).
             compile: fuse the decoder layers' element-wise work with `torch.compile` (see
                 `compile`): worth it on a GPU for long contexts.
+            fp8: run the projections of the layers below the retrieval layer as FP8 matrix
+                products (see `fp8`); needs a bfloat16 model on a GPU of compute capability
+                8.9 or newer.
             profile: the calibration profile (`ilre_engine.profiles`): None finds the one
                 that matches the model (the user's, then the shipped ones), a `Profile` or
                 a path uses that one, False uses none.
             hub_kwargs: passed to transformers' ``from_pretrained`` (revision, token, ...).
         """
         device = torch.device(device) if device is not None else _default_device()
+        if fp8:
+            require_fp8(device)  # before loading anything
         if dtype is None:
             dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         source: ModelSource = resolve_model(model, cache_dir, **hub_kwargs)
@@ -137,7 +144,23 @@ class ILRe:
             budget_tokenizer=budget_tokenizer,
             profile=applied,
         )
+        if fp8:
+            engine.fp8()  # before compiling, so the layers compile once, with FP8 products
         return engine.compile() if compile else engine
+
+    def fp8(self) -> ILRe:
+        """Switch the projections of layers ``0..l_R-1`` to FP8 matrix products
+        (`ilre_engine.fp8`: e4m3 operands under rowwise scales, weights quantised once) and
+        return this engine; the retrieval layer keeps its bf16 projections, so its keys are
+        bf16 products of the early layers' output.
+
+        Raises `ConfigError` on the CPU, on a GPU of compute capability below 8.9, or for a
+        model that is not bfloat16. Combine with `compile` (either order; called after a
+        compiled encode, the layers compile again). Keys move by FP8 rounding, so contexts
+        encoded before the switch should be encoded again for like-for-like scores.
+        """
+        quantize_trunk(self.model, self.layer)
+        return self
 
     def compile(self) -> ILRe:
         """Compile the model's decoder layers (`ilre_engine.compiled`) and return this engine.
