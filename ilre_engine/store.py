@@ -19,7 +19,8 @@ An `add` writes a new shard and then commits the manifest with one atomic rename
 commits a manifest that lists the document as deleted. A crash at any point leaves the store
 as it was before or after the change, and writers to one directory are serialised by a
 lock. Shards are memory-mapped: recall reads the keys block by block, so a store larger than
-memory works (its tokens, texts and per-token scores are held in memory during a recall).
+memory works (its tokens, texts and per-token scores are held in memory during a recall). On
+a GPU, the keys of each shard move to the device when first read, while they fit.
 
 Recall is exact: the softmax of each query head runs over every key of every live document
 (two passes over blocks, as `recall.attention_scores` does), then the prior, pooling within
@@ -308,13 +309,25 @@ class CorpusStore:
                     f"{self.directory / shard.name} does not match {MANIFEST}"
                 )
             self._loaded[shard.name] = _Loaded(
-                keys=record.keys,
+                keys=self._resident(record.keys),
                 tokens=TokenizedContext(documents=record.documents, **record.tokens),
                 document_ids=np.asarray(ids, dtype=np.int64),
                 metadata=extra["metadata"],
                 budget_counts=extra.get("budget_counts", {}),
             )
         return self._loaded[shard.name]
+
+    def _resident(self, keys: torch.Tensor) -> torch.Tensor:
+        """A shard's keys on a GPU engine's device while they take under half of its free
+        memory (each recall then reads them there, not from the host); memory-mapped on the
+        host otherwise."""
+        device = self.engine.device
+        if device.type != "cuda":
+            return keys
+        free, _ = torch.cuda.mem_get_info(device)
+        if keys.numel() * keys.element_size() * 2 > free:
+            return keys
+        return keys.to(device)
 
     def _context(
         self, shards: Sequence[_Loaded]
