@@ -4,6 +4,10 @@
 files (each one document; standard input when none is given) and prints the compressed text,
 or with ``--json`` one JSON object with the fields of `RecallResult`.
 
+``ilre index STORE [FILE ...]`` encodes the files (each one document) into a corpus store
+(`ilre_engine.store.CorpusStore`, created if needed); ``ilre query STORE --query Q [--budget
+N | --ratio R] [--json]`` recalls from it.
+
 ``ilre calibrate [--model M] [--lengths 4k,8k] [--samples N] [--out profile.json]``
 measures every layer's recall and writes the model's profile where `ILRe.from_pretrained`
 finds it (`ilre_engine.calibration`).
@@ -69,6 +73,7 @@ _EPILOG = """\
 examples:
   ilre compress -q "How long must the crew wait?" --budget 200 report.txt
   cat notes.md | ilre compress -q "Who signed?" --ratio 0.1 --json
+  ilre index my-store docs/*.txt && ilre query my-store -q "Who signed?" --budget 300
   ilre calibrate --model Qwen/Qwen2.5-0.5B --lengths 4k,8k
 
 Errors print one line "ilre: error: ..." and exit with status 2."""
@@ -134,6 +139,45 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         help="longest context in model tokens (default: no limit but memory)",
     )
+    index = commands.add_parser(
+        "index",
+        help="add documents to a corpus store on disk",
+        description="Encode documents, one per file, into a corpus store (created if needed),\n"
+        "each file's path kept as its metadata 'source'. `ilre query` recalls from it.",
+        formatter_class=_HelpFormatter,
+    )
+    index.add_argument("store", type=Path, help="the store's directory")
+    index.add_argument(
+        "files",
+        nargs="*",
+        type=Path,
+        metavar="FILE",
+        help=f"documents, one per file (default: standard input); at most "
+        f"{MAX_INPUT_BYTES // 2**20} MiB in all per call",
+    )
+    query = commands.add_parser(
+        "query",
+        help="keep what a query needs from a corpus store",
+        description="Print the parts of a store's documents that a query needs, within a budget.",
+        formatter_class=_HelpFormatter,
+    )
+    query.add_argument("store", type=Path, help="the store's directory (from `ilre index`)")
+    query.add_argument("--query", "-q", required=True, type=_text, help="the question")
+    store_budget = query.add_mutually_exclusive_group(required=True)
+    store_budget.add_argument("--budget", type=int, help="budget in reader-LLM tokens")
+    store_budget.add_argument(
+        "--ratio", type=float, help="budget as a fraction of the store, in (0, 1]"
+    )
+    query.add_argument(
+        "--json", action="store_true", help="print the result as JSON, with each span's source"
+    )
+    for command in (index, query):
+        command.add_argument(
+            "--model", help=f"Hugging Face id, local dir or .gguf (default: embedded {_EMBEDDED})"
+        )
+        command.add_argument(
+            "--device", help="cpu, cuda, cuda:N or mps (default: cuda when available)"
+        )
     calibrate = commands.add_parser(
         "calibrate",
         help="choose the retrieval layer and pooling kernels of a model",
@@ -262,8 +306,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Usage errors and ``--help`` exit through `SystemExit`, as argparse does."""
     args = _parser().parse_args(argv)
+    commands = {"calibrate": _calibrate, "compress": _compress, "index": _index, "query": _query}
     try:
-        return _calibrate(args) if args.command == "calibrate" else _compress(args)
+        return commands[args.command](args)
     except ILReError as error:
         print(f"ilre: error: {_one_line(error)}", file=sys.stderr)
         return EXIT_USAGE
@@ -326,6 +371,70 @@ def _compress(args: argparse.Namespace) -> int:
         print(
             f"[ilre] {result.input_tokens} -> {result.output_tokens} tokens "
             f"({len(result.spans)} spans, budget {result.budget_tokens})",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def _store_engine(args: argparse.Namespace):
+    """The engine of `ilre index` / `ilre query`, after the checks that need no model."""
+    _check_gguf(args.model)
+    hub = _prepare_hub(args.model)
+    _check_device(args.device)
+    if hub is not None:
+        _check_cached(args.model, hub)
+    from .engine import ILRe
+
+    with _loading(args.model):
+        return ILRe.from_pretrained(args.model, device=args.device)
+
+
+def _index(args: argparse.Namespace) -> int:
+    from .inputs import as_documents
+
+    if args.store.exists() and not args.store.is_dir():
+        raise ILReError(f"{args.store} is not a directory")
+    documents = as_documents(_read_documents(args.files))
+    sources = [str(path) for path in args.files] or ["<stdin>"]
+    engine = _store_engine(args)
+    from .store import MANIFEST, CorpusStore
+
+    if (args.store / MANIFEST).exists():
+        store = CorpusStore.open(args.store, engine)
+    else:
+        store = CorpusStore.create(args.store, engine)
+    ids = store.add(documents, [{"source": source} for source in sources])
+    print(
+        f"[ilre] added documents {ids[0]}-{ids[-1]} to {args.store}: {len(store)} documents, "
+        f"{store.num_tokens:,} model tokens",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _query(args: argparse.Namespace) -> int:
+    from .budget import resolve_budget
+    from .inputs import check_query
+
+    check_query(args.query)
+    resolve_budget(1, args.budget, args.ratio)
+    from .store import MANIFEST, CorpusStore
+
+    if not (args.store / MANIFEST).is_file():
+        raise ILReError(f"no corpus store at {args.store}: build one with `ilre index`")
+    store = CorpusStore.open(args.store, _store_engine(args))
+    result = store.recall(args.query, budget_tokens=args.budget, ratio=args.ratio)
+    if args.json:
+        data = result.to_dict()
+        for span in data["spans"]:
+            span["source"] = store.document(span["document"])[1].get("source")
+        _print(json.dumps(data, ensure_ascii=False))
+    else:
+        _print(result.text)
+        print(
+            f"[ilre] {result.input_tokens} -> {result.output_tokens} tokens "
+            f"({len(result.spans)} spans from {len({s.document for s in result.spans})} "
+            f"of {len(store)} documents, budget {result.budget_tokens})",
             file=sys.stderr,
         )
     return 0

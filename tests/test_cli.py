@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import subprocess
@@ -220,3 +221,27 @@ def test_compress_into_a_closed_pipe_exits_quietly(tmp_path):
         process.wait(timeout=600)
     assert process.returncode == 141, err.read_text()[-2000:]
     assert "Traceback" not in err.read_text() and "BrokenPipe" not in err.read_text()
+
+
+def test_index_then_query_a_corpus_store(tmp_path):
+    needle = tmp_path / "lock.txt"
+    needle.write_text("The keeper of the north lock set the safe combination to 4-19-73.\n")
+    other = tmp_path / "mill.txt"
+    other.write_text("River barges moved grain and timber past the mill every day.\n")
+    store = tmp_path / "store"
+    done = run_cli("index", str(store), str(needle), str(other))
+    assert done.returncode == 0 and "added documents 0-1" in done.stderr, done.stderr[-2000:]
+    done = run_cli("index", str(store), stdin="A third document, read from standard input.")
+    assert done.returncode == 0 and "3 documents" in done.stderr, done.stderr[-2000:]
+    done = run_cli(
+        "query", str(store), "-q", "What combination was set?", "--budget", "25", "--json"
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout)
+    assert "4-19-73" in result["text"] and result["output_tokens"] <= 25
+    sources = {span["source"] for span in result["spans"]}
+    assert str(needle) in sources and sources <= {str(needle), str(other), "<stdin>"}
+
+
+def test_query_refuses_a_directory_without_a_store_at_once(tmp_path):
+    assert_refused(run_cli("query", str(tmp_path), "-q", "x", "--budget", "5"), "ilre index")
