@@ -14,6 +14,7 @@ import json
 import math
 import numbers
 import os
+import shutil
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from ilre_engine import errors
 
 if TYPE_CHECKING:
     from ilre_engine import EncodedContext, ILRe, RecallResult, Span
+    from ilre_engine.store import CorpusStore
 
 METADATA_KEY = "ilre"
 """Metadata entry that carries the spans, the score and the token counts of a compressed
@@ -210,7 +212,7 @@ class DocumentRecall:
 
 
 def per_document(
-    engine: ILRe, result: RecallResult, documents: Sequence[str]
+    engine: ILRe, result: RecallResult, documents: Sequence[str] | Mapping[int, str]
 ) -> list[DocumentRecall]:
     """Split a recall over several documents into one entry per document that kept anything,
     in document order; a document's text is its spans joined by the gap marker."""
@@ -236,16 +238,32 @@ def per_document(
 
 class EncodedCorpus:
     """Documents encoded once for many queries, with their metadata; documents can be added
-    without re-encoding the earlier ones, and the whole corpus saved and loaded."""
+    without re-encoding the earlier ones, and the whole corpus saved and loaded.
 
-    def __init__(self, engine: ILRe) -> None:
+    In memory, the corpus is one encoded context. Backed by a `CorpusStore` (`in_store`, or
+    `load` of a store's directory, e.g. one built by ``ilre index``) it is the store's
+    documents on disk, each encoded on its own, with no limit but the disk."""
+
+    def __init__(self, engine: ILRe, store: CorpusStore | None = None) -> None:
         self.engine = engine
+        self.store = store
         self.encoded: EncodedContext | None = None
         self.metadata: list[dict[str, Any]] = []
         self._lock = threading.Lock()
 
+    @classmethod
+    def in_store(cls, directory: str | os.PathLike[str], engine: ILRe) -> EncodedCorpus:
+        """A corpus kept in the corpus store at `directory`, opened, or created when there is
+        none."""
+        from ilre_engine.store import MANIFEST, CorpusStore
+
+        root = Path(directory)
+        if (root / MANIFEST).exists():
+            return cls(engine, CorpusStore.open(root, engine))
+        return cls(engine, CorpusStore.create(root, engine))
+
     def __len__(self) -> int:
-        return len(self.metadata)
+        return len(self.store) if self.store is not None else len(self.metadata)
 
     def add(
         self, texts: Sequence[str], metadatas: Sequence[Mapping[str, Any]] | None = None
@@ -256,6 +274,9 @@ class EncodedCorpus:
         if len(metadatas) != len(texts):
             raise ValueError(f"{len(texts)} texts but {len(metadatas)} metadata entries")
         if not texts:
+            return
+        if self.store is not None:
+            self.store.add(texts, metadatas)
             return
         with self._lock:
             if self.encoded is None:
@@ -268,6 +289,8 @@ class EncodedCorpus:
         self, query: str, *, budget_tokens: int | None = None, ratio: float | None = None
     ) -> tuple[RecallResult, list[DocumentRecall]]:
         """Recall over the whole corpus; per document, with its metadata."""
+        if self.store is not None:
+            return self._recall_store(query, budget_tokens, ratio)
         encoded = self.encoded
         if encoded is None:
             from ilre_engine import RecallResult
@@ -282,17 +305,42 @@ class EncodedCorpus:
             for r in recalls
         ]
 
+    def _recall_store(
+        self, query: str, budget_tokens: int | None, ratio: float | None
+    ) -> tuple[RecallResult, list[DocumentRecall]]:
+        store = self.store
+        if not len(store):
+            from ilre_engine import RecallResult
+
+            return RecallResult("", (), 0, 0, budget_tokens or 0, True), []
+        result = store.recall(query, budget_tokens=budget_tokens, ratio=ratio)
+        documents = {s.document: store.document(s.document) for s in result.spans}
+        texts = {index: text for index, (text, _) in documents.items()}
+        return result, [
+            DocumentRecall(
+                r.index, r.text, r.spans, r.score, r.output_tokens, documents[r.index][1]
+            )
+            for r in per_document(self.engine, result, texts)
+        ]
+
     def save(self, directory: str | os.PathLike[str]) -> Path:
         """Write the encoded context and the metadata to `directory` in one atomic commit.
+
+        A store-backed corpus is already on disk: saving it to its own directory does
+        nothing, to another one copies the store there.
 
         Both go to ``encoded/`` (`EncodedContext.save`, the metadata as its ``metadata``
         payload, values JSON cannot hold written as their ``str``), so a crash at any point
         leaves the previous corpus or the new one, never a mix. Concurrent saves: the last
         one wins, each complete. A ``metadata.json`` of the former two-file layout is removed
         once the new corpus is committed."""
+        root = Path(directory)
+        if self.store is not None:
+            if not root.exists() or not root.samefile(self.store.directory):
+                shutil.copytree(self.store.directory, root, dirs_exist_ok=True)
+            return root
         if self.encoded is None:
             raise errors.EncodedContextError("the corpus is empty: nothing to save")
-        root = Path(directory)
         with self._lock:
             encoded, metadata = self.encoded, list(self.metadata)
         payload = json.loads(json.dumps(metadata, ensure_ascii=False, default=str))
@@ -304,11 +352,14 @@ class EncodedCorpus:
     def load(cls, directory: str | os.PathLike[str], engine: ILRe) -> EncodedCorpus:
         """Read a corpus saved by `save` (or in the former layout, with its metadata in a
         separate ``metadata.json``); refuses one encoded by a different model, or damaged,
-        with `EncodedContextError`."""
+        with `EncodedContextError`. The directory of a corpus store opens that store."""
         from ilre_engine.context import EncodedContext
         from ilre_engine.errors import EncodedContextError
+        from ilre_engine.store import MANIFEST
 
         root = Path(directory)
+        if (root / MANIFEST).exists():
+            return cls.in_store(root, engine)
         corpus = cls(engine)
         corpus.encoded, extra = EncodedContext.load_with_extra(root / "encoded", engine)
         metadata = extra["metadata"] if "metadata" in extra else _legacy_metadata(root)

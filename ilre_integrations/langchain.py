@@ -430,6 +430,7 @@ class ILReRetriever(BaseRetriever):
         device: str | None = None,
         config: Any = None,
         budget_tokenizer: Any = "cl100k_base",
+        store: str | os.PathLike[str] | None = None,
         **kwargs: Any,
     ) -> ILReRetriever:
         """Encode `documents` into a new retriever.
@@ -438,12 +439,18 @@ class ILReRetriever(BaseRetriever):
             documents: the corpus; each one's id and metadata are kept with it.
             engine: a loaded `ILRe`; else the shared engine for ``model``, ``layer``,
                 ``device``, ``config`` and ``budget_tokenizer`` (see `ILReCompressor`).
+            store: a directory: keep the corpus in a `ilre_engine.CorpusStore` there
+                (opened, or created), each document encoded on its own, with no limit but
+                the disk; `load` reopens it, as it opens a store built by ``ilre index``.
+                None keeps the corpus in memory as one encoded context.
             kwargs: the retriever's fields: one budget (``k``, ``budget_tokens`` or
                 ``ratio``), ``tokens_per_k``, and BaseRetriever's (``tags``, ``metadata``).
         """
         retriever = cls._unloaded(engine, budget_tokenizer, kwargs)
         engine = _engine(engine, _settings(model, layer, device, config, budget_tokenizer))
-        retriever.corpus = EncodedCorpus(engine)
+        retriever.corpus = (
+            EncodedCorpus(engine) if store is None else EncodedCorpus.in_store(store, engine)
+        )
         retriever.add_documents(documents)
         return retriever
 
@@ -460,7 +467,8 @@ class ILReRetriever(BaseRetriever):
         budget_tokenizer: Any = "cl100k_base",
         **kwargs: Any,
     ) -> ILReRetriever:
-        """A retriever over a corpus written by `save`; the budget is not saved, give it in
+        """A retriever over a corpus written by `save`, or over a corpus store's directory
+        (``from_documents(store=...)``, ``ilre index``); the budget is not saved, give it in
         `kwargs` as for `from_documents`.
 
         Raises:

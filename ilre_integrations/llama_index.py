@@ -302,6 +302,7 @@ class ILReRetriever(BaseRetriever):
         ratio: float | None = None,
         callback_manager: CallbackManager | None = None,
         verbose: bool = False,
+        store: str | os.PathLike[str] | None = None,
     ) -> None:
         """Load the engine (unless given) and encode `nodes`.
 
@@ -317,6 +318,10 @@ class ILReRetriever(BaseRetriever):
                 cl100k_base.
             budget_tokens: tokens kept per query over all documents; or give `ratio`.
             ratio: fraction of the corpus' tokens kept per query, in (0, 1].
+            store: a directory: keep the corpus in an `ilre_engine.CorpusStore` there
+                (opened, or created), each document encoded on its own, with no limit but
+                the disk; `from_persist_dir` reopens it, as it opens a store built by
+                ``ilre index``. None keeps the corpus in memory as one encoded context.
         """
         # Refuse a bad budget before loading anything.
         check_fields({"engine": engine, "budget_tokenizer": budget_tokenizer})
@@ -329,7 +334,11 @@ class ILReRetriever(BaseRetriever):
         _check_engine_settings(engine, {**settings, **_given(model=model)})
         super().__init__(callback_manager=callback_manager, verbose=verbose)
         self.engine: ILRe = engine if engine is not None else shared_engine(model, **settings)
-        self.corpus = EncodedCorpus(self.engine)
+        self.corpus = (
+            EncodedCorpus(self.engine)
+            if store is None
+            else EncodedCorpus.in_store(store, self.engine)
+        )
         if nodes:
             self.insert_nodes(nodes)
 
@@ -387,7 +396,8 @@ class ILReRetriever(BaseRetriever):
 
     @classmethod
     def from_persist_dir(cls, persist_dir: str | os.PathLike[str], **kwargs: Any) -> ILReRetriever:
-        """A retriever over the corpus saved in `persist_dir`.
+        """A retriever over the corpus saved in `persist_dir`, or over a corpus store's
+        directory (``store=``, ``ilre index``).
 
         Args:
             kwargs: the constructor's keyword arguments (engine or model settings, budget);

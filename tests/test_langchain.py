@@ -696,3 +696,41 @@ def test_the_runnable_refuses_inputs_without_documents_or_query():
         runnable.invoke({"query": "what?"})
     with pytest.raises(EmptyInputError, match="no 'query'"):
         runnable.invoke({"documents": [Document(page_content="text")]})
+
+
+# -- over a corpus store ----------------------------------------------------------------------
+
+
+def test_a_retriever_over_a_corpus_store_answers_in_a_chain_and_reopens(
+    engine, documents, llm, task, tmp_path
+):
+    """Each document encoded on its own into a store on disk: same results' shape and
+    provenance as the in-memory corpus, an answer from a real chain, and `load` reopens it."""
+    store = tmp_path / "store"
+    retriever = ILReRetriever.from_documents(
+        documents[:2], engine=engine, budget_tokens=BUDGET, store=store
+    )
+    retriever.add_documents(documents[2:])  # a second shard
+    found = retriever.invoke(task.query)
+    assert task.recalled(found[0].page_content)
+    for document in found:
+        info = document.metadata[METADATA_KEY]
+        source = documents[info["document"]]
+        assert document.id == source.id and document.page_content == spans_text(source, info)
+        assert document.metadata == {
+            **source.metadata,
+            "relevance_score": info["score"],
+            METADATA_KEY: info,
+        }
+    chain = (
+        {"context": retriever | format_docs, "question": RunnablePassthrough()}
+        | PROMPT
+        | llm
+        | StrOutputParser()
+    )
+    assert_answers_from_compressed_context(chain, engine, task)
+    reopened = ILReRetriever.load(store, engine=engine, budget_tokens=BUDGET)
+    assert reopened.invoke(task.query) == found
+    assert retriever.save(tmp_path / "copy") == tmp_path / "copy"
+    copied = ILReRetriever.load(tmp_path / "copy", engine=engine, budget_tokens=BUDGET)
+    assert copied.invoke(task.query) == found

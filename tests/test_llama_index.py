@@ -645,3 +645,22 @@ def test_settings_tokenizer_counts_the_budget(engine, small_nodes):
         count(n.node.get_content()) != engine.counter.count(n.node.get_content()) for n in output
     )
     assert count(GAP_MARKER.join(n.node.get_content() for n in output)) <= 40
+
+
+def test_a_retriever_over_a_corpus_store_answers_in_a_query_engine_and_reopens(
+    story, engine, llm, tmp_path
+):
+    """Each document encoded on its own into a store on disk: a query engine answers from
+    it with the documents' provenance, and `from_persist_dir` reopens it."""
+    store = tmp_path / "store"
+    retriever = ILReRetriever.from_defaults(
+        documents=story.documents[:1], engine=engine, budget_tokens=BUDGET, store=store
+    )
+    retriever.insert_nodes(story.documents[1:])  # a second shard
+    response = RetrieverQueryEngine.from_args(retriever, llm=llm).query(story.task.query)
+    assert story.answer in response.response
+    assert_compressed(response.source_nodes, {d.id_: d for d in story.documents}, story)
+    reopened = ILReRetriever.from_persist_dir(store, engine=engine, budget_tokens=BUDGET)
+    assert summary(reopened.retrieve(story.task.query)) == summary(
+        retriever.retrieve(story.task.query)
+    )
