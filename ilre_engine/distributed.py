@@ -1,0 +1,178 @@
+"""Corpus encoding past one machine: `encode_corpus` spreads `CorpusStore` encoding over a Ray
+Data actor pool and commits the result once.
+
+Each actor of the pool builds one engine with the caller's factory (an engine holds a model
+and cannot be pickled cheaply; a factory such as ``functools.partial(ILRe.from_pretrained,
+...)`` can), and writes every batch of documents it is given as a pending shard of the store
+with `store.write_shard`, which needs no lock and no manifest. The driver collects the
+pending names in the dataset's order and makes them part of the store with one
+`CorpusStore.commit`: until then no recall sees any of them, so a failed run leaves the store
+as it was (its pending shards are removed by `CorpusStore.discard_pending`).
+
+Ray is an optional dependency (``pip install "ilre[ray]"``): it is imported inside the
+functions that need it, so importing this module, like importing `ilre_engine`, never does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .errors import EmptyInputError, ILReError
+from .store import MANIFEST, CorpusStore, write_shard
+
+if TYPE_CHECKING:
+    import pyarrow
+    import ray.data
+
+    from .engine import ILRe
+
+SHARD_COLUMN = "shard"
+"""The one column of the mapped dataset: each batch's pending shard name."""
+
+
+def encode_corpus(
+    dataset: ray.data.Dataset,
+    store: CorpusStore | str | os.PathLike[str],
+    engine_factory: Callable[[], ILRe],
+    *,
+    batch_size: int = 128,
+    num_actors: int = 1,
+    num_gpus_per_actor: float = 0,
+    num_cpus_per_actor: float = 1,
+    text_column: str = "text",
+    metadata_columns: Sequence[str] | None = None,
+) -> list[int]:
+    """Encode every row of `dataset` as a document of `store`, on a Ray actor pool; the
+    documents' ids, in the dataset's order.
+
+    Args:
+        dataset: any Ray Dataset (files, parquet, ``ray.data.from_items``) with a
+            `text_column` of strings (or UTF-8 bytes).
+        store: an existing store (`CorpusStore.create` makes one), or its directory. The
+            directory must be visible under the same path to every worker: a local disk for
+            one machine, a shared file system (NFS, Lustre) for many. Given a directory,
+            the driver builds one engine with `engine_factory` to check shards and commit
+            them; open the store yourself with an engine fit for the driver (on the CPU,
+            in the workers' dtype: the model's fingerprint is taken from its weights as
+            loaded) to avoid that.
+        engine_factory: builds an actor's engine; it is pickled and sent to each actor, so a
+            module-level function or a `functools.partial`, not a lambda of the session.
+            Every engine it builds must match the store's model, layer and tokenizer.
+        batch_size: documents per batch, and so per shard. An actor holds a batch's keys in
+            memory until its shard is written; recall opens every shard, so very small
+            batches make many small files.
+        num_actors: the pool's size, each actor with its own engine: one per GPU.
+        num_gpus_per_actor: GPUs reserved for each actor (1 to give each its own GPU; the
+            factory then builds the engine on ``cuda``, which Ray maps to that GPU).
+        num_cpus_per_actor: CPUs reserved for each actor; Ray sets its ``OMP_NUM_THREADS``,
+            and so torch's threads, to it.
+        text_column: the column of document texts.
+        metadata_columns: columns stored as each document's metadata (`CorpusStore.document`
+            returns them); None stores none.
+
+    Raises:
+        ILReError: `store` is a directory that holds no store, or a column is missing
+            (checked on the driver before any actor starts); `EmptyInputError` for a
+            dataset without a schema (an empty one).
+        ray.exceptions.RayError: a worker failed, with the worker's error in its message: a
+            batch that cannot be encoded (`RayTaskError`), an engine that does not match the
+            store or a store this worker cannot see (`ActorDiedError`). Any failure ends the
+            run before the commit, leaving the store as it was.
+    """
+    import ray
+
+    metadata = list(metadata_columns or ())
+    _check_columns(dataset, [text_column, *metadata])
+    if not isinstance(store, CorpusStore):
+        directory = Path(store)
+        if not (directory / MANIFEST).is_file():
+            raise ILReError(
+                f"no corpus store at {directory}: create one first with "
+                "CorpusStore.create(directory, engine)"
+            )
+        store = CorpusStore.open(directory, engine_factory())
+    mapped = dataset.map_batches(
+        _ShardWriter,
+        fn_constructor_args=(str(store.directory), engine_factory, text_column, metadata),
+        batch_size=batch_size,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=num_actors),
+        num_gpus=num_gpus_per_actor,
+        num_cpus=num_cpus_per_actor,
+    )
+    with _in_order_and_complete(mapped.context):
+        names = [row[SHARD_COLUMN] for row in mapped.take_all()]
+    ids = store.commit(names) if names else []
+    return [document for shard in ids for document in shard]
+
+
+class _ShardWriter:
+    """A Ray actor of `encode_corpus`: one engine, one pending shard per batch."""
+
+    def __init__(
+        self,
+        directory: str,
+        engine_factory: Callable[[], ILRe],
+        text_column: str,
+        metadata_columns: Sequence[str],
+    ) -> None:
+        if not (Path(directory) / MANIFEST).is_file():
+            raise ILReError(
+                f"no corpus store at {directory} as seen from {socket.gethostname()}: the store "
+                "must lie on a file system that every worker sees under the same path"
+            )
+        self._engine = engine_factory()
+        # Before any work: this worker's engine is the store's model, layer and tokenizer
+        # (else every shard it wrote would be refused at the commit).
+        CorpusStore.open(directory, self._engine)
+        self._directory = directory
+        self._text_column = text_column
+        self._metadata_columns = list(metadata_columns)
+
+    def __call__(self, batch: pyarrow.Table) -> dict[str, np.ndarray]:
+        texts = batch.column(self._text_column).to_pylist()
+        if not texts:  # a block that an upstream filter emptied: no shard for it
+            return {SHARD_COLUMN: np.array([], dtype=object)}
+        # to_pylist gives plain Python values (not numpy scalars), so metadata is stored as
+        # `CorpusStore.add` would store the same values.
+        columns = {name: batch.column(name).to_pylist() for name in self._metadata_columns}
+        metadata = [
+            {name: values[i] for name, values in columns.items()} for i in range(len(texts))
+        ]
+        name = write_shard(self._directory, self._engine, texts, metadata, progress=False)
+        return {SHARD_COLUMN: np.array([name], dtype=object)}
+
+
+def _check_columns(dataset: ray.data.Dataset, wanted: Sequence[str]) -> None:
+    """Refuse a dataset that lacks a column `encode_corpus` reads, before any actor starts."""
+    columns = dataset.columns()
+    if columns is None:
+        raise EmptyInputError("the dataset has no schema (is it empty?): nothing to encode")
+    missing = [name for name in wanted if name not in columns]
+    if missing:
+        raise ILReError(
+            f"the dataset has no column {missing[0]!r}; its columns are {columns} "
+            "(text_column= and metadata_columns= choose them)"
+        )
+
+
+@contextlib.contextmanager
+def _in_order_and_complete(context: Any) -> Iterator[None]:
+    """While encoding: outputs in the order of the input blocks (document ids follow the
+    dataset's order), and no failed block skipped (a commit would lose its documents
+    silently). A dataset shares its context with the dataset it was derived from, the
+    caller's, so the caller's settings are put back afterwards."""
+    options = context.execution_options
+    saved = options.preserve_order, context.max_errored_blocks
+    options.preserve_order, context.max_errored_blocks = True, 0
+    try:
+        yield
+    finally:
+        options.preserve_order, context.max_errored_blocks = saved
