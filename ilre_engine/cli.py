@@ -42,6 +42,8 @@ from urllib.parse import urlsplit
 
 from .errors import ILReError, UnsupportedModelError
 
+TEXT_SUFFIXES = (".txt", ".md", ".rst", ".html")
+"""The files `ilre index` takes from a directory."""
 MAX_INPUT_BYTES = 256 * 2**20
 """The most bytes ``ilre compress`` reads, all inputs together (far more than any model's
 context holds); a larger input, such as ``/dev/zero``, is refused."""
@@ -151,8 +153,9 @@ def _parser() -> argparse.ArgumentParser:
         "files",
         nargs="*",
         type=Path,
-        metavar="FILE",
-        help=f"documents, one per file (default: standard input); at most "
+        metavar="PATH",
+        help=f"documents, one per file; a directory adds its files ({', '.join(TEXT_SUFFIXES)}, "
+        f"recursively, hidden ones skipped); default: standard input; at most "
         f"{MAX_INPUT_BYTES // 2**20} MiB in all per call",
     )
     query = commands.add_parser(
@@ -394,8 +397,9 @@ def _index(args: argparse.Namespace) -> int:
 
     if args.store.exists() and not args.store.is_dir():
         raise ILReError(f"{args.store} is not a directory")
-    documents = as_documents(_read_documents(args.files))
-    sources = [str(path) for path in args.files] or ["<stdin>"]
+    files = _expand(args.files)
+    documents = as_documents(_read_documents(files))
+    sources = [str(path) for path in files] or ["<stdin>"]
     engine = _store_engine(args)
     from .store import MANIFEST, CorpusStore
 
@@ -445,6 +449,26 @@ def _print(text: str) -> None:
     standard error comes after it, on a line of its own."""
     sys.stdout.write(text if text.endswith("\n") else text + "\n")
     sys.stdout.flush()
+
+
+def _expand(paths: Sequence[Path]) -> list[Path]:
+    """`paths` with each directory replaced by its text files, in sorted order."""
+    files: list[Path] = []
+    for path in paths:
+        if not path.is_dir():
+            files.append(path)
+            continue
+        found = sorted(
+            p
+            for p in path.rglob("*")
+            if p.is_file()
+            and p.suffix.lower() in TEXT_SUFFIXES
+            and not any(part.startswith(".") for part in p.relative_to(path).parts)
+        )
+        if not found:
+            raise ILReError(f"{path} holds no text files ({', '.join(TEXT_SUFFIXES)})")
+        files.extend(found)
+    return files
 
 
 def _read_documents(files: Sequence[Path]) -> list[str | bytes]:

@@ -228,9 +228,12 @@ def test_index_then_query_a_corpus_store(tmp_path):
     needle.write_text("The keeper of the north lock set the safe combination to 4-19-73.\n")
     other = tmp_path / "mill.txt"
     other.write_text("River barges moved grain and timber past the mill every day.\n")
+    (tmp_path / ".hidden").mkdir()
+    (tmp_path / ".hidden" / "skip.txt").write_text("Never indexed.")
+    (tmp_path / "image.png").write_bytes(b"\x89PNG")
     store = tmp_path / "store"
-    done = run_cli("index", str(store), str(needle), str(other))
-    assert done.returncode == 0 and "added documents 0-1" in done.stderr, done.stderr[-2000:]
+    done = run_cli("index", str(store), str(tmp_path))  # the folder: its two text files
+    assert done.returncode == 0 and "added documents 0-1 " in done.stderr, done.stderr[-2000:]
     done = run_cli("index", str(store), stdin="A third document, read from standard input.")
     assert done.returncode == 0 and "3 documents" in done.stderr, done.stderr[-2000:]
     done = run_cli(
