@@ -20,7 +20,8 @@ Methods:
   kernels, recorded in the JSON). Ablations recall from the same encoding with other pooling
   kernels: ``ilre_k1``, ``ilre_k9``, ``ilre_k17`` (one kernel for every head) and
   ``ilre_kmulti`` (1, 5, 9, 17 dealt over the heads: the paper's multi-kernel allocation);
-  ``ilre_p2`` with two recall passes (`ILReConfig.recall_passes`).
+  ``ilre_p1`` / ``ilre_p2`` with one / two recall passes (`ILReConfig.recall_passes`; the
+  one equal to the engine's own is skipped).
 - ``ilre_l<N>``: retrieval layer N (``--ablation-layers``, default 5 and 11: this model's
   global-attention layers) instead of the calibrated one, at ``--deep-lengths``;
   ``ilre_l11_w512`` / ``ilre_l11_wfull`` re-encode layer 11 (``--window-layer``) with a
@@ -73,6 +74,7 @@ ABLATIONS: dict[str, dict] = {
     "ilre_k9": {"kernel_sizes": (9,)},
     "ilre_k17": {"kernel_sizes": (17,)},
     "ilre_kmulti": {"kernel_sizes": (1, 5, 9, 17)},
+    "ilre_p1": {"recall_passes": 1},
     "ilre_p2": {"recall_passes": 2},
 }
 """Settings recalled from ILRe's own encoding (one that changes nothing of the engine's own

@@ -44,7 +44,8 @@ class ILReConfig:
             tokens per earlier pass, cut to fit ``max_query_tokens``), so a statement that
             names what the question's answer names is found (a chain of assignments, a fact
             split over sentences); the selection ranks by the mean of every pass's scores.
-            Each pass costs one more query pass over the context's keys.
+            Each pass costs one more query pass over the context's keys. The default, 2,
+            was chosen by measurement (benchmarks/README.md, "Two recall passes").
     """
 
     chunk_size: int = 1024
@@ -59,7 +60,7 @@ class ILReConfig:
     granularity: str = "sentence"
 
     max_query_tokens: int = 256
-    recall_passes: int = 1
+    recall_passes: int = 2
 
     def __post_init__(self) -> None:
         for name in ("chunk_size", "window", "score_block", "max_query_tokens", "recall_passes"):

@@ -41,8 +41,7 @@ def context() -> str:
 
 
 def test_one_pass_is_the_single_pass_recall(trunk, context):
-    engine = engine_for(trunk)
-    assert engine.config.recall_passes == 1
+    engine = engine_for(trunk, recall_passes=1)
     encoded = engine.encode(context)
     scores = engine.scores_for_ids(encoded, *engine.query_ids(QUESTION)).cpu().numpy()
     budget = engine.input_tokens(encoded) // 10
@@ -53,7 +52,7 @@ def test_one_pass_is_the_single_pass_recall(trunk, context):
 
 
 def test_two_passes_average_the_question_and_the_seeded_question(trunk, context):
-    one, two = engine_for(trunk), engine_for(trunk, recall_passes=2)
+    one, two = engine_for(trunk, recall_passes=1), engine_for(trunk, recall_passes=2)
     encoded = one.encode(context)
     first = one.token_scores(encoded, QUESTION)
     _, seed = select_within_budget(encoded.tokens, first, SEED_TOKENS, one.counter.count)
@@ -72,7 +71,7 @@ def test_more_passes_keep_the_budget_and_are_deterministic(trunk, context, passe
         assert result.output_tokens == engine.counter.count(result.text)
         again = engine.recall(encoded, QUESTION, budget_tokens=budget)
         assert (again.text, again.spans) == (result.text, result.spans)
-    single = engine_for(trunk).token_scores(encoded, QUESTION)
+    single = engine_for(trunk, recall_passes=1).token_scores(encoded, QUESTION)
     assert not np.allclose(engine.token_scores(encoded, QUESTION), single)
 
 
@@ -111,7 +110,7 @@ def test_the_seed_is_cut_to_the_query_limits_and_the_question_kept_whole(trunk, 
     # No room at all: the recall is the single pass.
     full = replace(base.config, max_query_tokens=question_tokens)
     tight = ILRe(trunk, char_tokenizer(), layer=LAYER, name="tiny", config=full)
-    single = engine_for(trunk).recall(encoded, QUESTION, budget_tokens=20)
+    single = engine_for(trunk, recall_passes=1).recall(encoded, QUESTION, budget_tokens=20)
     assert tight.recall(encoded, QUESTION, budget_tokens=20).text == single.text
 
 
