@@ -25,6 +25,10 @@ a GPU, the keys of each shard move to the device when first read, while they fit
 Recall is exact: the softmax of each query head runs over every key of every live document
 (two passes over blocks, as `recall.attention_scores` does), then the prior, pooling within
 documents and budgeted selection of whole units, as `ILRe.recall` does for one context.
+
+Longer than most modules because it owns a durable format of its own (the manifest, its
+commits, pending shards) besides recall over many shards; the shards themselves are
+`persistence`'s.
 """
 
 from __future__ import annotations
