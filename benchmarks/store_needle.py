@@ -4,11 +4,17 @@
 
 A corpus store of `--documents` essay passages (about 100 model tokens each) hides
 `--needles` facts, each in its own document at a random depth, each with its own key
-("the vault code of <city> is <number>"). Every question is asked twice, through the
-store's own recall with the embedded model: over the whole store (`--budget` reader tokens)
-and over a store that holds only the needle's document (`--alone-budget` tokens, a similar
-share of what a reader would get from it). Prints, per setting, how many values were kept
-whole and the rank of the needle's document by its best token; one JSON line at the end.
+("the vault code of <city> is <number>"). Every question is asked three times, through the
+store's own recall with the embedded model:
+
+- ``single``: over a copy of the store in which the other needles' documents are deleted:
+  one needle among the plain passages (`--budget` reader tokens);
+- ``distracted``: over the whole store, the other needles (same sentence, other cities and
+  numbers) competing with it;
+- ``alone``: over a store of the needle's document only (`--alone-budget` tokens).
+
+Prints, per setting, how many values were kept whole and the rank of the needle's document
+by its best token; one JSON line at the end.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -86,21 +93,26 @@ def main() -> None:
     started = time.perf_counter()
     crowded.add(passages, progress=True)
     encode_s = time.perf_counter() - started
-    results = {"crowded": [], "alone": []}
+    results = {"single": [], "distracted": [], "alone": []}
     for home, question, value in needles:
         alone = CorpusStore.create(root / f"alone-{home}", engine)
         alone.add([passages[home]])
+        shutil.copytree(crowded.directory, root / "single", dirs_exist_ok=False)
+        single = CorpusStore.open(root / "single", engine)
+        single.delete([other for other, _, _ in needles if other != home])
         for name, store, budget in (
-            ("crowded", crowded, args.budget),
+            ("single", single, args.budget),
+            ("distracted", crowded, args.budget),
             ("alone", alone, args.alone_budget),
         ):
             started = time.perf_counter()
             result = store.recall(question, budget_tokens=budget)
             seconds = time.perf_counter() - started
             best = {d: s.max() for d, s in store.token_scores(question).items()}
-            target = home if name == "crowded" else 0
+            target = 0 if name == "alone" else home
             rank = 1 + int(sum(score > best[target] for score in best.values()))
             results[name].append({"kept": value in result.text, "rank": rank, "s": seconds})
+        shutil.rmtree(root / "single")
     summary = {
         "documents": args.documents,
         "model_tokens": crowded.num_tokens,
@@ -115,7 +127,7 @@ def main() -> None:
             f"{name}: value kept {kept}/{len(rows)}, document ranks {ranks}, median {seconds:.2f} s"
         )
         summary[name] = {"kept": kept, "ranks": ranks, "median_recall_s": round(seconds, 3)}
-    summary["budgets"] = {"crowded": args.budget, "alone": args.alone_budget}
+    summary["budgets"] = {"store": args.budget, "alone": args.alone_budget}
     print(json.dumps(summary))
 
 
