@@ -28,6 +28,7 @@ itself is the engine's.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -354,18 +355,14 @@ def _compress(args: argparse.Namespace) -> int:
         _check_cached(args.model, hub)
     documents = as_documents(_read_documents(args.files))
 
-    from .config import ILReConfig
     from .engine import ILRe
 
-    config = ILReConfig(max_tokens=args.max_tokens)
     with _loading(args.model):
         engine = ILRe.from_pretrained(
-            args.model,
-            layer=args.layer,
-            device=args.device,
-            config=config,
-            budget_tokenizer=args.tokenizer,
+            args.model, layer=args.layer, device=args.device, budget_tokenizer=args.tokenizer
         )
+    # The model's profile (its calibrated kernels) stays; only the guard changes.
+    engine.config = dataclasses.replace(engine.config, max_tokens=args.max_tokens)
     result = engine.compress(documents, args.query, budget_tokens=args.budget, ratio=args.ratio)
     if args.json:
         _print(json.dumps(result.to_dict(), ensure_ascii=False))

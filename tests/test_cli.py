@@ -248,3 +248,12 @@ def test_index_then_query_a_corpus_store(tmp_path):
 
 def test_query_refuses_a_directory_without_a_store_at_once(tmp_path):
     assert_refused(run_cli("query", str(tmp_path), "-q", "x", "--budget", "5"), "ilre index")
+
+
+def test_compress_keeps_what_the_python_api_keeps(engine):
+    """The command line reads with the model's profile (its calibrated kernels), as
+    `ILRe.from_pretrained()` does: the same text for the same budget."""
+    text = SAMPLE.read_text(encoding="utf-8")
+    done = run_cli("compress", "-q", QUESTION, "--budget", "80", "--json", str(SAMPLE))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout)["text"] == engine.compress(text, QUESTION, budget_tokens=80).text
