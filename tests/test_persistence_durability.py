@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from ilre_engine import EncodedContext, EncodedContextError
+from ilre_engine.persistence import manifest_digest
 from ilre_integrations._common import EncodedCorpus
 from tests.crafting import (
     TEXTS_A,
@@ -238,13 +239,25 @@ def as_version_1(directory: Path) -> dict:
     """Rewrite the manifest as format version 1 wrote it (no sizes, no own checksum, the
     tokenizer by name only)."""
     manifest = read_manifest(directory)
-    for key in ("manifest_sha256", "tokenizer_sha256"):
+    for key in ("manifest_sha256", "tokenizer_sha256", "query_position"):
         del manifest[key]
     manifest["format_version"] = 1
     for entry in manifest["files"].values():
         del entry["size"]
     write_manifest(directory, manifest)
     return manifest
+
+
+def test_format_version_2_still_loads_with_the_query_after_the_context(tiny, contents, tmp_path):
+    encoded = contents["A"][0]
+    encoded.save(tmp_path)
+    manifest = read_manifest(tmp_path)
+    del manifest["query_position"]
+    manifest["format_version"] = 2
+    manifest["manifest_sha256"] = manifest_digest(manifest)
+    write_manifest(tmp_path, manifest)
+    loaded = EncodedContext.load(tmp_path, tiny)
+    assert same_context(loaded, encoded) and loaded.query_position == len(encoded)
 
 
 def test_format_version_1_still_loads_and_is_validated(tiny, contents, tmp_path):
