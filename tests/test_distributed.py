@@ -7,10 +7,11 @@ import functools
 import numpy as np
 import pytest
 import torch
-from transformers import AutoModel, Gemma3TextConfig
+from transformers import AutoModel
 
 from ilre_engine import EmptyInputError, ILRe, ILReConfig, ILReError, persistence
 from ilre_engine.store import CorpusStore
+from tests.tiny_models import worded_config
 
 ray = pytest.importorskip("ray", reason="encode_corpus needs ray: pip install 'ilre[ray]'")
 from ilre_engine.distributed import _ShardWriter, encode_corpus  # noqa: E402  (after the skip)
@@ -26,18 +27,7 @@ SETTINGS = ILReConfig(chunk_size=32, max_query_tokens=24)
 def _save_tiny(directory, tokenizer, seed: int) -> None:
     """A tiny Gemma 3 over the embedded model's tokenizer (window 160, so the longer documents
     are read in segments), saved as a model directory that `ILRe.from_pretrained` loads."""
-    config = Gemma3TextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=16,
-        max_position_embeddings=160,
-        sliding_window=24,
-        layer_types=["sliding_attention", "full_attention"],
-    )
+    config = worded_config(tokenizer)
     torch.manual_seed(seed)
     AutoModel.from_config(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)

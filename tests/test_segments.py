@@ -8,13 +8,19 @@ import copy
 import numpy as np
 import pytest
 import torch
-from transformers import AutoModel, Gemma3TextConfig
+from transformers import AutoModel
 
 from ilre_engine import ContextTooLongError, ILRe, ILReConfig
 from ilre_engine.segments import plan_segments
 from ilre_engine.streaming import ATTENTION_NAME
 from tests.reference import relative_error, segment_states
-from tests.tiny_models import build_models, random_context, tiny_configs, tiny_engine
+from tests.tiny_models import (
+    build_models,
+    random_context,
+    tiny_configs,
+    tiny_engine,
+    worded_config,
+)
 
 FAMILIES = sorted(tiny_configs())
 LAYER = 3
@@ -129,18 +135,7 @@ def test_a_needle_is_scored_alike_in_every_segment(models):
 @pytest.fixture(scope="module")
 def worded(tokenizer):
     """A tiny Gemma 3 over the embedded model's tokenizer, with a window of 160 positions."""
-    config = Gemma3TextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=16,
-        max_position_embeddings=160,
-        sliding_window=24,
-        layer_types=["sliding_attention", "full_attention"],
-    )
+    config = worded_config(tokenizer)
     torch.manual_seed(0)
     model = AutoModel.from_config(config, attn_implementation=ATTENTION_NAME).eval()
     settings = ILReConfig(chunk_size=32, max_query_tokens=16, prior_query=None)

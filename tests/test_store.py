@@ -7,12 +7,13 @@ import os
 import numpy as np
 import pytest
 import torch
-from transformers import AutoModel, Gemma3TextConfig
+from transformers import AutoModel
 
 from ilre_engine import EmptyInputError, EncodedContextError, ILRe, ILReConfig
 from ilre_engine import store as store_module
 from ilre_engine.store import CorpusStore, write_shard
 from ilre_engine.streaming import ATTENTION_NAME
+from tests.tiny_models import worded_config
 
 QUESTION = "Which lock logged a delay of 21 minutes?"
 DOCUMENTS = [
@@ -24,18 +25,7 @@ DOCUMENTS = [
 def _tiny(tokenizer, seed: int = 0) -> ILRe:
     """A tiny Gemma 3 over the embedded model's tokenizer, with a window of 160 positions, so
     that long documents are read in segments."""
-    config = Gemma3TextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=16,
-        max_position_embeddings=160,
-        sliding_window=24,
-        layer_types=["sliding_attention", "full_attention"],
-    )
+    config = worded_config(tokenizer)
     torch.manual_seed(seed)
     model = AutoModel.from_config(config, attn_implementation=ATTENTION_NAME).eval()
     settings = ILReConfig(chunk_size=32, max_query_tokens=24)

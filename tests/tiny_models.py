@@ -112,3 +112,21 @@ def reference_states(full, ids: np.ndarray, layer: int, sink=None, window=None):
 
 
 relative_error = reference.relative_error
+
+
+def worded_config(tokenizer) -> Gemma3TextConfig:
+    """A tiny Gemma 3 over a real tokenizer's vocabulary (the embedded model's, in the tests),
+    with a window of 160 positions, so that a few sentences already reach past it; layer 1
+    is its global retrieval layer, layer 0 slides over 24 tokens."""
+    return Gemma3TextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        max_position_embeddings=160,
+        sliding_window=24,
+        layer_types=["sliding_attention", "full_attention"],
+    )
