@@ -2,7 +2,9 @@
 
     python benchmarks/lab/gpu_quality.py prepare                     # CPU: tasks, tokens, the pack
     python benchmarks/lab/gpu_quality.py run --out OUT               # GPU, .device_carry/quality
-    python benchmarks/lab/gpu_quality.py score --gpu OUT             # CPU: spans, recall, tables
+    python benchmarks/lab/gpu_quality.py follow --gpu OUT            # CPU: second-pass queries
+    python benchmarks/lab/gpu_quality.py run --follow --out OUT2     # GPU: the second pass
+    python benchmarks/lab/gpu_quality.py score --gpu OUT --follow-gpu OUT2  # CPU: tables
 
 `benchmarks/quality.py` runs every method on the CPU, where ILRe's encodes of 32k tokens take
 about a minute each on two cores. This script moves only the model's work to the GPU: the
@@ -15,10 +17,16 @@ engine's own `scores_for_ids`; `score` turns the scores into budgeted spans on t
 the engine's own `select_within_budget` (at each granularity) and budget tokenizer, and
 writes results in `quality.py`'s format, for `quality.py --combine`.
 
-The device returns at most 64 MiB, so `run` keeps, per task and variant, the top
-`KEPT_SHARE` of the token scores (float16, with their positions); the other tokens score
-below all of them. A budget of 10% never reaches past them: `score` checks that every
-selection's units rank within what was kept, and counts the selections where one did not.
+Two recall passes (the engine's default, `ILReConfig.recall_passes`) take two trips, since
+the second pass's query holds text the first pass chose and the pack holds only the
+embedding rows of ids known in advance: `follow` picks each task's seed from the first
+pass's scores and builds the follow-up query exactly as `ILRe._recall_scores` does (the
+engine's own `select_within_budget` and `_follow_up_ids`), then repacks the trunk with their
+ids; `run --follow` scores the follow-up queries (default variant only); `score` ranks by
+the mean of both passes, as the engine does. Scores travel as float16 of ``score * L``
+(about 1 on average), every token's: the device returns at most 64 MiB.
+
+`--lengths` takes ``LENGTH[:SAMPLES]`` items, so long cells can have fewer samples.
 """
 
 from __future__ import annotations
@@ -26,6 +34,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import lzma
+import re
 import sys
 import time
 from pathlib import Path
@@ -41,7 +51,9 @@ import quality
 from gguf_pack import build_trunk, pack_trunk, rebuild_state
 
 RATIOS = (0.05, 0.1)
-KEPT_SHARE = 0.3
+DEFAULT_VARIANT = "prior_k17"
+"""The scoring of the engine as shipped (the profile's kernel, the prior), which `follow`
+gives a second pass."""
 PRIOR = "What is this text about?"
 REPEATED = "\n\nQuestion: {query}\nThe question again: {query}"
 
@@ -72,26 +84,31 @@ METHODS = {
 (word units, no prior) with this round's tokenisation and query fixes."""
 
 
-def task_sets(args) -> dict[str, tuple[list[int], list[str], int]]:
-    """Per set: (lengths, families, samples)."""
-    families = quality.family_names(args.families)
+def cells(lengths: str, samples: int) -> list[tuple[int, int]]:
+    """``(length, samples)`` of ``"16000,64000:2"``: a length's own count after a colon."""
+    out = []
+    for item in lengths.split(","):
+        length, _, count = item.partition(":")
+        out.append((int(length), int(count) if count else samples))
+    return out
+
+
+def task_sets(args) -> dict[str, tuple[list[tuple[int, int]], list[str]]]:
+    """Per set: ((length, samples) ..., families)."""
     return {
-        "quality": ([int(x) for x in args.lengths.split(",")], families, args.samples),
-        "niah": (
-            [int(x) for x in args.niah_lengths.split(",")],
-            ["niah_single"],
-            args.niah_samples,
-        ),
+        "quality": (cells(args.lengths, args.samples), quality.family_names(args.families)),
+        "niah": (cells(args.niah_lengths, args.niah_samples), ["niah_single"]),
     }
 
 
 def each_task(engine, args):
     """``(set, length, family, sample, task)`` of both sets, in a fixed order."""
-    for name, (lengths, families, samples) in task_sets(args).items():
-        for length, family, sample, task in quality.iter_tasks(
-            engine.tokenizer, lengths, families, samples, args.seed
-        ):
-            yield name, length, family, sample, task
+    for name, (lengths, families) in task_sets(args).items():
+        for length, samples in lengths:
+            for _, family, sample, task in quality.iter_tasks(
+                engine.tokenizer, [length], families, samples, args.seed
+            ):
+                yield name, length, family, sample, task
 
 
 def key(*parts) -> str:
@@ -111,12 +128,13 @@ def prepare(args) -> None:
     engine = ILRe.from_pretrained(device="cpu")
     base = engine.config
     arrays: dict[str, np.ndarray] = {}
+    contexts: dict[str, np.ndarray] = {}
     lead_ins: dict[str, int] = {}
     for name, length, family, sample, task in each_task(engine, args):
         tokens = tokenize_documents(engine.tokenizer, (task.context,))
         assert np.array_equal(tokens.doc_ids, token_layout(len(tokens))[0]), "one document"
         k = key(name, length, family, sample)
-        arrays[f"{k}|ids"] = tokens.input_ids.astype(np.int32)
+        contexts[k] = tokens.input_ids.astype(np.int32)
         for variant in SCORINGS:
             engine.config = variant_config(base, variant)
             query_ids, lead_in = engine.query_ids(task.query)
@@ -128,6 +146,7 @@ def prepare(args) -> None:
                 lead_ins[f"prior|{variant}"] = prior_lead_in
         engine.config = base
     np.savez_compressed(pack / "tasks.npz", **arrays)
+    save_contexts(pack, contexts)
     (pack / "tasks.json").write_text(
         json.dumps(
             {
@@ -138,9 +157,28 @@ def prepare(args) -> None:
             }
         )
     )
-    ids = np.concatenate(list(arrays.values())).astype(np.int64)
+    ids = np.concatenate([*arrays.values(), *contexts.values()]).astype(np.int64)
     pack_trunk(pack, ids, engine.layer)
-    print(f"{sum(1 for k in arrays if k.endswith('|ids'))} tasks, {len(ids):,} ids")
+    print(f"{len(contexts)} tasks, {len(ids):,} ids")
+
+
+def save_contexts(pack: Path, contexts: dict[str, np.ndarray]) -> None:
+    """Every task's context ids in one xz stream: tasks share their haystack, which xz's
+    window finds across tasks (zlib's 32 KiB does not), so a pack of millions of tokens
+    fits the device's 64 MiB."""
+    bounds = np.cumsum([0, *map(len, contexts.values())]).tolist()
+    with lzma.open(pack / "contexts.npy.xz", "wb", preset=6) as file:
+        np.save(file, np.concatenate(list(contexts.values())))
+    spans = {k: bounds[i : i + 2] for i, k in enumerate(contexts)}
+    (pack / "contexts.json").write_text(json.dumps(spans))
+
+
+def load_contexts(pack: Path) -> dict[str, np.ndarray]:
+    """`save_contexts`'s ids by task name."""
+    with lzma.open(pack / "contexts.npy.xz", "rb") as file:
+        ids = np.load(file)
+    spans = json.loads((pack / "contexts.json").read_text())
+    return {k: ids[begin:end] for k, (begin, end) in spans.items()}
 
 
 def _config(raw: dict):
@@ -158,22 +196,26 @@ def run(args) -> None:
     out.mkdir(parents=True, exist_ok=True)
     meta = json.loads((pack / "tasks.json").read_text())
     tasks = np.load(pack / "tasks.npz")
+    follow = np.load(pack / "follow.npz") if args.follow else None
+    follow_lead_in = json.loads((pack / "follow.json").read_text()) if args.follow else {}
     state = rebuild_state(pack)
     layer, base = meta["layer"], _config(meta["config"])
-    trunk = build_trunk(pack, state, layer, args.device, torch.float32)
+    trunk = build_trunk(pack, state, layer, args.device, getattr(torch, args.dtype))
     engine = ILRe(trunk, None, layer=layer, name=meta["model"], config=base)
+    if args.fp8:
+        engine.fp8()
     prior_ids = {
         v: (tasks[f"prior|{v}"].tolist(), meta["lead_in"][f"prior|{v}"])
         for v in SCORINGS
         if f"prior|{v}" in tasks.files
     }
-    # Seven files (and seconds.json: the device returns eight) under its 16 MiB a file,
-    # tasks dealt round-robin.
-    buckets: list[dict[str, np.ndarray]] = [{} for _ in range(7)]
+    # Files (and seconds.json) within the device's eight of 16 MiB, tasks dealt round-robin.
+    buckets: list[dict[str, np.ndarray]] = [{} for _ in range(args.buckets)]
     seconds: dict[str, float] = {}
     segments: dict[str, int] = {}
-    variants = args.variants.split(",")
-    names = sorted({k.rsplit("|", 1)[0] for k in tasks.files if k.endswith("|ids")})
+    variants = [DEFAULT_VARIANT] if args.follow else args.variants.split(",")
+    contexts = load_contexts(pack)
+    names = sorted(k for k in contexts if re.search(args.match, k))
 
     def scores(encoded, name: str, variant: str) -> torch.Tensor:
         engine.config = variant_config(base, variant)
@@ -184,16 +226,22 @@ def run(args) -> None:
                 encoded.prior_scores[key_] = engine.head_scores_for_ids(
                     encoded, *prior_ids[variant]
                 )
-        query = tasks[f"{name}|query|{variant}"].tolist()
-        return engine.scores_for_ids(encoded, query, meta["lead_in"][f"{name}|{variant}"])
+        if follow is not None:
+            query, lead_in = follow[name].tolist(), follow_lead_in[name]
+        else:
+            query = tasks[f"{name}|query|{variant}"].tolist()
+            lead_in = meta["lead_in"][f"{name}|{variant}"]
+        return engine.scores_for_ids(encoded, query, lead_in)
 
     for index, name in enumerate([names[0], *names]):  # the first run warms the device up
-        ids = tasks[f"{name}|ids"].astype(np.int64)
+        if follow is not None and name not in follow.files:  # no room for a seed: one pass
+            continue
+        ids = contexts[name].astype(np.int64)
         tokens = TokenizedContext(("",), ids, *token_layout(len(ids)))
         torch.cuda.synchronize() if args.device == "cuda" else None
         started = time.perf_counter()
         encoded = engine.encode_tokens(tokens, progress=False)
-        first = scores(encoded, name, "prior_k17").float().cpu()
+        first = scores(encoded, name, DEFAULT_VARIANT).float().cpu()
         elapsed = time.perf_counter() - started
         if index == 0:
             continue
@@ -201,12 +249,9 @@ def run(args) -> None:
         segments[name] = len(engine.plan_segments(len(ids)))
         bucket = buckets[index % len(buckets)]
         for variant in variants:
-            values = first if variant == "prior_k17" else scores(encoded, name, variant).cpu()
-            kept = max(1, int(np.ceil(KEPT_SHARE * len(values))))
-            top = torch.topk(values.float(), kept)
-            positions = np.uint16 if len(values) <= 1 << 16 else np.uint32
-            bucket[f"{name}|{variant}|at"] = top.indices.numpy().astype(positions)
-            bucket[f"{name}|{variant}|score"] = top.values.numpy().astype(np.float16)
+            values = first if variant == DEFAULT_VARIANT else scores(encoded, name, variant)
+            scaled = values.float().cpu() * len(values)
+            bucket[f"{name}|{variant}|scaled"] = scaled.numpy().astype(np.float16)
         engine.config = base
         print(name, f"{elapsed:.3f} s", flush=True)
     for number, arrays in enumerate(buckets):
@@ -215,6 +260,8 @@ def run(args) -> None:
         json.dumps(
             {
                 "device": torch.cuda.get_device_name() if args.device == "cuda" else "CPU",
+                "dtype": args.dtype,
+                "fp8": args.fp8,
                 "torch": torch.__version__,
                 "transformers": __import__("transformers").__version__,
                 "seconds": seconds,
@@ -223,6 +270,54 @@ def run(args) -> None:
             }
         )
     )
+
+
+def load_scores(gpu: Path) -> tuple[dict[str, np.ndarray], dict]:
+    """A `run`'s token scores (``score * L``, float32) by ``name|variant``, and its timing."""
+    stored: dict[str, np.ndarray] = {}
+    for path in sorted(gpu.glob("scores-*.npz")):
+        arrays = np.load(path)
+        stored.update({k.removesuffix("|scaled"): arrays[k].astype(np.float32) for k in arrays})
+    return stored, json.loads((gpu / "seconds.json").read_text())
+
+
+def follow(args) -> None:
+    """The follow-up query of every task whose first pass left room for one, as the engine
+    builds it (`ILRe._recall_scores`), into the pack; the trunk repacked with their ids."""
+    from ilre_engine import ILRe
+    from ilre_engine.engine import SEED_TOKENS
+    from ilre_engine.selection import select_within_budget
+    from ilre_engine.tokenization import tokenize_documents
+
+    engine = ILRe.from_pretrained(device="cpu")
+    stored, _ = load_scores(args.gpu)
+    queries: dict[str, np.ndarray] = {}
+    lead_ins: dict[str, int] = {}
+    for set_name, length, family, sample, task in each_task(engine, args):
+        name = key(set_name, length, family, sample)
+        tokens = tokenize_documents(engine.tokenizer, (task.context,))
+        last = engine.plan_segments(len(tokens))[-1]
+        encoded = SimpleNamespace(
+            tokens=tokens, query_position=last.position + last.end - last.read_start
+        )
+        _, seed = select_within_budget(
+            tokens,
+            stored[f"{name}|{DEFAULT_VARIANT}"],
+            SEED_TOKENS,
+            engine.counter.count,
+            engine.config.granularity,
+        )
+        follow_up = engine._follow_up_ids(encoded, seed, task.query)
+        if follow_up is not None:
+            queries[name] = np.asarray(follow_up[0], dtype=np.int32)
+            lead_ins[name] = follow_up[1]
+    np.savez_compressed(args.pack / "follow.npz", **queries)
+    (args.pack / "follow.json").write_text(json.dumps(lead_ins))
+    tasks = np.load(args.pack / "tasks.npz")
+    known = [tasks[k] for k in tasks.files] + list(load_contexts(args.pack).values())
+    ids = np.concatenate(known + list(queries.values()))
+    pack_trunk(args.pack, ids.astype(np.int64), engine.layer)
+    print(f"{len(queries)} follow-up queries")
 
 
 def token_layout(length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -234,30 +329,21 @@ def token_layout(length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return doc_ids, np.zeros((length, 2), dtype=np.int64), np.arange(length)
 
 
-def full_scores(at: np.ndarray, values: np.ndarray, length: int) -> tuple[np.ndarray, float]:
-    """The kept top scores in place, every other token below all of them; and the lowest
-    kept score, under which a selection would read guessed order."""
-    floor = float(values.min())
-    out = np.full(length, floor - 1.0, dtype=np.float32)
-    out[at.astype(np.int64)] = values.astype(np.float32)
-    return out, floor
-
-
 def score(args) -> None:
     from ilre_engine import ILRe, resolve_budget
     from ilre_engine.selection import select_within_budget
     from ilre_engine.tokenization import tokenize_documents
 
-    gpu: Path = args.gpu
-    timing = json.loads((gpu / "seconds.json").read_text())
     engine = ILRe.from_pretrained(device="cpu")
     counter = engine.counter
-    stored: dict[str, np.ndarray] = {}
-    for path in sorted(gpu.glob("scores-*.npz")):
-        arrays = np.load(path)
-        stored.update({k: arrays[k] for k in arrays.files})
+    stored, timing = load_scores(args.gpu)
+    if args.follow_gpu is not None:  # the mean of both passes, as the engine ranks
+        second, second_timing = load_scores(args.follow_gpu)
+        for name, values in second.items():
+            stored[name] = (stored[name] + values) / 2
+            task = name.rsplit("|", 1)[0]
+            timing["seconds"][task] += second_timing["seconds"][task]
     reports = {name: {"meta": {}, "records": []} for name in ("quality", "niah")}
-    below_kept = 0
     for set_name, length, family, sample, task in each_task(engine, args):
         name = key(set_name, length, family, sample)
         tokens = tokenize_documents(engine.tokenizer, (task.context,))
@@ -267,11 +353,9 @@ def score(args) -> None:
         record = quality.recorder(records, task, family, length, sample, input_tokens, counter)
         methods = {"ilre": METHODS["ilre"]} if set_name == "niah" else METHODS
         for method, (variant, granularity) in methods.items():
-            if f"{name}|{variant}|at" not in stored:  # a run limited by --variants
+            if f"{name}|{variant}" not in stored:  # a run limited by --variants
                 continue
-            token_scores, floor = full_scores(
-                stored[f"{name}|{variant}|at"], stored[f"{name}|{variant}|score"], len(tokens)
-            )
+            token_scores = stored[f"{name}|{variant}"]
             ranks = quality.answer_ranks(encoded, task, token_scores)
             for ratio in RATIOS:
                 budget = resolve_budget(input_tokens, None, ratio)
@@ -280,7 +364,6 @@ def score(args) -> None:
                     tokens, token_scores, budget, counter.count, granularity
                 )
                 select_s = time.perf_counter() - started
-                below_kept += any(span.score < floor for span in spans)
                 record(
                     method,
                     ratio,
@@ -293,10 +376,9 @@ def score(args) -> None:
                     model_tokens=len(tokens),
                     device=f"{timing['device']} (model, float32) + CPU (spans)",
                 )
-    print(f"selections that reached below the kept top {KEPT_SHARE:.0%}: {below_kept}")
     for set_name, report in reports.items():
         records = report["records"]
-        lengths, families, samples = task_sets(args)[set_name]
+        cells_, families = task_sets(args)[set_name]
         report["meta"] = {
             "command": "python benchmarks/lab/gpu_quality.py " + " ".join(sys.argv[1:]),
             "date": time.strftime("%Y-%m-%d"),
@@ -311,12 +393,11 @@ def score(args) -> None:
             },
             "methods_defined": {m: list(v) for m, v in METHODS.items()},
             "scorings": {k: {**v} for k, v in SCORINGS.items()},
-            "kept_share": KEPT_SHARE,
-            "selections_below_kept": below_kept,
+            "recall_passes": 2 if args.follow_gpu is not None else 1,
             "budget_tokenizer": counter.name,
-            "lengths": lengths,
+            "lengths": [length for length, _ in cells_],
             "ratios": list(RATIOS),
-            "samples": samples,
+            "samples": {length: samples for length, samples in cells_},
             "families": families,
             "methods": list(dict.fromkeys(r["method"] for r in records)),
             "seed": args.seed,
@@ -326,7 +407,11 @@ def score(args) -> None:
         print(f"{set_name}: {len(records)} records -> {path}")
         print(
             quality.markdown_table(
-                records, families, lengths, report["meta"]["methods"], list(RATIOS)
+                records,
+                families,
+                report["meta"]["lengths"],
+                report["meta"]["methods"],
+                list(RATIOS),
             )
         )
         print()
@@ -334,15 +419,23 @@ def score(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("step", choices=("prepare", "run", "score"))
+    parser.add_argument("step", choices=("prepare", "run", "follow", "score"))
     parser.add_argument("--pack", type=Path, default=Path(".device_carry/quality"))
     parser.add_argument("--out", type=Path, default=Path("quality_out"), help="run: results")
     parser.add_argument("--device", default="cuda", help="run: where (cpu to check it)")
-    parser.add_argument("--gpu", type=Path, help="score: the folder `run` wrote")
+    parser.add_argument("--gpu", type=Path, help="follow, score: the folder `run` wrote")
+    parser.add_argument("--follow", action="store_true", help="run: the follow-up pass")
+    parser.add_argument("--dtype", default="float32", help="run: the trunk's dtype")
+    parser.add_argument("--fp8", action="store_true", help="run: FP8 trunk (bfloat16 dtype)")
+    parser.add_argument("--match", default="", help="run: only tasks whose name matches")
+    parser.add_argument("--buckets", type=int, default=7, help="run: score files written")
+    parser.add_argument(
+        "--follow-gpu", type=Path, help="score: the folder `run --follow` wrote (two passes)"
+    )
     parser.add_argument("--results", type=Path, default=Path("benchmarks"), help="score: JSONs")
     parser.add_argument("--lengths", default="4000,8000,16000,32000")
     parser.add_argument("--families", default="all")
-    parser.add_argument("--samples", type=int, default=10)
+    parser.add_argument("--samples", type=int, default=10, help="where --lengths gives none")
     parser.add_argument("--niah-lengths", default="8000,32000")
     parser.add_argument("--niah-samples", type=int, default=20, help="depths of the needle set")
     parser.add_argument(
@@ -350,7 +443,7 @@ def main() -> None:
     )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    {"prepare": prepare, "run": run, "score": score}[args.step](args)
+    {"prepare": prepare, "run": run, "follow": follow, "score": score}[args.step](args)
 
 
 if __name__ == "__main__":
