@@ -2,27 +2,33 @@
 from a model's config.
 
 The engine runs the model's own modules; per family it only needs to know how to cut the
-config after the retrieval layer and which layer to use when neither `layer=` nor a
-calibration profile (`ilre_engine.profiles`) gives one. Sliding-window layers (Gemma 3,
-Mistral, Qwen2 with sliding layers) need no entry here: transformers hands each layer's
-window to the attention function, which keeps exactly that window. `ModelDims` is the one
-place that reads head counts and widths off a config.
+config after the retrieval layer, which layer to use when neither `layer=` nor a
+calibration profile (`ilre_engine.profiles`) gives one, and how a layer's attention module
+makes its keys (`Adapter.key_states`: the retrieval layer computes nothing else).
+Sliding-window layers (Gemma 3, Mistral, Qwen2 with sliding layers) need no entry here:
+transformers hands each layer's window to the attention function, which keeps exactly that
+window. `ModelDims` is the one place that reads head counts and widths off a config.
 """
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from typing import Any
+
+import torch
 
 from .errors import UnsupportedModelError
 
 
 @dataclass(frozen=True)
 class Adapter:
-    """Per-family knowledge: which config fields list one entry per layer."""
+    """Per-family knowledge: which config fields list one entry per layer, and the name of
+    the attention module's norm of each key head (None: the family has none)."""
 
     model_types: tuple[str, ...]
     per_layer_fields: tuple[str, ...] = field(default=("layer_types",))
+    key_norm: str | None = None
 
     def truncate(self, config: Any, num_layers: int) -> None:
         """Make `config` describe only the first `num_layers` decoder layers."""
@@ -40,6 +46,26 @@ class Adapter:
         sliding = ModelDims.from_config(config).sliding_windows
         global_layers = [i for i, window in enumerate(sliding) if not window and i >= depth]
         return global_layers[0] if global_layers else depth
+
+    def key_states(
+        self,
+        attention: torch.nn.Module,
+        hidden_states: torch.Tensor,
+        position_embeddings: tuple[torch.Tensor, torch.Tensor],
+    ) -> torch.Tensor:
+        """``(batch, kv_heads, n, head_dim)``: the keys `attention` (one layer's attention
+        module) makes of `hidden_states`, as its own forward does, through its own key
+        projection, key norm and its family's rotary embedding, without its query and value
+        projections."""
+        shape = (*hidden_states.shape[:-1], -1, attention.head_dim)
+        keys = attention.k_proj(hidden_states).view(shape).transpose(1, 2)
+        if self.key_norm is not None:
+            keys = getattr(attention, self.key_norm)(keys)
+        cos, sin = position_embeddings
+        # Every supported family's modeling module defines apply_rotary_pos_emb(q, k, ...);
+        # the keys stand in for the queries it would also rotate.
+        rotary = sys.modules[type(attention).__module__].apply_rotary_pos_emb
+        return rotary(keys, keys, cos, sin)[1]
 
 
 @dataclass(frozen=True)
@@ -92,8 +118,8 @@ ADAPTERS: tuple[Adapter, ...] = (
     Adapter(("llama",)),
     Adapter(("mistral",)),
     Adapter(("qwen2",)),
-    Adapter(("qwen3",)),
-    Adapter(("gemma3_text",)),
+    Adapter(("qwen3",), key_norm="k_norm"),
+    Adapter(("gemma3_text",), key_norm="k_norm"),
 )
 
 SUPPORTED_MODEL_TYPES: tuple[str, ...] = tuple(t for a in ADAPTERS for t in a.model_types)

@@ -7,6 +7,7 @@ modules that own them (docs/ARCHITECTURE.md).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from collections.abc import Sequence
@@ -18,14 +19,27 @@ import torch
 from tqdm.auto import tqdm
 
 from . import compiled, streaming
-from .architectures import ModelDims, layer_keep
+from .architectures import ModelDims, adapter_for, layer_keep
 from .budget import TokenCounter, resolve_budget
 from .config import ILReConfig
 from .context import EncodedContext, KeptKV, TokenizedContext
-from .errors import ConfigError, ContextTooLongError, EncodedContextError, ILReError
+from .errors import (
+    ConfigError,
+    ContextTooLongError,
+    EncodedContextError,
+    ILReError,
+    UnsupportedModelError,
+)
 from .fp8 import quantize_trunk, require_fp8
 from .inputs import as_documents, check_query
-from .loading import ModelSource, ProfileChoice, load_trunk, model_fingerprint, resolve_model
+from .loading import (
+    ModelSource,
+    ProfileChoice,
+    default_dtype,
+    load_trunk,
+    model_fingerprint,
+    resolve_model,
+)
 from .memory import MemoryEstimate, check_memory, estimate_encode_bytes
 from .profiles import Profile
 from .recall import head_scores, pool_scores, remove_prior
@@ -50,7 +64,9 @@ class ILRe:
     """Context compression by in-model token recall at one intermediate layer.
 
     Build one with `ILRe.from_pretrained`; `encode` a context once, then `recall` with any
-    number of queries, or `compress` to do both.
+    number of queries, or `compress` to do both. An engine built on a model of a supported
+    family hooks its attention modules (`streaming.skip_to_keys`): the hooks act only inside
+    ILRe's own passes.
     """
 
     def __init__(
@@ -71,6 +87,10 @@ class ILRe:
         self.config = config or ILReConfig()
         self.counter = TokenCounter(budget_tokenizer)
         self.profile = profile
+        # A model of another family runs its whole retrieval layer's attention projections,
+        # whose attention function then stores the keys.
+        with contextlib.suppress(UnsupportedModelError):
+            streaming.skip_to_keys(model, adapter_for(model.config))
 
     @classmethod
     def from_pretrained(
@@ -96,7 +116,9 @@ class ILRe:
             layer: the retrieval layer `l_R`; None takes the profile's, else the paper's
                 depth (3 of 32 layers, scaled to the model).
             device: defaults to CUDA when available, else CPU.
-            dtype: defaults to bfloat16 on CUDA, float32 elsewhere.
+            dtype: defaults to bfloat16 on CUDA, and on a CPU with native bfloat16 matrix
+                products for the embedded model; float32 elsewhere
+                (`ilre_engine.loading.default_dtype`).
             config: streaming and recall knobs; None takes the profile's kernels and
                 streaming settings, else the defaults.
             budget_tokenizer: the reader LLM's tokenizer, in which budgets are counted.
@@ -115,9 +137,9 @@ class ILRe:
         device = torch.device(device) if device is not None else _default_device()
         if fp8:
             require_fp8(device)  # before loading anything
-        if dtype is None:
-            dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         source: ModelSource = resolve_model(model, cache_dir, **hub_kwargs)
+        if dtype is None:
+            dtype = default_dtype(device, source)
         trunk, tokenizer, layer, applied = load_trunk(
             source,
             layer,

@@ -7,6 +7,9 @@ embedding. Below the retrieval layer it attends to a bounded set of kept keys (a
 sink of the first tokens plus a window of recent ones, or the layer's own sliding window) and
 then evicts; at the retrieval layer it stores the keys of every token and stops the forward
 by raising `RetrievalLayerReached`, so nothing above the key projection of that layer runs.
+In a context pass the retrieval layer stops even earlier: `skip_to_keys` hooks its attention
+module so that it computes the keys alone (`Adapter.key_states`), not the query and value
+projections that recall never reads for context tokens.
 
 All per-call state lives in a `StreamState` passed through the forward's keyword arguments,
 never in the modules, so one model serves many threads.
@@ -14,8 +17,9 @@ never in the modules, so one model serves many threads.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -24,11 +28,13 @@ from tqdm.auto import tqdm
 from transformers import AttentionInterface
 
 from . import compiled
-from .architectures import layer_keep
+from .architectures import Adapter, layer_keep
 from .context import KeptKV
 
 ATTENTION_NAME = "ilre_stream"
 STATE_KWARG = "ilre_stream"
+KEYS_ONLY = "ilre_keys_only"
+"""Attribute set on the attention modules that `skip_to_keys` hooked (so it hooks once)."""
 
 
 class RetrievalLayerReached(Exception):
@@ -134,9 +140,8 @@ def stream_attention(
         raise RuntimeError("attention logit soft-capping is not supported by the streaming prefill")
     layer = module.layer_idx
     if layer == state.retrieval_layer:
-        if state.update:
-            begin = state.start - state.key_offset
-            state.keys[:, begin : begin + state.length] = key[0]
+        if state.update:  # a model that `skip_to_keys` did not hook
+            _store_keys(state, key)
         else:
             state.queries = query[0]
         state.scaling = scaling
@@ -178,6 +183,41 @@ def stream_attention(
             query, keys, values, attn_mask=visible, scale=scaling, enable_gqa=True
         )
     return output.transpose(1, 2).contiguous(), None
+
+
+def _store_keys(state: StreamState, key: torch.Tensor) -> None:
+    """Write a context chunk's ``(1, kv_heads, n, head_dim)`` keys at `l_R` into `state.keys`."""
+    begin = state.start - state.key_offset
+    state.keys[:, begin : begin + state.length] = key[0]
+
+
+def skip_to_keys(model: torch.nn.Module, adapter: Adapter) -> None:
+    """Hook every attention module of `model` (a base model with ``.layers``) so that, in a
+    context pass, the retrieval layer makes only its keys (`adapter.key_states`) and stops
+    the forward; query passes and the layers below it run their own forward. Idempotent.
+
+    The hooks act only on forwards that carry a `StreamState`, so the model serves other
+    callers unchanged, and one model still serves many threads."""
+    hook = functools.partial(_keys_only, adapter)
+    for layer in model.layers:
+        if not getattr(layer.self_attn, KEYS_ONLY, False):
+            layer.self_attn.register_forward_pre_hook(hook, with_kwargs=True)
+            setattr(layer.self_attn, KEYS_ONLY, True)
+
+
+# Compiled decoder layers call this hook eagerly, as they call `stream_attention`.
+@torch.compiler.disable
+def _keys_only(
+    adapter: Adapter, module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]
+) -> None:
+    """`skip_to_keys`'s forward pre-hook."""
+    state: StreamState | None = kwargs.get(STATE_KWARG)
+    if state is None or not state.update or module.layer_idx != state.retrieval_layer:
+        return
+    hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+    _store_keys(state, adapter.key_states(module, hidden, kwargs["position_embeddings"]))
+    state.scaling = module.scaling
+    raise RetrievalLayerReached
 
 
 def _fused_chunk(module: torch.nn.Module, state: StreamState, kept: KeptKV) -> bool:

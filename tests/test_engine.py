@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from ilre_engine import (
     GAP_MARKER,
@@ -18,7 +19,20 @@ from ilre_engine import (
     InvalidDocumentError,
     UnsupportedModelError,
 )
+from ilre_engine.loading import EMBEDDED_MODEL, ModelSource, default_dtype
 from tests.conftest import QUESTION, SAMPLE
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_the_default_dtype_is_bfloat16_for_the_embedded_model_on_a_capable_cpu(monkeypatch, native):
+    for check in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        monkeypatch.setattr(torch.cpu, check, lambda: native, raising=False)
+    embedded = ModelSource("unused", EMBEDDED_MODEL, {})
+    other = ModelSource("unused", "org/model", {})
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert default_dtype(cpu, embedded) == (torch.bfloat16 if native else torch.float32)
+    assert default_dtype(cpu, other) == torch.float32
+    assert default_dtype(cuda, embedded) == default_dtype(cuda, other) == torch.bfloat16
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +85,9 @@ def test_extend_equals_encoding_everything(engine, sample):
     whole = engine.encode(parts)
     grown = engine.extend(engine.encode(parts[:1]), parts[1:])
     assert (whole.tokens.input_ids == grown.tokens.input_ids).all()
-    # Chunks fall at other positions, so scores agree to float32 rounding, spans exactly.
+    # Chunks fall at other positions, so scores agree to the rounding of the model's dtype
+    # (bfloat16 on a CPU that multiplies it natively, `loading.default_dtype`), spans exactly.
+    rel = 1e-4 if engine.model.dtype == torch.float32 else 1e-2
     expected = engine.recall(whole, QUESTION, budget_tokens=40)
     actual = engine.recall(grown, QUESTION, budget_tokens=40)
     assert actual.text == expected.text
@@ -79,7 +95,7 @@ def test_extend_equals_encoding_everything(engine, sample):
         (s.document, s.start, s.end) for s in expected.spans
     ]
     assert [s.score for s in actual.spans] == pytest.approx(
-        [s.score for s in expected.spans], rel=1e-4
+        [s.score for s in expected.spans], rel=rel
     )
 
 

@@ -76,6 +76,27 @@ def test_query_states_continue_the_stream(models):
     assert scaling == pytest.approx(trunk.layers[LAYER].self_attn.scaling)
 
 
+def test_the_retrieval_layer_of_a_context_pass_projects_only_keys(models):
+    """The keys above equal the model's own; a context pass gets them from the key
+    projection alone (`streaming.skip_to_keys`), a query pass from the whole attention."""
+    _, _, trunk = models
+    attention = trunk.layers[LAYER].self_attn
+    calls: list[str] = []
+    handles = [
+        getattr(attention, name).register_forward_hook(lambda *_, name=name: calls.append(name))
+        for name in ("q_proj", "k_proj", "v_proj")
+    ]
+    try:
+        engine = tiny_engine(trunk, LAYER, chunk_size=64)
+        encoded = engine.encode_tokens(random_context(LENGTH))
+        assert calls == ["k_proj"] * 4  # 203 tokens in chunks of 64
+        engine.query_states(encoded, [5, 6, 7])
+        assert calls[4:] == ["q_proj", "k_proj", "v_proj"]
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def test_early_layers_keep_bounded_memory(models):
     name, _, trunk = models
     sink, window, chunk = 4, 24, 16
