@@ -54,7 +54,7 @@ class WordTokenizer:
         return {"input_ids": ids, "offset_mapping": offsets}
 
 
-def engine_for(device: str, dtype: torch.dtype) -> ILRe:
+def engine_for(device: str, dtype: torch.dtype, passes: int) -> ILRe:
     config = Gemma3TextConfig(
         vocab_size=4096,
         hidden_size=640,
@@ -70,7 +70,7 @@ def engine_for(device: str, dtype: torch.dtype) -> ILRe:
     torch.manual_seed(0)
     model = AutoModel.from_config(config, attn_implementation=ATTENTION_NAME, dtype=dtype)
     model = model.eval().to(device)
-    settings = ILReConfig(kernel_sizes=(17,), kernel_allocation="heads")
+    settings = ILReConfig(kernel_sizes=(17,), kernel_allocation="heads", recall_passes=passes)
     # The budget in words: the lent GPU has no offline tiktoken, and both runs count alike.
     return ILRe(
         model,
@@ -134,10 +134,11 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, default=Path("/tmp/ilre-store-latency"))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--budget", type=int, default=500)
+    parser.add_argument("--passes", type=int, default=2, help="recall passes (engine default 2)")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     dtype = getattr(torch, args.dtype or ("float32" if args.device == "cpu" else "bfloat16"))
-    engine = engine_for(args.device, dtype)
+    engine = engine_for(args.device, dtype, args.passes)
     question = "w17 w401 w999 which word comes after w400"
     for tokens in (int(t) for t in args.tokens.split(",")):
         root = args.dir / f"{tokens}"
@@ -167,6 +168,7 @@ def main() -> None:
                     "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
                     "threads": torch.get_num_threads(),
                     "dtype": str(dtype),
+                    "recall_passes": args.passes,
                     "write_s": round(written, 2),
                     "first_recall_s": round(cold, 3),
                     "recall_median_s": round(statistics.median(warm), 3),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -553,36 +553,58 @@ class ILRe:
     def _recall_scores(
         self, encoded: EncodedContext, query: str, query_ids: Sequence[int], lead_in: int
     ) -> np.ndarray:
-        """The mean of the passes' `scores_for_ids`: the first for the question, each further
-        one for the best text of the passes so far (`SEED_TOKENS` budget tokens per pass)
-        on a line before the question. A chain link or the other half of a split fact
-        shares no word with the question but does with what the question finds."""
-        passes = [self.scores_for_ids(encoded, query_ids, lead_in)]
+        """`multi_pass_scores` of `encoded`, each pass scored by `scores_for_ids`."""
+        return self.multi_pass_scores(
+            encoded.tokens,
+            query,
+            (query_ids, lead_in),
+            functools.partial(self.scores_for_ids, encoded),
+            query_position=encoded.query_position,
+            unit_cache=encoded.unit_cache,
+        )
+
+    def multi_pass_scores(
+        self,
+        tokens: TokenizedContext,
+        query: str,
+        first: tuple[Sequence[int], int],
+        scores_for_ids: Callable[[Sequence[int], int], torch.Tensor],
+        *,
+        query_position: int,
+        unit_cache: dict[str, np.ndarray] | None = None,
+    ) -> np.ndarray:
+        """The mean of `ILReConfig.recall_passes` passes' scores over `tokens`: the first for
+        `query` (`first`: its `query_ids`), each further one for the best text of the passes
+        so far (`SEED_TOKENS` budget tokens per pass) on a line before the question. A chain
+        link or the other half of a split fact shares no word with the question but does
+        with what the question finds. `scores_for_ids(ids, lead_in)` scores one pass (one
+        context, or a corpus store); `query_position` is where the query starts."""
+        passes = [scores_for_ids(*first)]
         for done in range(1, self.config.recall_passes):
             scores = torch.stack(passes).mean(0).cpu().numpy()
             _, seed = select_within_budget(
-                encoded.tokens,
+                tokens,
                 scores,
                 done * SEED_TOKENS,
                 self.counter.count,
                 self.config.granularity,
-                encoded.unit_cache,
+                unit_cache,
             )
-            follow_up = self._follow_up_ids(encoded, seed, query)
+            follow_up = self.follow_up_ids(seed, query, query_position)
             if follow_up is None:  # the question leaves no room for a seed
                 break
-            passes.append(self.scores_for_ids(encoded, *follow_up))
+            passes.append(scores_for_ids(*follow_up))
         return torch.stack(passes).mean(0).cpu().numpy()
 
-    def _follow_up_ids(
-        self, encoded: EncodedContext, seed: str, query: str
+    def follow_up_ids(
+        self, seed: str, query: str, query_position: int
     ) -> tuple[list[int], int] | None:
         """`query_ids` of `seed` on a line before `query`, the seed's end cut so that the
-        whole query fits `max_query_tokens` and, after the context, the model's window;
+        whole query fits `max_query_tokens` and, from `query_position`, the model's window;
         None when no part of the seed fits."""
         limit = self.config.max_query_tokens
         if self.max_positions is not None:
-            limit = min(limit, self.max_positions - encoded.query_position)
+            limit = min(limit, self.max_positions - query_position)
         while seed:
             ids, lead_in = self._template_ids(f"{seed}\n{query}")
             excess = len(ids) - limit

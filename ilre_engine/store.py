@@ -24,7 +24,8 @@ a GPU, the keys of each shard move to the device when first read, while they fit
 
 Recall is exact: the softmax of each query head runs over every key of every live document
 (two passes over blocks, as `recall.attention_scores` does), then the prior, pooling within
-documents and budgeted selection of whole units, as `ILRe.recall` does for one context.
+documents, further recall passes (`ILReConfig.recall_passes`, each over the whole store) and
+budgeted selection of whole units, as `ILRe.recall` does for one context.
 
 Longer than most modules because it owns a durable format of its own (the manifest, its
 commits, pending shards) besides recall over many shards; the shards themselves are
@@ -33,6 +34,7 @@ commits, pending shards) besides recall over many shards; the shards themselves 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -264,22 +266,43 @@ class CorpusStore:
         if input_tokens <= budget:
             spans, text = whole_documents(context.documents)  # deleted ones are empty here
             return RecallResult(text, spans, input_tokens, input_tokens, budget, True)
-        scores = self._scores(shards, context, query_ids, lead_in).cpu().numpy()
+        scores = self._pass_scores(shards, context, units, query, query_ids, lead_in)
         spans, text = select_within_budget(
             context, scores, budget, engine.counter.count, engine.config.granularity, units
         )
         return RecallResult(text, tuple(spans), input_tokens, engine.counter.count(text), budget)
 
     def token_scores(self, query: str) -> dict[int, np.ndarray]:
-        """Per live document (by store id), the pooled recall score of each of its model
-        tokens for `query`, normalised to sum 1 over the store."""
+        """Per live document (by store id), the recall score of each of its model tokens for
+        `query` (the mean of the passes' pooled scores, each normalised to sum 1 over the
+        store)."""
         query_ids, lead_in = self.engine.query_ids(query)
         shards = [self._load(shard) for shard in self._shards]
         if not len(self):
             raise EmptyInputError(f"the store at {self.directory} holds no documents")
-        context, live, _ = self._context(shards)
-        scores = self._scores(shards, context, query_ids, lead_in).cpu().numpy()
+        context, live, units = self._context(shards)
+        scores = self._pass_scores(shards, context, units, query, query_ids, lead_in)
         return {int(i): scores[context.doc_ids == i] for i in np.flatnonzero(live)}
+
+    def _pass_scores(
+        self,
+        shards: Sequence[_Loaded],
+        context: TokenizedContext,
+        units: dict[str, np.ndarray],
+        query: str,
+        query_ids: Sequence[int],
+        lead_in: int,
+    ) -> np.ndarray:
+        """``(L,)`` scores over `ILReConfig.recall_passes` passes, as for one context
+        (`ILRe.multi_pass_scores`), each pass over every shard."""
+        return self.engine.multi_pass_scores(
+            context,
+            query,
+            (query_ids, lead_in),
+            functools.partial(self._scores, shards, context),
+            query_position=self._manifest["query_position"],
+            unit_cache=units,
+        )
 
     def _scores(
         self,

@@ -20,8 +20,8 @@ writes results in `quality.py`'s format, for `quality.py --combine`.
 Two recall passes (the engine's default, `ILReConfig.recall_passes`) take two trips, since
 the second pass's query holds text the first pass chose and the pack holds only the
 embedding rows of ids known in advance: `follow` picks each task's seed from the first
-pass's scores and builds the follow-up query exactly as `ILRe._recall_scores` does (the
-engine's own `select_within_budget` and `_follow_up_ids`), then repacks the trunk with their
+pass's scores and builds the follow-up query exactly as `ILRe.multi_pass_scores` does (the
+engine's own `select_within_budget` and `follow_up_ids`), then repacks the trunk with their
 ids; `run --follow` scores the follow-up queries (default variant only); `score` ranks by
 the mean of both passes, as the engine does. Scores travel as float16 of ``score * L``
 (about 1 on average), every token's: the device returns at most 64 MiB.
@@ -283,7 +283,7 @@ def load_scores(gpu: Path) -> tuple[dict[str, np.ndarray], dict]:
 
 def follow(args) -> None:
     """The follow-up query of every task whose first pass left room for one, as the engine
-    builds it (`ILRe._recall_scores`), into the pack; the trunk repacked with their ids."""
+    builds it (`ILRe.multi_pass_scores`), into the pack; the trunk repacked with their ids."""
     from ilre_engine import ILRe
     from ilre_engine.engine import SEED_TOKENS
     from ilre_engine.selection import select_within_budget
@@ -297,9 +297,6 @@ def follow(args) -> None:
         name = key(set_name, length, family, sample)
         tokens = tokenize_documents(engine.tokenizer, (task.context,))
         last = engine.plan_segments(len(tokens))[-1]
-        encoded = SimpleNamespace(
-            tokens=tokens, query_position=last.position + last.end - last.read_start
-        )
         _, seed = select_within_budget(
             tokens,
             stored[f"{name}|{DEFAULT_VARIANT}"],
@@ -307,7 +304,8 @@ def follow(args) -> None:
             engine.counter.count,
             engine.config.granularity,
         )
-        follow_up = engine._follow_up_ids(encoded, seed, task.query)
+        position = last.position + last.end - last.read_start  # the query's, as encoded
+        follow_up = engine.follow_up_ids(seed, task.query, position)
         if follow_up is not None:
             queries[name] = np.asarray(follow_up[0], dtype=np.int32)
             lead_ins[name] = follow_up[1]
