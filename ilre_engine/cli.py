@@ -425,7 +425,10 @@ def _compress(args: argparse.Namespace) -> int:
 def _store_engine(args: argparse.Namespace, driver_for: str | None = None):
     """The engine of `ilre index` / `ilre query`, after the checks that need no model. With
     `driver_for` (``ilre index --ray``, whose actors encode on that device) it only creates,
-    opens and commits the store: on the CPU, in the actors' dtype."""
+    opens and commits the store: on the CPU, in the dtype the actors are then given (the
+    store's fingerprint is taken from the weights as loaded): bfloat16 for CUDA actors, as
+    `ILRe.from_pretrained` loads on CUDA, else this CPU's default, as ``ilre index`` here
+    would load."""
     _check_gguf(args.model)
     hub = _prepare_hub(args.model)
     if driver_for is None:
@@ -436,7 +439,11 @@ def _store_engine(args: argparse.Namespace, driver_for: str | None = None):
 
     with _loading(args.model):
         if driver_for is not None:
-            return ILRe.from_pretrained(args.model, device="cpu", dtype=_actor_dtype(driver_for))
+            import torch
+
+            cuda = _device_type(driver_for) == "cuda"
+            dtype = torch.bfloat16 if cuda else None
+            return ILRe.from_pretrained(args.model, device="cpu", dtype=dtype)
         return ILRe.from_pretrained(args.model, device=args.device)
 
 
@@ -549,7 +556,7 @@ def _index_on_ray(
     if model is not None and Path(model).expanduser().exists():
         model = str(Path(model).expanduser().resolve())  # the workers' cwd is not ours
     factory = functools.partial(
-        ILRe.from_pretrained, model, device=device, dtype=_actor_dtype(device)
+        ILRe.from_pretrained, model, device=device, dtype=store.engine.model.dtype
     )
     try:
         ray.init(
@@ -580,14 +587,6 @@ def _index_on_ray(
         ) from error
     finally:
         ray.shutdown()
-
-
-def _actor_dtype(device: str):
-    """The dtype `ILRe.from_pretrained` loads in on `device`: the driver's engine, on the CPU,
-    loads in it too, as the store's fingerprint is taken from the weights as loaded."""
-    import torch
-
-    return torch.bfloat16 if _device_type(device) == "cuda" else torch.float32
 
 
 def _query(args: argparse.Namespace) -> int:

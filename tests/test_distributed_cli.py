@@ -3,6 +3,7 @@ builds in one process, and it refuses what it cannot do as ``ilre index`` does."
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 import numpy as np
@@ -11,7 +12,8 @@ import torch
 from transformers import AutoModel
 
 from ilre_engine import ILRe, persistence
-from ilre_engine.cli import main
+from ilre_engine.cli import _store_engine, main
+from ilre_engine.loading import default_dtype, resolve_model
 from ilre_engine.store import CorpusStore
 from tests.tiny_models import worded_config
 
@@ -114,3 +116,14 @@ def test_index_without_ray_installed_says_how_to_install_it(tmp_path, monkeypatc
     status, err = _index(capsys, str(tmp_path / "s"), str(tmp_path / "a.txt"), "--ray", "auto")
     assert status == 2 and err.count("\n") == 1 and 'pip install "ilre[ray]"' in err, err
     assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_the_driver_loads_in_the_dtype_the_actors_get(device):
+    """`--ray`: the driver opens the store on the CPU, and the actors load in its dtype: the
+    one `ilre index` loads the embedded model in here for CPU actors (bfloat16 where the CPU
+    multiplies it natively), bfloat16 for CUDA actors. A store made without `--ray` on this
+    machine can so be extended with it."""
+    driver = _store_engine(argparse.Namespace(model=None, device=None), driver_for=device)
+    expected = default_dtype(torch.device(device), resolve_model(None))
+    assert driver.device.type == "cpu" and driver.model.dtype == expected
