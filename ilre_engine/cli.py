@@ -5,8 +5,9 @@ files (each one document; standard input when none is given) and prints the comp
 or with ``--json`` one JSON object with the fields of `RecallResult`.
 
 ``ilre index STORE [FILE ...]`` encodes the files (each one document) into a corpus store
-(`ilre_engine.store.CorpusStore`, created if needed); ``ilre query STORE --query Q [--budget
-N | --ratio R] [--json]`` recalls from it.
+(`ilre_engine.store.CorpusStore`, created if needed), with ``--ray ADDRESS`` on a Ray actor
+pool (`ilre_engine.distributed.encode_corpus`); ``ilre query STORE --query Q [--budget N |
+--ratio R] [--json]`` recalls from it.
 
 ``ilre calibrate [--model M] [--lengths 4k,8k] [--samples N] [--out profile.json]``
 measures every layer's recall and writes the model's profile where `ILRe.from_pretrained`
@@ -159,6 +160,34 @@ def _parser() -> argparse.ArgumentParser:
         f"recursively, hidden ones skipped); default: standard input; at most "
         f"{MAX_INPUT_BYTES // 2**20} MiB in all per call",
     )
+    ray = index.add_argument_group(
+        'encoding on a Ray cluster (pip install "ilre[ray]"; docs/DISTRIBUTED.md)'
+    )
+    ray.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        help="encode on the Ray cluster at ADDRESS (ray.init's: auto, ray://head:10001, or "
+        "local to start one here); the store must lie where every worker sees it, under the "
+        "same path",
+    )
+    ray.add_argument(
+        "--actors",
+        type=_positive,
+        metavar="N",
+        help="engines encoding at once, one per GPU (default: 1)",
+    )
+    ray.add_argument(
+        "--gpus-per-actor",
+        type=_fraction,
+        metavar="G",
+        help="GPUs each actor reserves (default: 0; give 1 with --device cuda)",
+    )
+    ray.add_argument(
+        "--batch-size",
+        type=_positive,
+        metavar="N",
+        help="documents per batch and shard (default: 128)",
+    )
     query = commands.add_parser(
         "query",
         help="keep what a query needs from a corpus store",
@@ -180,7 +209,13 @@ def _parser() -> argparse.ArgumentParser:
             "--model", help=f"Hugging Face id, local dir or .gguf (default: embedded {_EMBEDDED})"
         )
         command.add_argument(
-            "--device", help="cpu, cuda, cuda:N or mps (default: cuda when available)"
+            "--device",
+            help="cpu, cuda, cuda:N or mps (default: cuda when available)"
+            + (
+                "; with --ray the actors' (default: cuda with --gpus-per-actor, else cpu)"
+                if command is index
+                else ""
+            ),
         )
     calibrate = commands.add_parser(
         "calibrate",
@@ -269,6 +304,17 @@ def _positive(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    """A non-negative number, such as a share of a GPU (0.5) or a count of them (2)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text!r}")
     return value
 
 
@@ -376,16 +422,28 @@ def _compress(args: argparse.Namespace) -> int:
     return 0
 
 
-def _store_engine(args: argparse.Namespace):
-    """The engine of `ilre index` / `ilre query`, after the checks that need no model."""
+def _store_engine(args: argparse.Namespace, driver_for: str | None = None):
+    """The engine of `ilre index` / `ilre query`, after the checks that need no model. With
+    `driver_for` (``ilre index --ray``, whose actors encode on that device) it only creates,
+    opens and commits the store: on the CPU, in the dtype the actors are then given (the
+    store's fingerprint is taken from the weights as loaded): bfloat16 for CUDA actors, as
+    `ILRe.from_pretrained` loads on CUDA, else this CPU's default, as ``ilre index`` here
+    would load."""
     _check_gguf(args.model)
     hub = _prepare_hub(args.model)
-    _check_device(args.device)
+    if driver_for is None:
+        _check_device(args.device)
     if hub is not None:
         _check_cached(args.model, hub)
     from .engine import ILRe
 
     with _loading(args.model):
+        if driver_for is not None:
+            import torch
+
+            cuda = _device_type(driver_for) == "cuda"
+            dtype = torch.bfloat16 if cuda else None
+            return ILRe.from_pretrained(args.model, device="cpu", dtype=dtype)
         return ILRe.from_pretrained(args.model, device=args.device)
 
 
@@ -394,23 +452,141 @@ def _index(args: argparse.Namespace) -> int:
 
     if args.store.exists() and not args.store.is_dir():
         raise ILReError(f"{args.store} is not a directory")
+    ray_options = _ray_options(args)  # refused before reading input or loading a model
     files = _expand(args.files)
     documents = as_documents(_read_documents(files))
     sources = [str(path) for path in files] or ["<stdin>"]
-    engine = _store_engine(args)
+    metadata = [{"source": source} for source in sources]
+    if args.ray is None:
+        engine = _store_engine(args)
+    else:
+        ray = _import_ray()
+        engine = _store_engine(args, driver_for=ray_options["device"])
     from .store import MANIFEST, CorpusStore
 
     if (args.store / MANIFEST).exists():
         store = CorpusStore.open(args.store, engine)
     else:
         store = CorpusStore.create(args.store, engine)
-    ids = store.add(documents, [{"source": source} for source in sources])
+    if args.ray is None:
+        ids = store.add(documents, metadata)
+    else:
+        ids = _index_on_ray(ray, args, store, documents, metadata, **ray_options)
     print(
         f"[ilre] added documents {ids[0]}-{ids[-1]} to {args.store}: {len(store)} documents, "
         f"{store.num_tokens:,} model tokens",
         file=sys.stderr,
     )
     return 0
+
+
+def _ray_options(args: argparse.Namespace) -> dict:
+    """The options of ``ilre index --ray``, checked; refuses them without ``--ray``."""
+    given = {
+        "--actors": args.actors,
+        "--gpus-per-actor": args.gpus_per_actor,
+        "--batch-size": args.batch_size,
+    }
+    if args.ray is None:
+        stray = next((name for name, value in given.items() if value is not None), None)
+        if stray is not None:
+            raise ILReError(f"{stray} needs --ray ADDRESS")
+        return {}
+    gpus = args.gpus_per_actor or 0.0
+    device = args.device or ("cuda" if gpus > 0 else "cpu")
+    kind = _device_type(device)
+    if kind == "cuda" and gpus == 0:
+        raise ILReError(
+            f"--device {device} needs --gpus-per-actor > 0: Ray hides the GPUs from actors "
+            "that reserve none"
+        )
+    if kind != "cuda" and gpus > 0:
+        raise ILReError(f"--gpus-per-actor {gpus:g} reserves GPUs for actors on {device}")
+    return {
+        "device": device,
+        "actors": args.actors or 1,
+        "gpus": gpus,
+        "batch_size": args.batch_size or 128,
+    }
+
+
+def _device_type(name: str) -> str:
+    """The kind of a device name (cpu, cuda, ...); refuses a name torch does not know. Not
+    whether this machine has one: with --ray, the actors' machines are what matters."""
+    import torch
+
+    try:
+        return torch.device(name).type
+    except (RuntimeError, ValueError):
+        raise ILReError(f"unknown device {name!r}: use cpu, cuda, cuda:N or mps") from None
+
+
+def _import_ray():
+    try:
+        import ray
+        import ray.data  # the extra that encode_corpus needs
+    except ImportError as error:
+        raise ILReError(
+            f'--ray needs Ray Data, which is not installed ({error}): pip install "ilre[ray]"'
+        ) from None
+    return ray
+
+
+def _index_on_ray(
+    ray,
+    args: argparse.Namespace,
+    store,
+    documents: Sequence[str],
+    metadata: Sequence[dict],
+    *,
+    device: str,
+    actors: int,
+    gpus: float,
+    batch_size: int,
+) -> list[int]:
+    """Encode `documents` into `store` on the Ray cluster at ``args.ray``, as
+    `CorpusStore.add` would (the same metadata), in batches of `batch_size`; their ids."""
+    import functools
+    import logging
+
+    from .distributed import encode_corpus
+    from .engine import ILRe
+
+    model = args.model
+    if model is not None and Path(model).expanduser().exists():
+        model = str(Path(model).expanduser().resolve())  # the workers' cwd is not ours
+    factory = functools.partial(
+        ILRe.from_pretrained, model, device=device, dtype=store.engine.model.dtype
+    )
+    try:
+        ray.init(
+            address=args.ray,
+            logging_level=logging.WARNING,
+            include_dashboard=False if args.ray == "local" else None,
+        )
+    except (ConnectionError, RuntimeError, ValueError) as error:
+        raise ILReError(f"cannot reach a Ray cluster at {args.ray!r}: {error}") from error
+    try:
+        rows = [{"text": text, **entry} for text, entry in zip(documents, metadata, strict=True)]
+        return encode_corpus(
+            ray.data.from_items(rows),
+            store,
+            factory,
+            batch_size=batch_size,
+            num_actors=actors,
+            num_gpus_per_actor=gpus,
+            metadata_columns=list(metadata[0]),
+        )
+    except ray.exceptions.RayError as error:
+        cause = getattr(error, "cause", None)  # a worker's exception (RayTaskError)
+        if isinstance(cause, ILReError):
+            raise cause from error
+        why = f"{type(cause).__name__}: {cause}" if isinstance(cause, Exception) else error
+        raise ILReError(
+            f"the Ray run failed; the store is as it was: {_one_line(why)[:1000]}"
+        ) from error
+    finally:
+        ray.shutdown()
 
 
 def _query(args: argparse.Namespace) -> int:

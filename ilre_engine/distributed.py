@@ -100,7 +100,13 @@ def encode_corpus(
         store = CorpusStore.open(directory, engine_factory())
     mapped = dataset.map_batches(
         _ShardWriter,
-        fn_constructor_args=(str(store.directory), engine_factory, text_column, metadata),
+        # Absolute: a worker's working directory is not the driver's.
+        fn_constructor_args=(
+            os.path.abspath(store.directory),
+            engine_factory,
+            text_column,
+            metadata,
+        ),
         batch_size=batch_size,
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=num_actors),
