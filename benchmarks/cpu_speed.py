@@ -12,7 +12,8 @@ fastest and slowest), its ratio to MiniLM, and how often the needle was kept.
 
 - ``ilre``: ``ILRe.from_pretrained(device="cpu").compress(text, query, ratio=...)``, the CPU
   default as a user gets it; ``ilre_float32`` the same with ``dtype=torch.float32`` (the
-  earlier CPU default). ``--ilre`` picks them.
+  earlier CPU default); ``ilre_compiled`` with ``compile=True`` (its warm-up call compiles).
+  ``--ilre`` picks them.
 - ``minilm``: benchmarks/quality.py's ``dense`` method, from the text: `sentence_chunks`,
   all-MiniLM-L6-v2 embeddings of every chunk and of the query (nothing cached between
   calls), chunks ranked by cosine, taken best first while they fit (`pick_chunks`).
@@ -44,8 +45,12 @@ from ilre_engine import ILRe, resolve_budget
 from ilre_engine.budget import TokenCounter, _tiktoken_encoding
 from ilre_engine.calibration.tasks import RetrievalTask, essays, haystack, needle_task
 
-ILRE_DTYPES: dict[str, torch.dtype | None] = {"ilre": None, "ilre_float32": torch.float32}
-"""ILRe variants: the engine's own dtype on the CPU (None), or the one named."""
+ILRE_VARIANTS: dict[str, dict] = {
+    "ilre": {},
+    "ilre_float32": {"dtype": torch.float32},
+    "ilre_compiled": {"compile": True},
+}
+"""ILRe variants: `from_pretrained` arguments beside ``device="cpu"``."""
 
 
 # -- ILRe against MiniLM and BM25 --------------------------------------------------------------
@@ -77,7 +82,7 @@ def peer_methods(ilre: list[str]) -> dict[str, Callable[[str, str, float], str]]
 
     methods: dict[str, Callable[[str, str, float], str]] = {}
     for name in ilre:
-        engine = ILRe.from_pretrained(device="cpu", dtype=ILRE_DTYPES[name])
+        engine = ILRe.from_pretrained(device="cpu", **ILRE_VARIANTS[name])
         methods[name] = lambda text, query, ratio, engine=engine: (
             engine.compress(text, query, ratio=ratio).text
         )
@@ -198,7 +203,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tokens", type=int, default=32000, help="cl100k tokens of the text")
     parser.add_argument("--ratio", type=float, default=0.05)
-    parser.add_argument("--ilre", default="ilre,ilre_float32", help=f"of {', '.join(ILRE_DTYPES)}")
+    variants = ", ".join(ILRE_VARIANTS)
+    parser.add_argument("--ilre", default="ilre,ilre_float32", help=f"of {variants}")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own)")
     parser.add_argument("--full", action="store_true", help="ILRe against a full forward")
