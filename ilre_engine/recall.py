@@ -20,6 +20,26 @@ import torch
 import torch.nn.functional as F
 
 
+def grouped_logits(grouped: torch.Tensor, keys: torch.Tensor, scaling: float) -> torch.Tensor:
+    """``(kv_heads, n, G)`` float32 scaled logits of keys ``(kv_heads, n, D)`` against grouped
+    queries ``(kv_heads, G, D)``: keys along rows.
+
+    Keys are the rows on purpose: a CPU's bfloat16 kernels (AMX, AVX-512 BF16) are fast only
+    with many rows, so a block of 65,536 keys against 60 query rows takes 1.9 ms this way and
+    52 ms the other (float32: 23 against 37 ms; measured on the project's CPU). On a GPU both
+    ways run alike. The softmax then runs over dimension 1, so nothing is transposed."""
+    return torch.matmul(keys, grouped.transpose(1, 2)).float().mul_(scaling)
+
+
+def mean_over_queries(probabilities: torch.Tensor, query_len: int) -> torch.Tensor:
+    """``(query_heads, n)``: `probabilities` ``(kv_heads, n, group * query_len)`` averaged
+    over each query head's tokens (grouped as `attention_scores` groups them)."""
+    kv_heads, width, grouped = probabilities.shape
+    group = grouped // query_len
+    per_head = probabilities.view(kv_heads, width, group, query_len).mean(-1)
+    return per_head.permute(0, 2, 1).reshape(kv_heads * group, width)
+
+
 def attention_scores(
     queries: torch.Tensor, keys: torch.Tensor, scaling: float, block: int = 65536
 ) -> torch.Tensor:
@@ -27,33 +47,23 @@ def attention_scores(
     tokens. `queries` is ``(query_heads, Tq, D)``, `keys` ``(kv_heads, L, D)``."""
     query_heads, query_len, head_dim = queries.shape
     kv_heads, length, _ = keys.shape
-    group = query_heads // kv_heads
-    grouped = queries.reshape(kv_heads, group * query_len, head_dim)
+    grouped = queries.reshape(kv_heads, query_heads // kv_heads * query_len, head_dim)
 
     def logits(start: int) -> torch.Tensor:
-        block_keys = keys[:, start : start + block]
-        return torch.matmul(grouped, block_keys.transpose(1, 2)).float() * scaling
+        return grouped_logits(grouped, keys[:, start : start + block], scaling)
 
     starts = range(0, length, block)
     if length <= block:
-        probabilities = torch.softmax(logits(0), dim=-1)
-        return (
-            probabilities.view(kv_heads, group, query_len, length)
-            .mean(2)
-            .reshape(query_heads, length)
-        )
+        return mean_over_queries(torch.softmax(logits(0), dim=1), query_len)
 
-    log_norm = torch.full((kv_heads, group * query_len), -torch.inf, device=keys.device)
+    log_norm = torch.full((kv_heads, 1, grouped.shape[1]), -torch.inf, device=keys.device)
     for start in starts:
-        log_norm = torch.logaddexp(log_norm, torch.logsumexp(logits(start), dim=-1))
+        log_norm = torch.logaddexp(log_norm, torch.logsumexp(logits(start), dim=1, keepdim=True))
     scores = torch.empty(query_heads, length, device=keys.device)
     for start in starts:
-        probabilities = torch.exp(logits(start) - log_norm[..., None])
-        width = probabilities.shape[-1]
-        scores[:, start : start + width] = (
-            probabilities.view(kv_heads, group, query_len, width)
-            .mean(2)
-            .reshape(query_heads, width)
+        probabilities = torch.exp(logits(start) - log_norm)
+        scores[:, start : start + probabilities.shape[1]] = mean_over_queries(
+            probabilities, query_len
         )
     return scores
 

@@ -55,7 +55,7 @@ from .context import TokenizedContext
 from .engine import ILRe
 from .errors import EmptyInputError, EncodedContextError, ILReError
 from .inputs import as_documents
-from .recall import pool_scores, remove_prior
+from .recall import grouped_logits, mean_over_queries, pool_scores, remove_prior
 from .results import RecallResult
 from .selection import select_within_budget, whole_documents
 from .tokenization import sink_token_id, tokenize_documents
@@ -464,27 +464,24 @@ def _store_attention(
     Keys go to the queries' device one block at a time."""
     query_heads, query_len, head_dim = queries.shape
     kv_heads = shard_keys[0].shape[0]
-    group = query_heads // kv_heads
-    grouped = queries.reshape(kv_heads, group * query_len, head_dim)
+    grouped = queries.reshape(kv_heads, query_heads // kv_heads * query_len, head_dim)
 
-    def blocks() -> Iterable[tuple[int, int, int, torch.Tensor]]:
+    def blocks() -> Iterable[tuple[int, int, torch.Tensor]]:
         for index, keys in enumerate(shard_keys):
             for start in range(0, keys.shape[1], block):
                 part = keys[:, start : start + block].to(grouped.device, grouped.dtype)
-                logits = torch.matmul(grouped, part.transpose(1, 2)).float() * scaling
+                logits = grouped_logits(grouped, part, scaling)
                 visible = masks[index][0][start : start + block]
-                yield index, start, part.shape[1], logits.masked_fill(~visible, -torch.inf)
+                yield index, start, logits.masked_fill_(~visible[:, None], -torch.inf)
 
-    log_norm = torch.full((kv_heads, group * query_len), -torch.inf, device=grouped.device)
-    for _, _, _, logits in blocks():
-        log_norm = torch.logaddexp(log_norm, torch.logsumexp(logits, dim=-1))
+    log_norm = torch.full((kv_heads, 1, grouped.shape[1]), -torch.inf, device=grouped.device)
+    for _, _, logits in blocks():
+        log_norm = torch.logaddexp(log_norm, torch.logsumexp(logits, dim=1, keepdim=True))
     scores = [torch.zeros(query_heads, keys.shape[1], device=grouped.device) for keys in shard_keys]
-    for index, start, width, logits in blocks():
-        probabilities = torch.exp(logits - log_norm[..., None])
-        scores[index][:, start : start + width] = (
-            probabilities.view(kv_heads, group, query_len, width)
-            .mean(2)
-            .reshape(query_heads, width)
+    for index, start, logits in blocks():
+        probabilities = torch.exp(logits - log_norm)
+        scores[index][:, start : start + probabilities.shape[1]] = mean_over_queries(
+            probabilities, query_len
         )
     for index, (_, scoring) in enumerate(masks):
         scores[index][:, ~scoring] = 0.0

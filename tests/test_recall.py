@@ -1,0 +1,55 @@
+"""Recall's attention over blocks of keys equals the plain softmax it stands for."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ilre_engine.recall import attention_scores
+from ilre_engine.store import _store_attention
+
+
+def reference(queries: torch.Tensor, keys: torch.Tensor, scaling: float) -> torch.Tensor:
+    """Each query head's softmax over every key in float32, averaged over its tokens."""
+    group = queries.shape[0] // keys.shape[0]
+    expanded = keys.float().repeat_interleave(group, dim=0)
+    logits = torch.einsum("htd,hnd->htn", queries.float(), expanded) * scaling
+    return torch.softmax(logits, dim=-1).mean(1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("block", [7, 64, 1000])  # many blocks, a ragged last one, one block
+def test_blockwise_attention_is_the_softmax_over_all_keys(dtype, block):
+    generator = torch.Generator().manual_seed(0)
+    queries = torch.randn(8, 5, 16, generator=generator).to(dtype)  # 8 query heads
+    keys = torch.randn(2, 300, 16, generator=generator).to(dtype)  # 2 key heads (GQA)
+    scores = attention_scores(queries, keys, 0.25, block=block)
+    expected = reference(queries, keys, 0.25)
+    assert scores.shape == (8, 300) and scores.dtype == torch.float32
+    tolerance = 1e-5 if dtype == torch.float32 else 2e-2
+    assert torch.allclose(scores, expected, rtol=tolerance, atol=tolerance / 300)
+    assert torch.allclose(scores.sum(-1), torch.ones(8), atol=1e-4)
+
+
+def test_a_store_of_shards_attends_as_one_context_and_masks_what_it_must():
+    generator = torch.Generator().manual_seed(1)
+    queries = torch.randn(4, 3, 8, generator=generator)
+    keys = torch.randn(1, 90, 8, generator=generator)
+    shards = [keys[:, :40], keys[:, 40:]]
+    everything = [(torch.ones(40, dtype=torch.bool), torch.ones(40, dtype=torch.bool))] * 2
+    everything[1] = (torch.ones(50, dtype=torch.bool), torch.ones(50, dtype=torch.bool))
+    joined = torch.cat(_store_attention(queries, shards, everything, 0.5, block=16), dim=1)
+    assert torch.allclose(joined, attention_scores(queries, keys, 0.5), rtol=1e-5, atol=1e-7)
+
+    # Keys 10..19 of the first shard leave the softmax; key 5 stays in it but never scores.
+    in_softmax = torch.ones(40, dtype=torch.bool)
+    in_softmax[10:20] = False
+    scoring = in_softmax.clone()
+    scoring[5] = False
+    masks = [(in_softmax, scoring), everything[1]]
+    masked = torch.cat(_store_attention(queries, shards, masks, 0.5, block=16), dim=1)
+    kept = torch.cat([torch.arange(10), torch.arange(20, 90)])
+    expected = torch.zeros(4, 90)
+    expected[:, kept] = reference(queries, keys[:, kept], 0.5)
+    expected[:, 5] = 0.0
+    assert torch.allclose(masked, expected, rtol=1e-5, atol=1e-7)
