@@ -67,7 +67,9 @@ def encode_corpus(
             Every engine it builds must match the store's model, layer and tokenizer.
         batch_size: documents per batch, and so per shard. An actor holds a batch's keys in
             memory until its shard is written; recall opens every shard, so very small
-            batches make many small files.
+            batches make many small files. Ray Data cuts batches at block borders, so a
+            dataset of about ``rows / batch_size`` blocks (``override_num_blocks=`` of its
+            reader) gives whole batches; its default blocks can give twice as many shards.
         num_actors: the pool's size, each actor with its own engine: one per GPU.
         num_gpus_per_actor: GPUs reserved for each actor (1 to give each its own GPU; the
             factory then builds the engine on ``cuda``, which Ray maps to that GPU).
