@@ -12,7 +12,8 @@ fastest and slowest), its ratio to MiniLM, and how often the needle was kept.
 
 - ``ilre``: ``ILRe.from_pretrained(device="cpu").compress(text, query, ratio=...)``, the CPU
   default as a user gets it; ``ilre_float32`` the same with ``dtype=torch.float32`` (the
-  earlier CPU default); ``ilre_compiled`` with ``compile=True`` (its warm-up call compiles).
+  earlier CPU default); ``ilre_compiled`` with ``compile=True`` (its warm-up call compiles);
+  ``ilre_chunk1024`` with chunks of 1024 tokens (the profile's before it took 512).
   ``--ilre`` picks them.
 - ``minilm``: benchmarks/quality.py's ``dense`` method, from the text: `sentence_chunks`,
   all-MiniLM-L6-v2 embeddings of every chunk and of the query (nothing cached between
@@ -30,6 +31,7 @@ chunk per layer.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import random
 import resource
@@ -49,8 +51,10 @@ ILRE_VARIANTS: dict[str, dict] = {
     "ilre": {},
     "ilre_float32": {"dtype": torch.float32},
     "ilre_compiled": {"compile": True},
+    "ilre_chunk1024": {"settings": {"chunk_size": 1024}},
 }
-"""ILRe variants: `from_pretrained` arguments beside ``device="cpu"``."""
+"""ILRe variants: `from_pretrained` arguments beside ``device="cpu"``, and ``settings`` that
+replace fields of the engine's config (the profile's) once loaded."""
 
 
 # -- ILRe against MiniLM and BM25 --------------------------------------------------------------
@@ -82,7 +86,10 @@ def peer_methods(ilre: list[str]) -> dict[str, Callable[[str, str, float], str]]
 
     methods: dict[str, Callable[[str, str, float], str]] = {}
     for name in ilre:
-        engine = ILRe.from_pretrained(device="cpu", **ILRE_VARIANTS[name])
+        arguments = dict(ILRE_VARIANTS[name])
+        settings = arguments.pop("settings", {})
+        engine = ILRe.from_pretrained(device="cpu", **arguments)
+        engine.config = dataclasses.replace(engine.config, **settings)
         methods[name] = lambda text, query, ratio, engine=engine: (
             engine.compress(text, query, ratio=ratio).text
         )
