@@ -406,7 +406,7 @@ class ILRe:
             fingerprint=self.fingerprint,
             tokenizer_name=self.tokenizer_name,
             tokenizer_sha256=self.tokenizer_sha256,
-            query_position=last.position + last.end - last.read_start,
+            query_position=last.end_position,
         )
 
     def _new_keys(self, length: int) -> torch.Tensor:

@@ -43,6 +43,11 @@ class Segment:
     end: int
     position: int
 
+    @property
+    def end_position(self) -> int:
+        """The position after its last token: where a query that follows it begins."""
+        return self.position + self.end - self.read_start
+
 
 def query_position(max_positions: int | None, query_tokens: int) -> int | None:
     """``E``: where the query begins past a segmented context (None: the model states no

@@ -534,7 +534,7 @@ def write_shard(
 
 def _query_position(engine: ILRe) -> int:
     """Where the store's queries begin: where every end-aligned document ends."""
-    return engine.plan_segments(1, end_aligned=True)[0].position + 1
+    return engine.plan_segments(1, end_aligned=True)[0].end_position
 
 
 def _concatenated(parts: Sequence[TokenizedContext]) -> dict[str, np.ndarray]:

@@ -296,7 +296,6 @@ def follow(args) -> None:
     for set_name, length, family, sample, task in each_task(engine, args):
         name = key(set_name, length, family, sample)
         tokens = tokenize_documents(engine.tokenizer, (task.context,))
-        last = engine.plan_segments(len(tokens))[-1]
         _, seed = select_within_budget(
             tokens,
             stored[f"{name}|{DEFAULT_VARIANT}"],
@@ -304,8 +303,8 @@ def follow(args) -> None:
             engine.counter.count,
             engine.config.granularity,
         )
-        position = last.position + last.end - last.read_start  # the query's, as encoded
-        follow_up = engine.follow_up_ids(seed, task.query, position)
+        last = engine.plan_segments(len(tokens))[-1]  # where the query began, as encoded
+        follow_up = engine.follow_up_ids(seed, task.query, last.end_position)
         if follow_up is not None:
             queries[name] = np.asarray(follow_up[0], dtype=np.int32)
             lead_ins[name] = follow_up[1]
