@@ -14,7 +14,7 @@ Turning scores into budgeted text is `ilre_engine.selection`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +40,20 @@ def mean_over_queries(probabilities: torch.Tensor, query_len: int) -> torch.Tens
     return per_head.permute(0, 2, 1).reshape(kv_heads * group, width)
 
 
+def blockwise_softmax(
+    logit_blocks: Callable[[], Iterable[torch.Tensor]],
+) -> Iterator[torch.Tensor]:
+    """The softmax over dimension 1 of blocks of `grouped_logits` taken together, one block
+    at a time: two passes over ``logit_blocks()`` (the log-sum-exp over every block, then
+    each block's probabilities), so memory stays one block's however many keys there are."""
+    log_norm = None
+    for logits in logit_blocks():
+        block_norm = torch.logsumexp(logits, dim=1, keepdim=True)
+        log_norm = block_norm if log_norm is None else torch.logaddexp(log_norm, block_norm)
+    for logits in logit_blocks():
+        yield torch.exp(logits - log_norm)
+
+
 def attention_scores(
     queries: torch.Tensor, keys: torch.Tensor, scaling: float, block: int = 65536
 ) -> torch.Tensor:
@@ -52,19 +66,14 @@ def attention_scores(
     def logits(start: int) -> torch.Tensor:
         return grouped_logits(grouped, keys[:, start : start + block], scaling)
 
-    starts = range(0, length, block)
     if length <= block:
         return mean_over_queries(torch.softmax(logits(0), dim=1), query_len)
-
-    log_norm = torch.full((kv_heads, 1, grouped.shape[1]), -torch.inf, device=keys.device)
-    for start in starts:
-        log_norm = torch.logaddexp(log_norm, torch.logsumexp(logits(start), dim=1, keepdim=True))
+    starts = range(0, length, block)
     scores = torch.empty(query_heads, length, device=keys.device)
-    for start in starts:
-        probabilities = torch.exp(logits(start) - log_norm)
-        scores[:, start : start + probabilities.shape[1]] = mean_over_queries(
-            probabilities, query_len
-        )
+    probabilities = blockwise_softmax(lambda: map(logits, starts))
+    for start, block_probabilities in zip(starts, probabilities, strict=True):
+        width = block_probabilities.shape[1]
+        scores[:, start : start + width] = mean_over_queries(block_probabilities, query_len)
     return scores
 
 

@@ -40,7 +40,7 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,7 +55,13 @@ from .context import TokenizedContext
 from .engine import ILRe
 from .errors import EmptyInputError, EncodedContextError, ILReError
 from .inputs import as_documents
-from .recall import grouped_logits, mean_over_queries, pool_scores, remove_prior
+from .recall import (
+    blockwise_softmax,
+    grouped_logits,
+    mean_over_queries,
+    pool_scores,
+    remove_prior,
+)
 from .results import RecallResult
 from .selection import select_within_budget, whole_documents
 from .tokenization import sink_token_id, tokenize_documents
@@ -465,24 +471,22 @@ def _store_attention(
     query_heads, query_len, head_dim = queries.shape
     kv_heads = shard_keys[0].shape[0]
     grouped = queries.reshape(kv_heads, query_heads // kv_heads * query_len, head_dim)
+    blocks = [
+        (index, start)
+        for index, keys in enumerate(shard_keys)
+        for start in range(0, keys.shape[1], block)
+    ]
 
-    def blocks() -> Iterable[tuple[int, int, torch.Tensor]]:
-        for index, keys in enumerate(shard_keys):
-            for start in range(0, keys.shape[1], block):
-                part = keys[:, start : start + block].to(grouped.device, grouped.dtype)
-                logits = grouped_logits(grouped, part, scaling)
-                visible = masks[index][0][start : start + block]
-                yield index, start, logits.masked_fill_(~visible[:, None], -torch.inf)
+    def logit_blocks() -> Iterator[torch.Tensor]:
+        for index, start in blocks:
+            part = shard_keys[index][:, start : start + block].to(grouped.device, grouped.dtype)
+            visible = masks[index][0][start : start + block]
+            yield grouped_logits(grouped, part, scaling).masked_fill_(~visible[:, None], -torch.inf)
 
-    log_norm = torch.full((kv_heads, 1, grouped.shape[1]), -torch.inf, device=grouped.device)
-    for _, _, logits in blocks():
-        log_norm = torch.logaddexp(log_norm, torch.logsumexp(logits, dim=1, keepdim=True))
     scores = [torch.zeros(query_heads, keys.shape[1], device=grouped.device) for keys in shard_keys]
-    for index, start, logits in blocks():
-        probabilities = torch.exp(logits - log_norm)
-        scores[index][:, start : start + probabilities.shape[1]] = mean_over_queries(
-            probabilities, query_len
-        )
+    for (index, start), probabilities in zip(blocks, blockwise_softmax(logit_blocks), strict=True):
+        width = probabilities.shape[1]
+        scores[index][:, start : start + width] = mean_over_queries(probabilities, query_len)
     for index, (_, scoring) in enumerate(masks):
         scores[index][:, ~scoring] = 0.0
     return scores
