@@ -441,7 +441,7 @@ def _store_engine(args: argparse.Namespace, driver_for: str | None = None):
         if driver_for is not None:
             import torch
 
-            cuda = _device_type(driver_for) == "cuda"
+            cuda = _parse_device(driver_for).type == "cuda"
             dtype = torch.bfloat16 if cuda else None
             return ILRe.from_pretrained(args.model, device="cpu", dtype=dtype)
         return ILRe.from_pretrained(args.model, device=args.device)
@@ -494,7 +494,8 @@ def _ray_options(args: argparse.Namespace) -> dict:
         return {}
     gpus = args.gpus_per_actor or 0.0
     device = args.device or ("cuda" if gpus > 0 else "cpu")
-    kind = _device_type(device)
+    # Only the name is checked, not whether this machine has the device: the actors' do.
+    kind = _parse_device(device).type
     if kind == "cuda" and gpus == 0:
         raise ILReError(
             f"--device {device} needs --gpus-per-actor > 0: Ray hides the GPUs from actors "
@@ -510,13 +511,12 @@ def _ray_options(args: argparse.Namespace) -> dict:
     }
 
 
-def _device_type(name: str) -> str:
-    """The kind of a device name (cpu, cuda, ...); refuses a name torch does not know. Not
-    whether this machine has one: with --ray, the actors' machines are what matters."""
+def _parse_device(name: str):
+    """`name` as a ``torch.device``; refuses a name torch does not know."""
     import torch
 
     try:
-        return torch.device(name).type
+        return torch.device(name)
     except (RuntimeError, ValueError):
         raise ILReError(f"unknown device {name!r}: use cpu, cuda, cuda:N or mps") from None
 
@@ -694,10 +694,7 @@ def _check_device(name: str | None) -> None:
         return
     import torch
 
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise ILReError(f"unknown device {name!r}: use cpu, cuda, cuda:N or mps") from None
+    device = _parse_device(name)
     if device.type == "cuda":
         if torch.version.cuda is None and torch.version.hip is None:
             raise ILReError(f"device {name!r}: this torch is built without CUDA; use --device cpu")
