@@ -442,6 +442,8 @@ class ILRe:
             ids = input_ids[segment.read_start : segment.end]
             if sink_parts is not None:
                 state = StreamState(self.layer, state.sink, state.window, kept=dict(sink_parts))
+            else:  # a new stream: its sink is its own first tokens, wherever they are placed
+                state.origin = segment.position
             if segment.read_start == segment.own_start:
                 view = keys[:, segment.read_start : segment.end]
                 streaming.stream_keys(self.model, ids, segment.position, state, view, chunk, inner)

@@ -112,6 +112,31 @@ def test_each_segment_equals_the_models_own_forward_at_its_positions(models):
     assert relative_error(queries, expected[:, -QUERY:]) < 1e-4
 
 
+@pytest.mark.parametrize("length", [40, 80])
+def test_a_document_placed_to_end_at_the_query_keeps_its_own_sink(models, length):
+    """A store's document ends where the query begins (``end_aligned``), so it starts at a
+    position past 0: its own first tokens are still its attention sink once the window
+    evicts what lies between (80 tokens > sink + window + chunk)."""
+    name, full, trunk = models
+    engine = _engine(trunk)
+    context = random_context(length, seed=4)
+    (segment,) = engine.plan_segments(length, end_aligned=True)
+    assert segment.position > 0 and segment.end_position == POSITIONS - QUERY
+    sink = 0 if name == "mistral-sliding" else SINK
+    positions = torch.arange(segment.position, segment.end_position)
+    keys, _ = segment_states(
+        full,
+        torch.as_tensor(context.input_ids),
+        positions,
+        LAYER,
+        sink=sink,
+        window=WINDOW,
+        prefix=0,
+    )
+    encoded = engine.encode_tokens(context, end_aligned=True)
+    assert relative_error(encoded.keys, keys) < 1e-4
+
+
 def test_a_needle_is_scored_alike_in_every_segment(models):
     """Every segment ends where the query begins: two segments that read the same tokens
     score them alike, wherever they lie in the context (pooling aside, at their edges)."""
