@@ -46,6 +46,9 @@ class ILReConfig:
             split over sentences); the selection ranks by the mean of every pass's scores.
             Each pass costs one more query pass over the context's keys. The default, 2,
             was chosen by measurement (benchmarks/README.md, "Two recall passes").
+        batch_documents: how many documents of a `CorpusStore` are read side by side, each
+            its own stream (`ILRe.document_keys`). Each forward step then reads a chunk of
+            each, so a corpus of short documents is not bound by the host's per-step work.
     """
 
     chunk_size: int = 1024
@@ -61,9 +64,17 @@ class ILReConfig:
 
     max_query_tokens: int = 256
     recall_passes: int = 2
+    batch_documents: int = 16
 
     def __post_init__(self) -> None:
-        for name in ("chunk_size", "window", "score_block", "max_query_tokens", "recall_passes"):
+        for name in (
+            "chunk_size",
+            "window",
+            "score_block",
+            "max_query_tokens",
+            "recall_passes",
+            "batch_documents",
+        ):
             _require_int(name, getattr(self, name), low=1)
         _require_int("sink", self.sink, low=0)
         if self.max_tokens is not None:

@@ -55,7 +55,8 @@ class KeptKV:
     """Keys and values one early layer keeps between chunks.
 
     `sink_*` hold positions ``[0, len)`` and `recent_*` the positions just before the next
-    chunk; the two never overlap. Tensors are ``(1, kv_heads, n, head_dim)``.
+    chunk; the two never overlap. Tensors are ``(streams, kv_heads, n, head_dim)``: one
+    stream but in a batch of documents (`ilre_engine.streaming.stream_batch`).
     """
 
     sink_size: int
@@ -73,6 +74,18 @@ class KeptKV:
     def nbytes(self) -> int:
         tensors = (self.sink_keys, self.sink_values, self.recent_keys, self.recent_values)
         return sum(t.numel() * t.element_size() for t in tensors)
+
+    def first_rows(self, count: int) -> KeptKV:
+        """What the first `count` streams of a batch keep (`streaming.stream_batch` drops
+        the streams that ended)."""
+        return KeptKV(
+            self.sink_size,
+            self.keep,
+            self.sink_keys[:count],
+            self.sink_values[:count],
+            self.recent_keys[:count],
+            self.recent_values[:count],
+        )
 
     def sink_only(self) -> KeptKV:
         """A copy with the sink alone: what every segment of a long context starts from

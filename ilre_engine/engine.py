@@ -262,6 +262,80 @@ class ILRe:
         return self._encoded(tokens, keys, state, plan)
 
     @torch.inference_mode()
+    def document_keys(
+        self, documents: Sequence[TokenizedContext], *, progress: bool | None = None
+    ) -> list[torch.Tensor]:
+        """Each one-document context's ``(kv_heads, L, head_dim)`` keys at `l_R`, placed to
+        end where the query begins: ``encode_tokens(context, end_aligned=True).keys`` for
+        each, what a `CorpusStore` keeps.
+
+        Documents that fit the window are read `ILReConfig.batch_documents` at a time, side
+        by side (`streaming.stream_batch`), by length so that a batch's rows end close
+        together; longer ones are read in segments, one at a time."""
+        keys: list[torch.Tensor | None] = [None] * len(documents)
+        plans = [self.plan_segments(len(tokens), end_aligned=True) for tokens in documents]
+        single = sorted(
+            (i for i, plan in enumerate(plans) if len(plan) == 1),
+            key=lambda i: len(documents[i]),
+            reverse=True,
+        )
+        batches = [
+            single[start : start + self.config.batch_documents]
+            for start in range(0, len(single), self.config.batch_documents)
+        ]
+        longer = [i for i, plan in enumerate(plans) if len(plan) > 1]
+        # tqdm's disable=None hides the bar when stderr is not a terminal.
+        quiet = (not progress) if progress is not None else (None if len(documents) > 8 else True)
+        with tqdm(
+            total=len(documents), desc="ILRe documents", unit="doc", leave=False, disable=quiet
+        ) as bar:
+            for batch in batches:
+                rows = self._read_side_by_side([documents[i] for i in batch], plans, batch)
+                for i, row in zip(batch, rows, strict=True):
+                    keys[i] = row
+                bar.update(len(batch))
+            for i in longer:
+                keys[i] = self.encode_tokens(documents[i], end_aligned=True).keys
+                bar.update(1)
+        return keys
+
+    def _read_side_by_side(
+        self,
+        documents: Sequence[TokenizedContext],
+        plans: Sequence[Sequence[Segment]],
+        indices: Sequence[int],
+    ) -> list[torch.Tensor]:
+        """`document_keys` of one batch (longest first), each in one stream."""
+        longest = len(documents[0])
+        self._check_capacity(longest)
+        one = self.memory_estimate(longest)
+        rows = len(documents)
+        check_memory(
+            MemoryEstimate(
+                keys=one.keys * rows,
+                early_layers=one.early_layers * rows,
+                activations=one.activations * rows,
+                recall=0,
+            ),
+            self.device,
+            longest * rows,
+        )
+        dims = ModelDims.from_config(self.model.config)
+        keys = torch.empty(
+            rows, dims.kv_heads, longest, dims.head_dim, dtype=self.model.dtype, device=self.device
+        )
+        cfg = self.config
+        streaming.stream_batch(
+            self.model,
+            [tokens.input_ids for tokens in documents],
+            [plans[i][0].position for i in indices],
+            StreamState(self.layer, cfg.sink, cfg.window),
+            keys,
+            cfg.chunk_size,
+        )
+        return [keys[row, :, : len(tokens)] for row, tokens in enumerate(documents)]
+
+    @torch.inference_mode()
     def extend(
         self,
         encoded: EncodedContext,
@@ -516,7 +590,7 @@ class ILRe:
             )
         state.start, state.length = start, len(query_ids)
         ids = torch.as_tensor(query_ids, dtype=torch.long, device=self.device)
-        streaming.run_chunk(self.model, ids, state)
+        streaming.run_chunk(self.model, ids[None], state)
         return state.queries, state.scaling
 
     def query_ids(self, query: str) -> tuple[list[int], int]:

@@ -47,7 +47,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from . import fileio, persistence
 from .budget import resolve_budget
@@ -511,10 +510,7 @@ def write_shard(
         raise ILReError(f"{len(texts)} documents but {len(metadata)} metadata entries")
     payload = json.loads(json.dumps([dict(m) for m in metadata], default=str))
     tokenized = [tokenize_documents(engine.tokenizer, [text]) for text in texts]
-    # tqdm's disable=None hides the bar when stderr is not a terminal.
-    quiet = (not progress) if progress is not None else (None if len(texts) > 8 else True)
-    bar = tqdm(tokenized, desc="ILRe store", unit="doc", leave=False, disable=quiet)
-    keys = [engine.encode_tokens(tokens, end_aligned=True).keys.cpu() for tokens in bar]
+    keys = [row.cpu() for row in engine.document_keys(tokenized, progress=progress)]
     record = persistence.Record(
         documents=tuple(texts),
         tokens=_concatenated(tokenized),

@@ -68,8 +68,8 @@ class StreamState:
         sink: first tokens every global early layer keeps.
         window: recent tokens every global early layer keeps.
         kept: per early layer, what it keeps; filled by the context pass, read by a query pass.
-        keys: ``(kv_heads, n, head_dim)`` buffer for the keys at `l_R` of the positions
-            ``[key_offset, key_offset + n)`` (context pass only).
+        keys: ``(streams, kv_heads, n, head_dim)`` buffer for the keys at `l_R` of the
+            positions ``[key_offset, key_offset + n)`` (context pass only).
         update: the context pass evicts and stores; a query pass only reads.
         chunk: length of the context pass's full chunks; only those take a compiled layer's
             fused attention (`ilre_engine.compiled`), so it compiles for one shape.
@@ -77,6 +77,10 @@ class StreamState:
         origin: the position of the stream's first token: its first `sink` tokens are the
             attention sink. 0 but for a document placed to end at the query's position (a
             `CorpusStore`'s), which begins wherever its length puts it.
+        row_positions: ``(streams, 1)``, for a batch of documents read side by side
+            (`stream_batch`): the position of each one's first token. `start` then counts
+            tokens from the documents' shared first slot, and each row's positions are its
+            slots shifted by its own; distances, and so masks, are the same in every row.
     """
 
     retrieval_layer: int
@@ -94,6 +98,7 @@ class StreamState:
     masks: dict[tuple[int, ...], torch.Tensor] = field(default_factory=dict)
     observer: StreamObserver | None = None
     origin: int = 0
+    row_positions: torch.Tensor | None = None
 
     def visibility(self, kept: KeptKV) -> torch.Tensor:
         """``(length, kept + length)`` boolean mask of the current chunk over what `kept` holds
@@ -159,7 +164,7 @@ def stream_attention(
         state.scaling = scaling
         raise RetrievalLayerReached
     observer = state.observer
-    if observer is not None and layer in observer.layers:
+    if observer is not None and layer in observer.layers:  # one stream: no batch
         if state.update:
             observer.on_keys(layer, state.start, key[0])
         else:
@@ -199,9 +204,10 @@ def stream_attention(
 
 
 def _store_keys(state: StreamState, key: torch.Tensor) -> None:
-    """Write a context chunk's ``(1, kv_heads, n, head_dim)`` keys at `l_R` into `state.keys`."""
+    """Write a context chunk's ``(streams, kv_heads, n, head_dim)`` keys at `l_R` into
+    `state.keys`."""
     begin = state.start - state.key_offset
-    state.keys[:, begin : begin + state.length] = key[0]
+    state.keys[:, :, begin : begin + state.length] = key
 
 
 def skip_to_keys(model: torch.nn.Module, adapter: Adapter) -> None:
@@ -285,13 +291,15 @@ def _evict(
 
 
 def run_chunk(model: torch.nn.Module, input_ids: torch.Tensor, state: StreamState) -> None:
-    """Run the model's own forward over `input_ids` at positions ``[state.start, +length)``
-    until it reaches the retrieval layer (where `stream_attention` stops it)."""
+    """Run the model's own forward over `input_ids` ``(streams, length)`` at positions
+    ``[state.start, +length)`` (shifted by `state.row_positions` in a batch) until it reaches
+    the retrieval layer (where `stream_attention` stops it)."""
     positions = torch.arange(state.start, state.start + state.length, device=input_ids.device)
+    positions = positions[None] if state.row_positions is None else state.row_positions + positions
     try:
         model(
-            input_ids=input_ids[None],
-            position_ids=positions[None],
+            input_ids=input_ids,
+            position_ids=positions,
             use_cache=False,
             **{STATE_KWARG: state},
         )
@@ -319,10 +327,45 @@ def stream_keys(
     starts = range(0, length, chunk_size)
     # tqdm's disable=None hides the bar when stderr is not a terminal.
     disable = (not progress) if progress is not None else (None if len(starts) > 8 else True)
-    state.keys, state.key_offset, state.chunk = keys, offset, chunk_size
+    state.keys, state.key_offset, state.chunk = keys[None], offset, chunk_size
     for start in tqdm(starts, desc="ILRe encode", unit="chunk", disable=disable, leave=False):
         state.start, state.length = offset + start, min(chunk_size, length - start)
-        run_chunk(model, ids[start : start + state.length], state)
+        run_chunk(model, ids[None, start : start + state.length], state)
+    return keys
+
+
+def stream_batch(
+    model: torch.nn.Module,
+    documents: list[np.ndarray],
+    positions: list[int],
+    state: StreamState,
+    keys: torch.Tensor,
+    chunk_size: int,
+) -> torch.Tensor:
+    """Read `documents` (token ids, longest first), each its own stream starting at its
+    `positions` entry, side by side in chunks of `chunk_size`, into `keys`
+    ``(len(documents), kv_heads, longest, head_dim)``: row ``i``'s first
+    ``len(documents[i])`` keys are what `stream_keys` gives for that document alone.
+
+    The rows share their slots (token ``t`` of every document is read in the same chunk), so
+    one mask serves them all. A row that has ended leaves the batch before the next chunk,
+    which is why the longest come first; the ids after a row's end in its last chunk are
+    padding that none of its tokens sees (attention is causal)."""
+    lengths = [len(ids) for ids in documents]
+    if lengths != sorted(lengths, reverse=True):
+        raise ValueError("stream_batch reads documents longest first")
+    padded = np.zeros((len(documents), lengths[0]), dtype=np.int64)
+    for row, ids in enumerate(documents):
+        padded[row, : len(ids)] = ids
+    ids = torch.from_numpy(padded).to(keys.device)
+    row_positions = torch.tensor(positions, device=keys.device)[:, None]
+    state.key_offset, state.chunk = 0, chunk_size
+    for start in range(0, lengths[0], chunk_size):
+        rows = sum(length > start for length in lengths)
+        state.kept = {layer: kept.first_rows(rows) for layer, kept in state.kept.items()}
+        state.keys, state.row_positions = keys[:rows], row_positions[:rows]
+        state.start, state.length = start, min(chunk_size, lengths[0] - start)
+        run_chunk(model, ids[:rows, start : start + state.length], state)
     return keys
 
 

@@ -137,6 +137,29 @@ def test_a_document_placed_to_end_at_the_query_keeps_its_own_sink(models, length
     assert relative_error(encoded.keys, keys) < 1e-4
 
 
+def test_documents_read_side_by_side_equal_each_read_alone(models):
+    """`ILRe.document_keys` reads a store's documents in batches (rows that end leave the
+    batch; one longer than the window goes through segments): each document's keys are its
+    own stream's."""
+    _, _, trunk = models
+    engine = tiny_engine(
+        trunk,
+        LAYER,
+        chunk_size=16,
+        sink=SINK,
+        window=WINDOW,
+        max_query_tokens=QUERY,
+        batch_documents=3,
+    )
+    lengths = [40, 1, 88, 17, 300, 16, 63, 33]
+    documents = [random_context(n, seed=10 + i) for i, n in enumerate(lengths)]
+    batched = engine.document_keys(documents)
+    for tokens, keys in zip(documents, batched, strict=True):
+        alone = engine.encode_tokens(tokens, end_aligned=True).keys
+        assert keys.shape == alone.shape
+        assert relative_error(keys, alone) < 1e-5
+
+
 def test_a_needle_is_scored_alike_in_every_segment(models):
     """Every segment ends where the query begins: two segments that read the same tokens
     score them alike, wherever they lie in the context (pooling aside, at their edges)."""
