@@ -145,7 +145,9 @@ def load_tokenizer(pack: Path):
     return AutoTokenizer.from_pretrained(folder)
 
 
-def build_engine(pack: str, device: str, dtype: str, stats: str | None = None):
+def build_engine(
+    pack: str, device: str, dtype: str, batch_documents: int, stats: str | None = None
+):
     """The engine of the driver and of each actor: the packed trunk on `device`. With `stats`,
     a file where it writes when it was built and its process's peak GPU memory, again at
     each new peak (the actor's engine: Ray Data ends the actor with the run)."""
@@ -153,7 +155,8 @@ def build_engine(pack: str, device: str, dtype: str, stats: str | None = None):
 
     root = Path(pack)
     meta = json.loads((root / "meta.json").read_text())
-    config = ILReConfig(**{**meta["config"], "kernel_sizes": tuple(meta["config"]["kernel_sizes"])})
+    settings = {**meta["config"], "kernel_sizes": tuple(meta["config"]["kernel_sizes"])}
+    config = ILReConfig(**{**settings, "batch_documents": batch_documents})
     trunk = build_trunk(root, rebuild_state(root), meta["layer"], device, getattr(torch, dtype))
     engine = ILRe(
         trunk,
@@ -173,9 +176,9 @@ def build_engine(pack: str, device: str, dtype: str, stats: str | None = None):
     def write() -> None:
         Path(stats).write_text(json.dumps(record))
 
-    encode = engine.encode_tokens
+    encode = engine.document_keys
 
-    def encode_tokens(*args, **kwargs):
+    def document_keys(*args, **kwargs):
         encoded = encode(*args, **kwargs)
         peak = torch.cuda.max_memory_allocated() if cuda else 0
         if peak > record["peak_bytes"] or first[0]:
@@ -183,7 +186,7 @@ def build_engine(pack: str, device: str, dtype: str, stats: str | None = None):
             write()
         return encoded
 
-    engine.encode_tokens = encode_tokens
+    engine.document_keys = document_keys
     write()
     return engine
 
@@ -321,6 +324,8 @@ def compare(one_dir: Path, many_dir: Path, engine, count: int) -> dict:
 def run(args) -> None:
     import ray
 
+    from ilre_engine import ILRe
+
     pack, work, out = args.pack.resolve(), args.work.resolve(), args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(work, ignore_errors=True)
@@ -333,8 +338,19 @@ def run(args) -> None:
     started = time.perf_counter()
     # The driver's torch threads as many as Ray gives an actor (its OMP_NUM_THREADS).
     torch.set_num_threads(max(1, int(args.cpus_per_actor)))
-    factory = functools.partial(build_engine, str(pack), args.device, args.dtype)
+    factory = functools.partial(
+        build_engine, str(pack), args.device, args.dtype, args.batch_documents
+    )
     engine = factory()
+    # The same model, reading one document at a time (what write_shard did before batching).
+    one_at_a_time = ILRe(
+        engine.model,
+        engine.tokenizer,
+        layer=engine.layer,
+        name=engine.name,
+        config=dataclasses.replace(engine.config, batch_documents=1),
+        budget_tokenizer=words,
+    )
     documents = corpus(pack, args.documents)
     tokens = check_pack(engine, pack, documents)
     cuda = torch.device(args.device).type == "cuda"
@@ -346,9 +362,11 @@ def run(args) -> None:
     }
     ray.init(address=args.ray, **(local if args.ray == "local" else {}))
     rows = [{"text": t, "n": n} for n, t in enumerate(documents)]
+    # One block per batch, as `ilre index --ray` builds its dataset: Ray Data cuts batches
+    # at block borders, so its default blocks would make about twice as many shards.
     datasets = {
-        False: ray.data.from_items(rows),
-        True: ray.data.from_items(rows[: args.warmup_documents]),
+        warmup: ray.data.from_items(part, override_num_blocks=-(-len(part) // args.batch_size))
+        for warmup, part in ((False, rows), (True, rows[: args.warmup_documents]))
     }
     result = {
         "device": torch.cuda.get_device_name() if cuda else args.device,
@@ -359,6 +377,7 @@ def run(args) -> None:
         "model_tokens": tokens,
         "warmup_documents": min(args.warmup_documents, len(documents)),
         "batch_size": args.batch_size,
+        "batch_documents": args.batch_documents,
         "gpus_per_actor": args.gpus_per_actor,
         "cpus_per_actor": args.cpus_per_actor,
         "driver_torch_threads": torch.get_num_threads(),
@@ -371,14 +390,16 @@ def run(args) -> None:
             break
         # The order alternates, so neither way always runs on a warmer machine.
         order = ("single", "ray") if index % 2 == 0 else ("ray", "single")
+        order = (*order, "single_one_at_a_time") if args.one_at_a_time else order
         warmup = index < args.warmup
         chosen = documents[: args.warmup_documents] if warmup else documents
         round_ = {"warmup": warmup, "order": order}
         for way in order:
             directory = work / f"{way}-{index}"
-            if way == "single":
+            if way.startswith("single"):
+                reader = engine if way == "single" else one_at_a_time
                 round_[way] = single_process(
-                    engine, directory, chosen, args.batch_size, args.device
+                    reader, directory, chosen, args.batch_size, args.device
                 )
             else:
                 stats = work / f"actor-{index}.json"
@@ -387,7 +408,7 @@ def run(args) -> None:
                 )
             print(f"round {index} {way}: {round_[way]}", flush=True)
         result["rounds"].append(round_)
-        for way in ("single", "ray"):  # only the last round's stores are kept
+        for way in order:  # only the last round's stores are kept
             if index > 0:
                 shutil.rmtree(work / f"{way}-{index - 1}", ignore_errors=True)
         summarise(result)
@@ -422,6 +443,10 @@ def summarise(result: dict) -> None:
         "single_peak_gib": max(r["single"]["peak_bytes"] for r in rounds) / 2**30,
         "actor_peak_gib": max(r["ray"]["peak_bytes"] for r in rounds) / 2**30,
     }
+    if all("single_one_at_a_time" in r for r in rounds):
+        alone = statistics.median(r["single_one_at_a_time"]["seconds"] for r in rounds)
+        result["summary"]["one_at_a_time_tokens_per_s"] = tokens / alone
+        result["summary"]["single_over_one_at_a_time"] = alone / single
 
 
 def main() -> None:
@@ -440,7 +465,13 @@ def main() -> None:
     r.add_argument("--documents", type=int, help="the first N of the pack's (default: all)")
     r.add_argument("--device", default="cuda")
     r.add_argument("--dtype", default="bfloat16")
-    r.add_argument("--batch-size", type=int, default=128)
+    r.add_argument("--batch-size", type=int, default=128, help="documents per shard")
+    r.add_argument("--batch-documents", type=int, default=16, help="documents read side by side")
+    r.add_argument(
+        "--one-at-a-time",
+        action="store_true",
+        help="also time the single process reading one document at a time",
+    )
     r.add_argument("--gpus-per-actor", type=float, default=1)
     r.add_argument("--cpus-per-actor", type=float, default=1)
     r.add_argument("--ray", default="local", help="ray.init's address")

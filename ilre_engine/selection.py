@@ -95,12 +95,45 @@ def spans_from_mask(
     ends = np.flatnonzero(padded[1:-1] & (~padded[2:] | doc_change[1:])) + 1
     # Unselected tokens score -inf, so each reduction (which runs to the next start) sees
     # only its own run.
-    span_scores = np.maximum.reduceat(np.where(selected, scores, -np.inf), starts)
+    run_scores = np.maximum.reduceat(np.where(selected, scores, -np.inf), starts)
+    return _spans_of_runs(context, starts, ends, run_scores)
+
+
+def spans_from_ranges(
+    context: TokenizedContext, firsts: np.ndarray, lasts: np.ndarray, scores: np.ndarray
+) -> list[Span]:
+    """`spans_from_mask` of the tokens ``[firsts[i], lasts[i]]`` (inclusive ranges, each
+    within one document), in time that grows with the ranges, not with the context."""
+    order = np.argsort(firsts, kind="stable")
+    firsts, lasts = firsts[order], lasts[order]
+    starts: list[int] = []
+    ends: list[int] = []
+    for first, last in zip(firsts.tolist(), lasts.tolist(), strict=True):
+        document = context.doc_ids[first]
+        if starts and first <= ends[-1] and context.doc_ids[ends[-1] - 1] == document:
+            ends[-1] = max(ends[-1], last + 1)  # touches or overlaps the run before
+        else:
+            starts.append(first)
+            ends.append(last + 1)
+    run_scores = [
+        scores[a:b][context.doc_ids[a:b] >= 0].max() for a, b in zip(starts, ends, strict=True)
+    ]
+    return _spans_of_runs(context, starts, ends, run_scores)
+
+
+def _spans_of_runs(
+    context: TokenizedContext,
+    starts: Sequence[int],
+    ends: Sequence[int],
+    run_scores: Sequence[float],
+) -> list[Span]:
+    """Spans of runs of selected tokens ``[starts[i], ends[i])`` of one document each, in
+    context order: trimmed, dropped without a letter or digit, merged where they meet."""
     spans: list[Span] = []
-    for first, last, score in zip(starts, ends - 1, span_scores, strict=True):
+    for first, stop, score in zip(starts, ends, run_scores, strict=True):
         document = int(context.doc_ids[first])
         text = context.documents[document]
-        start, end = int(context.offsets[first, 0]), int(context.offsets[last, 1])
+        start, end = int(context.offsets[first, 0]), int(context.offsets[stop - 1, 1])
         while start < end and text[start].isspace():
             start += 1
         while end > start and text[end - 1].isspace():
@@ -128,18 +161,87 @@ def whole_documents(documents: Sequence[str]) -> tuple[tuple[Span, ...], str]:
 
 class _Units:
     """The units of one granularity that hold selectable tokens: each one's first and last
-    token, and its best token's score."""
+    token, and their scores (their best token's) where asked for.
 
-    def __init__(self, ids: np.ndarray, scores: np.ndarray, selectable: np.ndarray) -> None:
-        members = np.flatnonzero((ids >= 0) & selectable)
-        if not len(members):
-            self.first = self.last = members
-            self.score = scores[:0]
-            return
-        starts = np.concatenate(([0], np.flatnonzero(np.diff(ids[members])) + 1))
-        self.first = members[starts]
-        self.last = members[np.concatenate((starts[1:] - 1, [len(members) - 1]))]
-        self.score = np.maximum.reduceat(scores[members], starts)
+    The layout depends on the text alone and is cached with the unit ids; scores are taken
+    only for the units a selection looks at (every unit of the coarsest granularity, the
+    finer units of those that did not fit), so a selection costs one pass over the context,
+    not one per granularity."""
+
+    PARTS = ("members", "starts", "first", "last")
+
+    def __init__(self, granularity: str, cache: dict[str, np.ndarray]) -> None:
+        self.members, self.starts, self.first, self.last = (
+            cache[f"{granularity}/{part}"] for part in self.PARTS
+        )
+
+    @classmethod
+    def layout(cls, granularity: str, cache: dict[str, np.ndarray]) -> None:
+        """Put in `cache` the selectable tokens in unit order, where each unit begins among
+        them, and each unit's first and last token."""
+        members = np.flatnonzero((cache[granularity] >= 0) & cache["selectable"])
+        starts = np.flatnonzero(np.diff(cache[granularity][members], prepend=-2))
+        ends = np.r_[starts[1:], len(members)][: len(starts)] - 1
+        parts = (members, starts, members[starts], members[ends])
+        cache.update(
+            {f"{granularity}/{name}": part for name, part in zip(cls.PARTS, parts, strict=True)}
+        )
+
+    def scores(self, token_scores: np.ndarray, low: int = 0, high: int | None = None) -> np.ndarray:
+        """The best token score of each unit of ``[low, high)``."""
+        high = len(self.starts) if high is None else high
+        if high <= low:
+            return token_scores[:0]
+        begin = self.starts[low]
+        end = self.starts[high] if high < len(self.starts) else len(self.members)
+        chosen = token_scores[self.members[begin:end]]
+        return np.maximum.reduceat(chosen, self.starts[low:high] - begin)
+
+
+class _BestFirst:
+    """The units of the coarsest granularity in order of score (ties by index, as a heap of
+    all of them would pop them), handed to a heap a few at a time: a selection takes a
+    budget's worth of units, not a sort of every unit of a long context."""
+
+    def __init__(self, scores: np.ndarray) -> None:
+        self.scores = scores
+        self.remaining = np.arange(len(scores))
+        self.size = 1024
+        self.frontier = float(scores.max()) if len(scores) else -np.inf
+        """The best score not handed out yet (-inf when none is left)."""
+
+    def next_batch(self) -> list[tuple[float, int, int]]:
+        """Heap items ``(-score, 0, index)`` of every remaining unit that scores at least the
+        `size`-th best remaining score (so ties across the cut come out together)."""
+        scores = self.scores[self.remaining]
+        if len(scores) > self.size:
+            cut = np.partition(scores, len(scores) - self.size)[len(scores) - self.size]
+            chosen = scores >= cut
+        else:
+            chosen = np.ones(len(scores), dtype=bool)
+        batch = [
+            (-float(score), 0, int(index))
+            for score, index in zip(scores[chosen], self.remaining[chosen], strict=True)
+        ]
+        self.remaining = self.remaining[~chosen]
+        self.size *= 2
+        left = self.scores[self.remaining]
+        self.frontier = float(left.max()) if len(left) else -np.inf
+        return batch
+
+
+def _unit_cache(
+    context: TokenizedContext, finer: Sequence[str], cache: dict[str, np.ndarray]
+) -> None:
+    """Fill `cache` with each granularity's unit ids and `_Units` layout (text only)."""
+    if "selectable" not in cache:
+        offsets = context.offsets
+        cache["selectable"] = (context.doc_ids >= 0) & (offsets[:, 1] > offsets[:, 0])
+    for g in finer:
+        if g not in cache:
+            cache[g] = unit_ids(context, g)
+        if f"{g}/members" not in cache:
+            _Units.layout(g, cache)
 
 
 def select_within_budget(
@@ -152,8 +254,8 @@ def select_within_budget(
 ) -> tuple[list[Span], str]:
     """The best-scoring units of `granularity` whose joined text counts at most `budget`.
 
-    `units`: a cache of `unit_ids` of this context by granularity, filled as needed (they
-    depend on the text only, so recalls over one context share them).
+    `units`: a cache of `unit_ids` of this context by granularity (and of their layout),
+    filled as needed (they depend on the text only, so recalls over one context share them).
 
     Units are taken best first (a unit scores its best token); one that does not fit what is
     left of the budget is replaced by its finer units, which compete with the rest. The
@@ -161,14 +263,12 @@ def select_within_budget(
     order they were taken in that fits is kept, and what is left of the budget is filled
     again, so the result is as full as the units allow and never over the budget.
     """
-    selectable = (context.doc_ids >= 0) & (context.offsets[:, 1] > context.offsets[:, 0])
     finer = GRANULARITIES[: GRANULARITIES.index(granularity) + 1][::-1]
     if units is None:
         units = {}
-    for g in finer:
-        if g not in units:
-            units[g] = unit_ids(context, g)
-    levels = [_Units(units[g], token_scores, selectable) for g in finer]
+    _unit_cache(context, finer, units)
+    levels = [_Units(g, units) for g in finer]
+    coarsest = _BestFirst(levels[0].scores(token_scores))
     gap = count_tokens(GAP_MARKER)
     cost_cache: dict[tuple[int, int], int] = {}
 
@@ -179,7 +279,8 @@ def select_within_budget(
         start, end = int(context.offsets[first, 0]), int(context.offsets[last, 1])
         return context.documents[document][start:end].strip()
 
-    covered = np.zeros(len(context) + 2, dtype=bool)  # padded: token i is covered[i + 1]
+    taken: list[tuple[int, int]] = []
+    edges: dict[int, int] = {}  # first and last token of each taken unit: how many units end there
 
     def cost(level: int, index: int) -> int:
         """The unit's own tokens, plus a gap marker unless it continues a taken unit."""
@@ -187,27 +288,38 @@ def select_within_budget(
         if key not in cost_cache:
             cost_cache[key] = count_tokens(text_of(level, index))
         first, last = int(levels[level].first[index]), int(levels[level].last[index])
-        joins = covered[first] or covered[last + 2] or not covered.any()
+        joins = f"last:{first - 1}" in edges or f"first:{last + 1}" in edges or not taken
         return cost_cache[key] + (0 if joins else gap)
+
+    def mark(level: int, index: int, change: int) -> None:
+        for name in (f"first:{levels[level].first[index]}", f"last:{levels[level].last[index]}"):
+            edges[name] = edges.get(name, 0) + change
+            if not edges[name]:
+                del edges[name]
 
     def take(level: int, index: int) -> None:
         taken.append((level, index))
-        covered[int(levels[level].first[index]) + 1 : int(levels[level].last[index]) + 2] = True
+        mark(level, index, 1)
 
     def children(level: int, index: int) -> list[tuple[float, int, int]]:
         units, finer_units = levels[level], levels[level + 1]
-        lo = np.searchsorted(finer_units.first, units.first[index], side="left")
-        hi = np.searchsorted(finer_units.first, units.last[index], side="right")
-        return [(-float(finer_units.score[i]), level + 1, int(i)) for i in range(lo, hi)]
+        lo = int(np.searchsorted(finer_units.first, units.first[index], side="left"))
+        hi = int(np.searchsorted(finer_units.first, units.last[index], side="right"))
+        scores = finer_units.scores(token_scores, lo, hi)
+        return [(-float(score), level + 1, lo + i) for i, score in enumerate(scores)]
 
-    heap = [(-float(score), 0, i) for i, score in enumerate(levels[0].score)]
-    heapq.heapify(heap)
-    taken: list[tuple[int, int]] = []
+    heap: list[tuple[float, int, int]] = []
     best: tuple[list[Span], str] = ([], "")
     spent = 0
     for _ in range(4):  # fill, count exactly, fill what is left: a few rounds suffice
         added = False
-        while heap and budget - spent > gap:  # a unit costs at least one token and a gap
+        while budget - spent > gap:  # a unit costs at least one token and a gap
+            # Ties go to the coarsest units first, as one heap of every unit would order them.
+            if not heap or -heap[0][0] <= coarsest.frontier:
+                for item in coarsest.next_batch():
+                    heapq.heappush(heap, item)
+            if not heap:
+                break
             _, level, index = heapq.heappop(heap)
             price = cost(level, index)
             if spent + price <= budget:
@@ -222,8 +334,7 @@ def select_within_budget(
         keep = _longest_fitting_prefix(context, levels, taken, token_scores, budget, count_tokens)
         best, kept = keep
         for level, index in taken[kept:]:  # what did not fit after all is given back
-            first, last = int(levels[level].first[index]), int(levels[level].last[index])
-            covered[first + 1 : last + 2] = False
+            mark(level, index, -1)
         del taken[kept:]
         spent = count_tokens(best[1])
     return best
@@ -242,11 +353,9 @@ def _longest_fitting_prefix(
     candidate was counted), and that prefix's length."""
 
     def build(n: int) -> tuple[list[Span], str]:
-        mask = np.zeros(len(context), dtype=bool)
-        for level, index in taken[:n]:
-            units = levels[level]
-            mask[int(units.first[index]) : int(units.last[index]) + 1] = True
-        spans = spans_from_mask(context, mask, scores)
+        firsts = np.array([levels[level].first[index] for level, index in taken[:n]])
+        lasts = np.array([levels[level].last[index] for level, index in taken[:n]])
+        spans = spans_from_ranges(context, firsts, lasts, scores)
         return spans, join_spans(context.documents, spans)
 
     best: tuple[tuple[list[Span], str], int] = (([], ""), 0)

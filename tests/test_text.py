@@ -10,7 +10,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ilre_engine.budget import TokenCounter
-from ilre_engine.selection import GAP_MARKER, join_spans, select_within_budget, spans_from_mask
+from ilre_engine.selection import (
+    GAP_MARKER,
+    _BestFirst,
+    join_spans,
+    select_within_budget,
+    spans_from_mask,
+    spans_from_ranges,
+    unit_ids,
+)
 from ilre_engine.tokenization import tokenize_documents
 
 # Letters of several scripts, CJK, emoji, combining marks and whitespace runs.
@@ -55,6 +63,44 @@ def test_every_span_is_its_document_slice(tokenizer, documents, data):
     scores = np.random.default_rng(0).random(len(context))
     spans = spans_from_mask(context, selected, scores)
     check_spans(documents, spans, join_spans(documents, spans))
+
+
+@SLOW
+@given(documents=DOCUMENTS, data=st.data())
+def test_spans_of_unit_ranges_equal_spans_of_their_tokens(tokenizer, documents, data):
+    """The selection builds spans from the ranges of the units it took (time in the units,
+    not the context): the same spans as from a mask of their tokens."""
+    context = tokenize_documents(tokenizer, documents)
+    ids = unit_ids(context, data.draw(st.sampled_from(["word", "clause", "sentence"])))
+    present = np.unique(ids[ids >= 0])
+    if not len(present):
+        return
+    chosen = data.draw(st.lists(st.sampled_from(present.tolist()), max_size=8))
+    firsts = np.array([np.flatnonzero(ids == u)[0] for u in chosen], dtype=np.int64)
+    lasts = np.array([np.flatnonzero(ids == u)[-1] for u in chosen], dtype=np.int64)
+    mask = np.zeros(len(context), dtype=bool)
+    for first, last in zip(firsts, lasts, strict=True):
+        mask[first : last + 1] = True
+    scores = np.random.default_rng(len(chosen)).random(len(context))
+    assert spans_from_ranges(context, firsts, lasts, scores) == spans_from_mask(
+        context, mask, scores
+    )
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_units_are_handed_out_best_first_ties_together(seed):
+    """A selection sorts only a budget's worth of units: each batch holds every unit at
+    least as good as any later one, and the frontier is the best score left."""
+    rng = np.random.default_rng(seed)
+    scores = np.round(rng.random(5000) * 20) / 20  # many ties, across every cut
+    ranking = _BestFirst(scores)
+    handed: list[int] = []
+    while ranking.frontier > -np.inf:
+        batch = ranking.next_batch()
+        batch_scores = [-score for score, _, _ in batch]
+        assert min(batch_scores) > ranking.frontier or not len(ranking.remaining)
+        handed += [index for _, _, index in sorted(batch)]
+    assert handed == sorted(range(len(scores)), key=lambda i: (-scores[i], i))
 
 
 @SLOW
