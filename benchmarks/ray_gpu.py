@@ -351,7 +351,7 @@ def run(args) -> None:
         config=dataclasses.replace(engine.config, batch_documents=1),
         budget_tokenizer=words,
     )
-    documents = corpus(pack, args.documents)
+    documents = corpus(pack, args.documents) * args.repeat_corpus
     tokens = check_pack(engine, pack, documents)
     cuda = torch.device(args.device).type == "cuda"
     local = {  # the resources of a cluster started here
@@ -374,6 +374,7 @@ def run(args) -> None:
         "torch": torch.__version__,
         "ray": ray.__version__,
         "documents": len(documents),
+        "repeat_corpus": args.repeat_corpus,
         "model_tokens": tokens,
         "warmup_documents": min(args.warmup_documents, len(documents)),
         "batch_size": args.batch_size,
@@ -463,6 +464,13 @@ def main() -> None:
     r.add_argument("--out", type=Path, required=True)
     r.add_argument("--work", type=Path, default=Path("/tmp/ilre-ray-gpu"))
     r.add_argument("--documents", type=int, help="the first N of the pack's (default: all)")
+    r.add_argument(
+        "--repeat-corpus",
+        type=int,
+        default=1,
+        help="encode the documents this many times over (a longer run, so that per-call "
+        "costs weigh less against throughput)",
+    )
     r.add_argument("--device", default="cuda")
     r.add_argument("--dtype", default="bfloat16")
     r.add_argument("--batch-size", type=int, default=128, help="documents per shard")

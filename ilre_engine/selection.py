@@ -22,6 +22,7 @@ import numpy as np
 
 from .context import TokenizedContext
 from .results import Span
+from .tokenization import WHITE_SPACE
 
 GAP_MARKER = " … "
 """Joins two spans of `RecallResult.text` that are not adjacent in the source."""
@@ -65,14 +66,10 @@ def unit_ids(context: TokenizedContext, granularity: str) -> np.ndarray:
     return ids
 
 
-_WHITE_SPACE = np.array([c for c in range(0x3001) if chr(c).isspace()], dtype=np.uint32)
-"""Every code point `str.isspace` accepts (none lies above U+3000)."""
-
-
 def _first_visible(text: str, offsets: np.ndarray) -> np.ndarray:
     """Each token's first non-space character (its start when it has none)."""
     points = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-    visible = np.flatnonzero(~np.isin(points, _WHITE_SPACE))
+    visible = np.flatnonzero(~np.isin(points, WHITE_SPACE))
     if not len(visible):
         return offsets[:, 0]
     after = np.searchsorted(visible, offsets[:, 0])

@@ -63,7 +63,7 @@ from .recall import (
 )
 from .results import RecallResult
 from .selection import select_within_budget, whole_documents
-from .tokenization import sink_token_id, tokenize_documents
+from .tokenization import sink_token_id, tokenize_each
 
 FORMAT = "ilre-corpus-store"
 FORMAT_VERSION = 1
@@ -509,7 +509,7 @@ def write_shard(
     if len(metadata) != len(texts):
         raise ILReError(f"{len(texts)} documents but {len(metadata)} metadata entries")
     payload = json.loads(json.dumps([dict(m) for m in metadata], default=str))
-    tokenized = [tokenize_documents(engine.tokenizer, [text]) for text in texts]
+    tokenized = tokenize_each(engine.tokenizer, texts)
     keys = [row.cpu() for row in engine.document_keys(tokenized, progress=progress)]
     record = persistence.Record(
         documents=tuple(texts),

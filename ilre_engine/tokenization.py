@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import re
 import weakref
 from collections.abc import Sequence
 from typing import Any
@@ -27,8 +26,8 @@ from .errors import ILReError
 
 DOCUMENT_SEPARATOR = "\n\n"
 
-_CJK = "\u2e80-\u9fff\uac00-\ud7af\uf900-\ufaff\U00020000-\U0003ffff"
-_WORD = re.compile(f"[{_CJK}]|[^\\s{_CJK}]+")
+WHITE_SPACE = np.array([c for c in range(0x3001) if chr(c).isspace()], dtype=np.uint32)
+"""Every code point `str.isspace` accepts (none lies above U+3000)."""
 
 
 def sink_token_id(tokenizer: Any) -> int | None:
@@ -50,14 +49,39 @@ def tokenize_documents(
     starts with a separator instead of the beginning-of-sequence token, and its document
     indices start there.
     """
+    encoded = _encode(tokenizer, documents)
+    return _assemble(tokenizer, documents, encoded, first_document)
+
+
+def tokenize_each(tokenizer: Any, documents: Sequence[str]) -> list[TokenizedContext]:
+    """``tokenize_documents(tokenizer, [document])`` for each document (each its own
+    context, as a `CorpusStore` reads them), with one call of the tokenizer for all: a fast
+    tokenizer encodes a batch on several threads."""
+    encoded = _encode(tokenizer, documents)
+    return [
+        _assemble(tokenizer, [text], {key: [values[i]] for key, values in encoded.items()}, 0)
+        for i, text in enumerate(documents)
+    ]
+
+
+def _encode(tokenizer: Any, documents: Sequence[str]) -> dict[str, list]:
     if not getattr(tokenizer, "is_fast", False):
         raise ILReError(
             f"{type(tokenizer).__name__} is not a fast tokenizer: ILRe needs character offsets"
         )
     encoded = tokenizer(list(documents), add_special_tokens=False, return_offsets_mapping=True)
-    separator = tokenizer(DOCUMENT_SEPARATOR, add_special_tokens=False)["input_ids"]
+    return {key: encoded[key] for key in ("input_ids", "offset_mapping")}
+
+
+def _assemble(
+    tokenizer: Any, documents: Sequence[str], encoded: dict[str, list], first_document: int
+) -> TokenizedContext:
+    """The context of `documents` from their encodings (`_encode`)."""
     sink = sink_token_id(tokenizer)
     prefix = [] if first_document or sink is None else [sink]
+    separator: list[int] = []
+    if first_document or len(documents) > 1:
+        separator = tokenizer(DOCUMENT_SEPARATOR, add_special_tokens=False)["input_ids"]
 
     ids: list[np.ndarray] = [np.asarray(prefix, dtype=np.int64)]
     docs: list[np.ndarray] = [np.full(len(prefix), -1, dtype=np.int32)]
@@ -89,16 +113,28 @@ def tokenize_documents(
 
 
 def _continues_word(text: str, starts: np.ndarray) -> np.ndarray:
-    """True for each token that starts strictly inside a word (so it extends the previous one)."""
-    words = np.array([m.span() for m in _WORD.finditer(text)], dtype=np.int64).reshape(-1, 2)
-    if not len(words) or not len(starts):
-        return np.zeros(len(starts), dtype=bool)
-    word = np.searchsorted(words[:, 0], starts, side="right") - 1
-    inside = word >= 0
-    word = np.maximum(word, 0)
-    result = inside & (starts > words[word, 0]) & (starts < words[word, 1])
-    result[0] = False
+    """True for each token that starts strictly inside a word (so it extends the previous
+    one): its first character and the one before it are both word characters (neither white
+    space nor CJK, whose characters are words of their own)."""
+    points = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    in_word = ~np.isin(points, WHITE_SPACE) & ~_is_cjk(points)
+    inside = (starts > 0) & (starts < len(points))
+    here = np.minimum(starts, max(len(points) - 1, 0))
+    result = inside & in_word[here] & in_word[np.maximum(here - 1, 0)] if len(points) else inside
+    if len(result):
+        result[0] = False
     return result
+
+
+def _is_cjk(points: np.ndarray) -> np.ndarray:
+    """Code points of CJK ideographs, kana and hangul (U+2E80-9FFF, AC00-D7AF, F900-FAFF,
+    20000-3FFFF)."""
+    return (
+        ((points >= 0x2E80) & (points <= 0x9FFF))
+        | ((points >= 0xAC00) & (points <= 0xD7AF))
+        | ((points >= 0xF900) & (points <= 0xFAFF))
+        | ((points >= 0x20000) & (points <= 0x3FFFF))
+    )
 
 
 def cut_to_tokens(tokenizer: Any, text: str, count: int) -> str:

@@ -19,7 +19,7 @@ from ilre_engine.selection import (
     spans_from_ranges,
     unit_ids,
 )
-from ilre_engine.tokenization import tokenize_documents
+from ilre_engine.tokenization import _continues_word, tokenize_documents, tokenize_each
 
 # Letters of several scripts, CJK, emoji, combining marks and whitespace runs.
 ALPHABET = st.characters(
@@ -85,6 +85,32 @@ def test_spans_of_unit_ranges_equal_spans_of_their_tokens(tokenizer, documents, 
     assert spans_from_ranges(context, firsts, lasts, scores) == spans_from_mask(
         context, mask, scores
     )
+
+
+@SLOW
+@given(text=st.text(ALPHABET, max_size=80), data=st.data())
+def test_a_token_continues_a_word_exactly_when_it_starts_inside_one(text, data):
+    """Words are runs of characters that are neither white space nor CJK, and single CJK
+    characters (the regular expression below says it as the module docstring does)."""
+    cjk = "\u2e80-\u9fff\uac00-\ud7af\uf900-\ufaff\U00020000-\U0003ffff"
+    words = [m.span() for m in re.finditer(f"[{cjk}]|[^\\s{cjk}]+", text)]
+    starts = np.array(
+        sorted(data.draw(st.lists(st.integers(0, len(text)), min_size=1, max_size=20))),
+        dtype=np.int64,
+    )
+    expected = [any(a < s < b for a, b in words) for s in starts]
+    expected[0] = False
+    assert _continues_word(text, starts).tolist() == expected
+
+
+@SLOW
+@given(documents=DOCUMENTS)
+def test_documents_tokenised_together_equal_each_tokenised_alone(tokenizer, documents):
+    for together, text in zip(tokenize_each(tokenizer, documents), documents, strict=True):
+        alone = tokenize_documents(tokenizer, [text])
+        for field in ("input_ids", "doc_ids", "offsets", "word_ids"):
+            assert np.array_equal(getattr(together, field), getattr(alone, field))
+        assert together.documents == alone.documents
 
 
 @pytest.mark.parametrize("seed", range(3))
