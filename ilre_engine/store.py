@@ -476,11 +476,17 @@ def _store_attention(
         for start in range(0, keys.shape[1], block)
     ]
 
+    # Most shards hold no deleted document: their blocks need no mask.
+    hiding = [not bool(in_softmax.all()) for in_softmax, _ in masks]
+
     def logit_blocks() -> Iterator[torch.Tensor]:
         for index, start in blocks:
             part = shard_keys[index][:, start : start + block].to(grouped.device, grouped.dtype)
-            visible = masks[index][0][start : start + block]
-            yield grouped_logits(grouped, part, scaling).masked_fill_(~visible[:, None], -torch.inf)
+            logits = grouped_logits(grouped, part, scaling)
+            if hiding[index]:
+                visible = masks[index][0][start : start + block]
+                logits.masked_fill_(~visible[:, None], -torch.inf)
+            yield logits
 
     scores = [torch.zeros(query_heads, keys.shape[1], device=grouped.device) for keys in shard_keys]
     for (index, start), probabilities in zip(blocks, blockwise_softmax(logit_blocks), strict=True):
