@@ -7,8 +7,9 @@ reading them all. `KeyIndex` holds one IVF index per key head over a store's liv
 lists are k-means cells of the keys; a query row probes the `Prefilter.nprobe` cells whose
 centroids it aligns with most and returns its `Prefilter.k` keys of largest inner product).
 `candidate_attention` then computes exact logits for those candidates only, together with
-every sink token: a sink takes much of each query's attention without ever scoring, so it
-keeps the softmax's normaliser close to the exact one. Every other token scores 0.
+every sink token (a sink takes much of each query's attention without ever scoring) and a
+random sample of the other keys, which estimates the rest of the softmax's normaliser.
+Every token that is not a candidate scores 0.
 
 FAISS is an optional dependency (``pip install ilre[faiss]``), imported at the first index.
 The index lives on the host (faiss-cpu); on a GPU engine the query rows go to the host for
@@ -52,12 +53,15 @@ class Prefilter:
             each list trains on enough keys).
         float16: store the index's vectors in float16 (a FAISS scalar quantizer): half the
             memory of float32, the same candidates up to rounding of the inner products.
+        tail_sample: keys drawn at random to estimate the softmax mass of the keys that are
+            not candidates (`candidate_attention`); 0 leaves that mass out.
     """
 
     k: int = 1024
     nprobe: int = 32
     lists: int | None = None
     float16: bool = True
+    tail_sample: int = 4096
 
     def __post_init__(self) -> None:
         for name in ("k", "nprobe"):
@@ -66,6 +70,10 @@ class Prefilter:
                 raise ConfigError(f"Prefilter.{name} must be a positive integer, got {value!r}")
         if self.lists is not None and (not isinstance(self.lists, int) or self.lists < 1):
             raise ConfigError(f"Prefilter.lists must be None or a positive integer: {self.lists!r}")
+        if not isinstance(self.tail_sample, int) or self.tail_sample < 0:
+            raise ConfigError(
+                f"Prefilter.tail_sample must be an integer >= 0: {self.tail_sample!r}"
+            )
 
     def lists_for(self, keys: int) -> int:
         """The lists of an index over `keys` keys."""
@@ -185,11 +193,17 @@ def candidate_attention(
     masks: Sequence[tuple[torch.Tensor, torch.Tensor]],
     scaling: float,
     candidates: Sequence[np.ndarray],
+    tail_sample: int,
 ) -> list[torch.Tensor]:
-    """What `store._store_attention` returns, the softmax of each key head running only over
-    its `candidates` (`KeyIndex.candidates`: positions in all shards' keys taken as one
+    """What `store._store_attention` returns, with each key head's probabilities computed only
+    for its `candidates` (`KeyIndex.candidates`: positions in all shards' keys taken as one
     sequence) and every sink (in the softmax, ``masks[i][0]``, but not scoring,
-    ``masks[i][1]``); every other token scores 0."""
+    ``masks[i][1]``); every other token scores 0.
+
+    The softmax's normaliser also counts the keys that are not candidates, estimated from
+    `tail_sample` keys drawn at random from all in the softmax: without them, a query row
+    that looks for nothing in particular would pour its whole mass onto its few candidates
+    and outweigh the rows that find something, which exact recall does not do."""
     query_heads, query_len, head_dim = queries.shape
     kv_heads = shard_keys[0].shape[0]
     group = query_heads // kv_heads
@@ -197,15 +211,18 @@ def candidate_attention(
     device = grouped.device
     sizes = [keys.shape[1] for keys in shard_keys]
     starts = np.cumsum([0, *sizes])
-    sinks = np.concatenate(
-        [
-            start + np.flatnonzero((present & ~scoring).cpu().numpy())
-            for start, (present, scoring) in zip(starts, masks, strict=False)
-        ]
+    present, sinks = (
+        np.concatenate(
+            [
+                start + np.flatnonzero(mask.cpu().numpy())
+                for start, mask in zip(starts, selected, strict=False)
+            ]
+        )
+        for selected in ([p for p, _ in masks], [p & ~s for p, s in masks])
     )
-    flat = torch.zeros(query_heads, int(starts[-1]), device=device)
-    for head in range(kv_heads):
-        positions = np.union1d(candidates[head], sinks)
+    drawn = np.random.default_rng(0).choice(present, min(tail_sample, len(present)), replace=False)
+
+    def logits_of(head: int, positions: np.ndarray) -> torch.Tensor:
         shard_of = np.searchsorted(starts, positions, side="right") - 1
         keys = torch.cat(
             [
@@ -213,10 +230,19 @@ def candidate_attention(
                 for s in np.unique(shard_of)
             ]
         ).to(device, grouped.dtype)
-        logits = grouped_logits(grouped[head : head + 1], keys[None], scaling)
-        scores = mean_over_queries(torch.softmax(logits, dim=1), query_len)
-        rows = slice(head * group, (head + 1) * group)
-        flat[rows, torch.from_numpy(positions).to(device)] = scores
+        return grouped_logits(grouped[head : head + 1], keys[None], scaling)
+
+    flat = torch.zeros(query_heads, int(starts[-1]), device=device)
+    for head in range(kv_heads):
+        positions = np.union1d(candidates[head], sinks)
+        logits = logits_of(head, positions)
+        log_norm = torch.logsumexp(logits, dim=1, keepdim=True)
+        outside = drawn[~np.isin(drawn, positions)]
+        if len(outside):
+            tail = torch.logsumexp(logits_of(head, outside), dim=1, keepdim=True)
+            log_norm = torch.logaddexp(log_norm, tail + math.log(len(present) / len(drawn)))
+        scores = mean_over_queries(torch.exp(logits - log_norm), query_len)
+        flat[head * group : (head + 1) * group, torch.from_numpy(positions).to(device)] = scores
     parts = list(torch.split(flat, sizes, dim=1))
     for part, (_, scoring) in zip(parts, masks, strict=True):
         part[:, ~scoring] = 0.0

@@ -87,7 +87,7 @@ def test_deleted_documents_are_never_candidates(filled):
 
 
 def test_bad_settings_and_a_missing_faiss_are_refused(filled, monkeypatch):
-    for bad in ({"k": 0}, {"nprobe": 0}, {"k": 2.5}, {"lists": 0}):
+    for bad in ({"k": 0}, {"nprobe": 0}, {"k": 2.5}, {"lists": 0}, {"tail_sample": -1}):
         with pytest.raises(ConfigError, match="Prefilter"):
             Prefilter(**bad)
     monkeypatch.setitem(sys.modules, "faiss", None)  # what an import of a missing module does
