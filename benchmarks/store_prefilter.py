@@ -12,11 +12,13 @@ and reused by later runs. Each needle's question is recalled exactly and through
 `--prefilter` (k,nprobe[,lists]) setting, at `--budget` reader tokens; per setting it prints the
 share of the exact recall's text kept (`prefilter.kept_share`), how many values each
 recall kept, the median recall time, and the index's build time and memory; one JSON line.
+`--float32` builds IVF-flat indexes; `--no-prior` recalls (both ways) without the prior.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import random
 import statistics
@@ -67,11 +69,15 @@ def main() -> None:
     parser.add_argument("--needles", type=int, default=20)
     parser.add_argument("--prefilter", nargs="+", default=["256,16", "1024,32"])
     parser.add_argument("--float32", action="store_true", help="IVF-flat index, not float16")
+    parser.add_argument("--no-prior", action="store_true", help="recall without the prior")
     parser.add_argument("--budget", type=int, default=500)
     parser.add_argument("--dir", type=Path, default=Path("/tmp/ilre-prefilter"))
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     engine = ILRe.from_pretrained(device="cpu")
+    if args.no_prior:  # the embedded profile's settings, the prior left out
+        config = dataclasses.replace(engine.config, prior_query=None)
+        engine = ILRe.from_pretrained(device="cpu", config=config)
     if (args.dir / "needles.json").exists():
         needles = [tuple(n) for n in json.loads((args.dir / "needles.json").read_text())]
     else:
