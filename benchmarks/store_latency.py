@@ -12,6 +12,12 @@ the store's own code (`CorpusStore.commit` of the written shards): opening the m
 shards, the standalone query pass, the exact
 two-pass softmax over every key, the prior (cold: computed; warm: cached), pooling and the
 budgeted selection. Prints one JSON line per size: medians of `--repeats` recalls.
+
+With ``--prefilter k,nprobe[,lists]`` each size is also recalled through that `Prefilter`, the
+exact and the prefiltered recall taking turns in each repeat: the line adds the index's
+build time and memory, the prefiltered median and the share of the exact recall's text it
+keeps (`prefilter.kept_share`; random keys have no clusters for the index to find, so the
+share on real keys is `store_prefilter.py`'s).
 """
 
 from __future__ import annotations
@@ -26,7 +32,8 @@ import numpy as np
 import torch
 from transformers import AutoModel, Gemma3TextConfig
 
-from ilre_engine import ILRe, ILReConfig, persistence
+from ilre_engine import ILRe, ILReConfig, Prefilter, persistence
+from ilre_engine.prefilter import kept_share
 from ilre_engine.store import CorpusStore
 from ilre_engine.streaming import ATTENTION_NAME
 
@@ -126,6 +133,12 @@ def write_shard(store: CorpusStore, engine: ILRe, tokens: int, seed: int) -> str
     return name
 
 
+def prefilter_from(spec: str, float16: bool = True) -> Prefilter:
+    """A `Prefilter` from ``k,nprobe`` or ``k,nprobe,lists``."""
+    values = [int(x) for x in spec.split(",")]
+    return Prefilter(*values[:3], float16=float16)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tokens", default="1000000,10000000")
@@ -135,11 +148,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--budget", type=int, default=500)
     parser.add_argument("--passes", type=int, default=2, help="recall passes (engine default 2)")
+    parser.add_argument(
+        "--prefilter", default=None, help="k,nprobe[,lists]: also recall through a Prefilter"
+    )
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     dtype = getattr(torch, args.dtype or ("float32" if args.device == "cpu" else "bfloat16"))
     engine = engine_for(args.device, dtype, args.passes)
     question = "w17 w401 w999 which word comes after w400"
+    prefilter = prefilter_from(args.prefilter) if args.prefilter else None
     for tokens in (int(t) for t in args.tokens.split(",")):
         root = args.dir / f"{tokens}"
         store = CorpusStore.create(root, engine)
@@ -155,11 +172,28 @@ def main() -> None:
         started = time.perf_counter()
         opened.recall(question, budget_tokens=args.budget)
         cold = time.perf_counter() - started
-        warm = []
+        extra = {}
+        if prefilter is not None:
+            shards = [opened._load(shard) for shard in opened._shards]
+            masks = [opened._live_tokens(loaded) for loaded in shards]
+            started = time.perf_counter()
+            index = opened._key_index([s.keys for s in shards], masks, prefilter)
+            extra["prefilter"] = args.prefilter
+            extra["index_lists"] = index.lists
+            extra["index_build_s"] = round(time.perf_counter() - started, 1)
+            extra["index_mib"] = round(index.nbytes / 2**20, 1)
+        warm, approximate = [], []
         for _ in range(args.repeats):
             started = time.perf_counter()
             result = opened.recall(question, budget_tokens=args.budget)
             warm.append(time.perf_counter() - started)
+            if prefilter is not None:
+                started = time.perf_counter()
+                filtered = opened.recall(question, budget_tokens=args.budget, prefilter=prefilter)
+                approximate.append(time.perf_counter() - started)
+        if prefilter is not None:
+            extra["prefilter_median_s"] = round(statistics.median(approximate), 3)
+            extra["share_kept"] = round(kept_share(result, filtered), 3)
         print(
             json.dumps(
                 {
@@ -173,6 +207,7 @@ def main() -> None:
                     "first_recall_s": round(cold, 3),
                     "recall_median_s": round(statistics.median(warm), 3),
                     "output_tokens": result.output_tokens,
+                    **extra,
                 }
             ),
             flush=True,

@@ -30,6 +30,7 @@ _LAZY = {
     "EncodedContext": "context",
     "ILRe": "engine",
     "ILReConfig": "config",
+    "Prefilter": "prefilter",
     "RecallResult": "results",
     "Span": "results",
     "TokenCounter": "budget",
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
     from .context import EncodedContext, TokenizedContext
     from .engine import ILRe
     from .loading import EMBEDDED_MODEL
+    from .prefilter import Prefilter
     from .results import RecallResult, Span
     from .selection import GAP_MARKER, join_spans
     from .store import CorpusStore
@@ -76,6 +78,7 @@ __all__ = [
     "ILReError",
     "InsufficientMemoryError",
     "InvalidDocumentError",
+    "Prefilter",
     "RecallResult",
     "Span",
     "TokenCounter",

@@ -21,6 +21,15 @@ DOCUMENTS = [
     for i in range(7)
 ]
 
+REPORTS = [
+    f"Report {i}. The river barges moved grain and timber past the mill on day {i}, "
+    "and the clerks wrote down the weights in the ledger before the evening bell."
+    for i in range(40)
+]
+REPORTS.insert(20, "Report 17b. The keeper of the north lock set the safe combination to 4-19-73.")
+REPORT_QUESTION = "What combination did the keeper of the north lock set?"
+"""41 reports, the 21st (id 20) the only one that answers `REPORT_QUESTION` ("4-19-73")."""
+
 
 def _tiny(tokenizer, seed: int = 0) -> ILRe:
     """A tiny Gemma 3 over the embedded model's tokenizer, with a window of 160 positions, so
@@ -169,18 +178,12 @@ def test_bad_input_is_refused(tiny, tmp_path):
 def test_a_needle_among_many_documents_is_found(engine, tmp_path):
     """The embedded model: the one document among 41 that holds the fact scores highest, and
     its value is kept."""
-    filler = [
-        f"Report {i}. The river barges moved grain and timber past the mill on day {i}, "
-        "and the clerks wrote down the weights in the ledger before the evening bell."
-        for i in range(40)
-    ]
-    needle = "Report 17b. The keeper of the north lock set the safe combination to 4-19-73."
-    question = "What combination did the keeper of the north lock set?"
     crowded = CorpusStore.create(tmp_path / "crowded", engine)
-    crowded.add([*filler[:20], needle, *filler[20:]])
-    best = {document: scores.max() for document, scores in crowded.token_scores(question).items()}
+    crowded.add(REPORTS)
+    scores = crowded.token_scores(REPORT_QUESTION)
+    best = {document: s.max() for document, s in scores.items()}
     assert max(best, key=best.get) == 20
-    assert "4-19-73" in crowded.recall(question, budget_tokens=30).text
+    assert "4-19-73" in crowded.recall(REPORT_QUESTION, budget_tokens=30).text
 
 
 def test_a_store_recalls_in_as_many_passes_as_the_engine(filled, tiny):
