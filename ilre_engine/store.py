@@ -96,6 +96,17 @@ class _Loaded:
     budget_counts: dict[str, list[int]]
 
 
+@dataclass(frozen=True)
+class _Masks:
+    """`CorpusStore._token_masks`: per shard, (tokens in the softmax, tokens that can
+    score); the tokens in the softmax over the whole store (None: all of them); each token's
+    document id."""
+
+    shards: list[tuple[torch.Tensor, torch.Tensor]]
+    present: torch.Tensor | None
+    doc_ids: torch.Tensor
+
+
 class CorpusStore:
     """Documents encoded one by one into shards on disk; `recall` keeps what a question
     attends to most across all of them, within a budget.
@@ -110,7 +121,8 @@ class CorpusStore:
         self.engine = engine
         self._manifest = manifest
         self._loaded: dict[str, _Loaded] = {}
-        self._prior: tuple[tuple, list[torch.Tensor]] | None = None
+        self._prior: tuple[tuple, torch.Tensor] | None = None
+        self._masks: tuple[tuple, _Masks] | None = None
         self._index: tuple[tuple, KeyIndex] | None = None
         self._combined: tuple[tuple, TokenizedContext, np.ndarray, dict] | None = None
 
@@ -350,15 +362,19 @@ class CorpusStore:
         for one context; tokens of deleted documents are not part of the context at all. The
         prior's scores are exact whether or not this pass is prefiltered."""
         cfg = self.engine.config
-        masks = [self._live_tokens(loaded) for loaded in shards]
-        heads = torch.cat(self._head_scores(shards, masks, query_ids, lead_in, prefilter), dim=1)
+        masks = self._token_masks(shards, context)
+        heads = torch.cat(
+            self._head_scores(shards, masks.shards, query_ids, lead_in, prefilter), dim=1
+        )
         if cfg.prior_query is not None:
-            present = torch.cat([in_softmax for in_softmax, _ in masks])
-            prior = torch.cat(self._prior_scores(shards, masks), dim=1)
-            heads[:, present] = remove_prior(heads[:, present], prior[:, present])
-        doc_ids = torch.from_numpy(context.doc_ids).to(heads.device)
+            prior = self._prior_scores(shards, masks.shards)
+            if masks.present is None:
+                heads = remove_prior(heads, prior)
+            else:
+                present = masks.present
+                heads[:, present] = remove_prior(heads[:, present], prior[:, present])
         pooled = pool_scores(
-            heads, cfg.kernel_sizes, segments=doc_ids, allocation=cfg.kernel_allocation
+            heads, cfg.kernel_sizes, segments=masks.doc_ids, allocation=cfg.kernel_allocation
         )
         return pooled / pooled.sum().clamp_min(1e-30)
 
@@ -478,6 +494,18 @@ class CorpusStore:
             self._index = (key, KeyIndex(keys, [scoring for _, scoring in masks], prefilter))
         return self._index[1]
 
+    def _token_masks(self, shards: Sequence[_Loaded], context: TokenizedContext) -> _Masks:
+        """Which tokens take part in recall, per shard and in all, on the engine's device;
+        kept until the store changes (every pass of every recall reads them)."""
+        key = self._state
+        if self._masks is None or self._masks[0] != key:
+            per_shard = [self._live_tokens(loaded) for loaded in shards]
+            present = torch.cat([in_softmax for in_softmax, _ in per_shard])
+            doc_ids = torch.from_numpy(context.doc_ids).to(self.engine.device)
+            masks = _Masks(per_shard, None if bool(present.all()) else present, doc_ids)
+            self._masks = (key, masks)
+        return self._masks[1]
+
     def _live_tokens(self, loaded: _Loaded) -> tuple[torch.Tensor, torch.Tensor]:
         """(tokens in the softmax, tokens that can score): a live document's sink takes part
         in the softmax but never scores; a deleted document takes part in nothing."""
@@ -497,12 +525,13 @@ class CorpusStore:
 
     def _prior_scores(
         self, shards: Sequence[_Loaded], masks: Sequence[tuple[torch.Tensor, torch.Tensor]]
-    ) -> list[torch.Tensor]:
-        """The prior question's head scores over the store, cached until the store changes."""
+    ) -> torch.Tensor:
+        """``(query_heads, L)``: the prior question's head scores over the store, cached until
+        the store changes."""
         key = self._state
         if self._prior is None or self._prior[0] != key:
             ids, lead_in = self.engine.query_ids(self.engine.config.prior_query)
-            self._prior = (key, self._head_scores(shards, masks, ids, lead_in))
+            self._prior = (key, torch.cat(self._head_scores(shards, masks, ids, lead_in), dim=1))
         return self._prior[1]
 
 
