@@ -139,8 +139,9 @@ class ILRe:
                 that matches the model (the user's, then the shipped ones), a `Profile` or
                 a path uses that one, False uses none.
             hybrid: opt-in, not the paper's method: mix a sentence-embedding prior into the
-                recall scores (`ilre_engine.hybrid.Hybrid`; needs the ``hybrid`` extra).
-                None, the default, recalls by the model's attention alone.
+                scores of `recall`, `compress` and `token_scores` (`ilre_engine.hybrid.Hybrid`;
+                needs the ``hybrid`` extra); a `CorpusStore` recalls without it. None, the
+                default, recalls by the model's attention alone.
             hub_kwargs: passed to transformers' ``from_pretrained`` (revision, token, ...).
         """
         device = torch.device(device) if device is not None else _default_device()

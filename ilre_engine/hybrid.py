@@ -34,10 +34,10 @@ class Hybrid:
     Attributes:
         weight: the prior's share in the mean ``(1 - weight) * ilre + weight * prior`` of the
             two, each normalised to sum 1 over the context, in [0, 1]: 0 leaves ILRe's scores
-            exactly as they are, 1 ranks by the prior alone. A passage's prior is spread over
-            its tokens while ILRe's attention peaks on a few, so the prior needs the larger
-            share to lift a passage: 0.7 was chosen on 4k and 8k tokens
-            (benchmarks/README.md, "Hybrid with a sentence-embedding prior").
+            exactly as they are, 1 ranks by the prior alone. 0.3 was chosen on all sixteen
+            task families at 4k and 8k tokens, where it lost least elsewhere; a larger share
+            finds more paraphrased answers and loses more of the chains that ILRe follows
+            through the text (benchmarks/README.md, "Hybrid with a sentence-embedding prior").
         temperature: of the softmax over the units' cosine similarities to the question:
             lower makes the prior favour its best few sentences more sharply. Cosines of
             MiniLM lie mostly within 0 to 0.7, so 0.05 puts a factor of about 400 between
@@ -51,7 +51,7 @@ class Hybrid:
         batch_size: sentences per batch of the embedding model.
     """
 
-    weight: float = 0.7
+    weight: float = 0.3
     temperature: float = 0.05
     chunk_tokens: int = 128
     batch_size: int = 64
