@@ -38,17 +38,16 @@ class Hybrid:
             task families at 4k and 8k tokens, where it lost least elsewhere; a larger share
             finds more paraphrased answers and loses more of the chains that ILRe follows
             through the text (benchmarks/README.md, "Hybrid with a sentence-embedding prior").
-        temperature: of the softmax over the units' cosine similarities to the question:
-            lower makes the prior favour its best few sentences more sharply. Cosines of
-            MiniLM lie mostly within 0 to 0.7, so 0.05 puts a factor of about 400 between
-            a sentence at 0.6 and one at 0.3.
+        temperature: of the softmax over the passages' cosine similarities to the question:
+            lower makes the prior favour its best few passages more sharply. 0.05 puts a
+            factor of about 400 between a passage at cosine 0.6 and one at 0.3.
         chunk_tokens: the prior embeds passages, not single sentences: runs of consecutive
             sentence units of one document packed up to this many model tokens (a longer
             sentence is a passage of its own; 1 embeds every sentence alone). A sentence
             alone often lacks the subject its answer is about, which the sentences around
             it name; its passage's score is shared by all of its sentences and ILRe's
             scores then rank them.
-        batch_size: sentences per batch of the embedding model.
+        batch_size: passages per batch of the embedding model.
     """
 
     weight: float = 0.3
