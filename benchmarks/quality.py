@@ -22,6 +22,11 @@ Methods:
   ``ilre_kmulti`` (1, 5, 9, 17 dealt over the heads: the paper's multi-kernel allocation);
   ``ilre_p1`` / ``ilre_p2`` with one / two recall passes (`ILReConfig.recall_passes`; the
   one equal to the engine's own is skipped).
+- ``ilre_hybrid``: opt-in, not the plain method: ILRe's scores mixed with a sentence-embedding
+  prior (`ilre_engine.hybrid.Hybrid()`: all-MiniLM-L6-v2 over passages of 128 model tokens,
+  weight 0.3), recalled from the same encoding; ``ilre_hybrid_w03`` / ``_w05`` / ``_w07``
+  with weight 0.3 / 0.5 / 0.7 (the sweep that chose 0.3). Their seconds leave out the
+  passages' embedding, which the uncounted `token_scores` call makes and caches.
 - ``ilre_l<N>``: retrieval layer N (``--ablation-layers``, default 5 and 11: this model's
   global-attention layers) instead of the calibrated one, at ``--deep-lengths``;
   ``ilre_l11_w512`` / ``ilre_l11_wfull`` re-encode layer 11 (``--window-layer``) with a
@@ -60,7 +65,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ilre_engine import GAP_MARKER, ILRe, resolve_budget
+from ilre_engine import GAP_MARKER, Hybrid, ILRe, resolve_budget
 from ilre_engine.calibration.families import ALL_FAMILIES
 from ilre_engine.calibration.hard_tasks import HARD_FAMILIES
 from ilre_engine.calibration.tasks import TASK_FAMILIES, RetrievalTask, haystack
@@ -79,7 +84,14 @@ ABLATIONS: dict[str, dict] = {
 }
 """Settings recalled from ILRe's own encoding (one that changes nothing of the engine's own
 settings is skipped: its rows are ILRe's)."""
-ILRE_METHODS = ("ilre", *ABLATIONS)
+HYBRIDS = {
+    "ilre_hybrid": Hybrid(),
+    "ilre_hybrid_w03": Hybrid(weight=0.3),
+    "ilre_hybrid_w05": Hybrid(weight=0.5),
+    "ilre_hybrid_w07": Hybrid(weight=0.7),
+}
+"""Opt-in hybrids recalled from ILRe's own encoding (`ilre_engine.hybrid`)."""
+ILRE_METHODS = ("ilre", *ABLATIONS, *HYBRIDS)
 WINDOWS = {"w512": 512, "wfull": 10**9}
 """Streaming windows of the window ablation (default 2048; 10**9 evicts nothing)."""
 OTHER_METHODS = ("bm25", "dense", "llmlingua", "truncation", "random")
@@ -291,18 +303,20 @@ def run_ilre(
     engine: ILRe,
     task: RetrievalTask,
     ratios: Sequence[float],
-    variants: dict[str, dict | None],
+    variants: dict[str, dict | Hybrid | None],
     record: Callable[..., None],
 ) -> None:
-    """Encode once; recall every ratio for every variant: settings that replace the engine's
-    (None: the engine's own)."""
+    """Encode once; recall every ratio for every variant: settings that replace the engine's,
+    a `Hybrid` the engine recalls with (None: the engine's own)."""
     started = time.perf_counter()
     encoded = engine.encode(task.context)
     encode_s = time.perf_counter() - started
     base = engine.config
     try:
         for method, settings in variants.items():
-            if settings is not None:
+            if isinstance(settings, Hybrid):
+                engine.hybrid = settings
+            elif settings is not None:
                 engine.config = dataclasses.replace(base, **settings)
             scores = engine.token_scores(encoded, task.query)
             ranks = answer_ranks(encoded, task, scores)
@@ -320,9 +334,9 @@ def run_ilre(
                     model_tokens=len(encoded),
                     encode_s=round(encode_s, 3),
                 )
-            engine.config = base
+            engine.config, engine.hybrid = base, None
     finally:
-        engine.config = base
+        engine.config, engine.hybrid = base, None
 
 
 def _same_settings(engine: ILRe, settings: dict) -> bool:
@@ -484,6 +498,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             "ablation_configs": {
                 str(layer): dataclasses.asdict(other.config) for layer, other in deep.items()
             },
+            "hybrids": {
+                name: dataclasses.asdict(hybrid)
+                for name, hybrid in HYBRIDS.items()
+                if name in methods
+            },
             "window_layer": args.window_layer,
             "windows": WINDOWS,
             "chunk_tokens": CHUNK_TOKENS,
@@ -516,9 +535,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         record = recorder(records, task, family, length, sample, input_tokens, counter)
 
         variants = {
-            m: ABLATIONS.get(m)
+            m: ABLATIONS.get(m) or HYBRIDS.get(m)
             for m in ILRE_METHODS
-            if m in methods and (m == "ilre" or not _same_settings(engine, ABLATIONS[m]))
+            if m in methods and (m not in ABLATIONS or not _same_settings(engine, ABLATIONS[m]))
         }
         if variants:
             run_ilre(engine, task, ratios, variants, record)

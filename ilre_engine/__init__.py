@@ -26,6 +26,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "EMBEDDED_MODEL": "loading",
     "GAP_MARKER": "selection",
+    "Hybrid": "hybrid",
     "CorpusStore": "store",
     "EncodedContext": "context",
     "ILRe": "engine",
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
     from .config import ILReConfig
     from .context import EncodedContext, TokenizedContext
     from .engine import ILRe
+    from .hybrid import Hybrid
     from .loading import EMBEDDED_MODEL
     from .prefilter import Prefilter
     from .results import RecallResult, Span
@@ -73,6 +75,7 @@ __all__ = [
     "EmptyInputError",
     "EncodedContext",
     "EncodedContextError",
+    "Hybrid",
     "ILRe",
     "ILReConfig",
     "ILReError",

@@ -144,6 +144,9 @@ class EncodedContext:
     unit_cache: dict[str, np.ndarray] = field(
         default_factory=dict, repr=False, init=False, compare=False
     )
+    unit_embeddings: dict[str, np.ndarray] = field(
+        default_factory=dict, repr=False, init=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         if self.query_position is None:

