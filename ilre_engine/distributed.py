@@ -111,7 +111,12 @@ def encode_corpus(
         ),
         batch_size=batch_size,
         batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=num_actors),
+        # Two batches at a time in each actor, in two threads (an engine serves many): one's
+        # host work (tokenisation, checksums, the shard's files) runs while the other's
+        # chunks are on the device.
+        compute=ray.data.ActorPoolStrategy(
+            size=num_actors, max_concurrent_calls_per_actor=2, enable_true_multi_threading=True
+        ),
         num_gpus=num_gpus_per_actor,
         num_cpus=num_cpus_per_actor,
     )

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import threading
 import weakref
 from collections.abc import Sequence
 from typing import Any
@@ -25,6 +26,8 @@ from .context import TokenizedContext
 from .errors import ILReError
 
 DOCUMENT_SEPARATOR = "\n\n"
+
+_TOKENIZER_LOCK = threading.Lock()
 
 WHITE_SPACE = np.array([c for c in range(0x3001) if chr(c).isspace()], dtype=np.uint32)
 """Every code point `str.isspace` accepts (none lies above U+3000)."""
@@ -69,7 +72,11 @@ def _encode(tokenizer: Any, documents: Sequence[str]) -> dict[str, list]:
         raise ILReError(
             f"{type(tokenizer).__name__} is not a fast tokenizer: ILRe needs character offsets"
         )
-    encoded = tokenizer(list(documents), add_special_tokens=False, return_offsets_mapping=True)
+    # A call sets the backend's truncation and padding where they differ from the last
+    # call's, and the backend refuses a change while another thread encodes ("Already
+    # borrowed"): one call at a time, each still encoding its batch on several threads.
+    with _TOKENIZER_LOCK:
+        encoded = tokenizer(list(documents), add_special_tokens=False, return_offsets_mapping=True)
     return {key: encoded[key] for key in ("input_ids", "offset_mapping")}
 
 
