@@ -111,12 +111,10 @@ def encode_corpus(
         ),
         batch_size=batch_size,
         batch_format="pyarrow",
-        # Two batches at a time in each actor, in two threads (an engine serves many): one's
-        # host work (tokenisation, checksums, the shard's files) runs while the other's
-        # chunks are on the device.
-        compute=ray.data.ActorPoolStrategy(
-            size=num_actors, max_concurrent_calls_per_actor=2, enable_true_multi_threading=True
-        ),
+        # One batch at a time per actor: two at once (max_concurrent_calls_per_actor=2 with
+        # true multi-threading) ran 1.2x the single process on an H200 but wrote keys that
+        # differ from it (benchmarks/README.md, "Two batches at once in an actor").
+        compute=ray.data.ActorPoolStrategy(size=num_actors),
         num_gpus=num_gpus_per_actor,
         num_cpus=num_cpus_per_actor,
     )
