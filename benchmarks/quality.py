@@ -21,7 +21,8 @@ Methods:
   kernels: ``ilre_k1``, ``ilre_k9``, ``ilre_k17`` (one kernel for every head) and
   ``ilre_kmulti`` (1, 5, 9, 17 dealt over the heads: the paper's multi-kernel allocation);
   ``ilre_p1`` / ``ilre_p2`` with one / two recall passes (`ILReConfig.recall_passes`; the
-  one equal to the engine's own is skipped).
+  one equal to the engine's own is skipped); ``ilre_hw`` / ``ilre_hw_soft`` with per-head
+  weights (`ILReConfig.head_weights`; four query heads, as the embedded model has).
 - ``ilre_hybrid``: opt-in, not the plain method: ILRe's scores mixed with a sentence-embedding
   prior (`ilre_engine.hybrid.Hybrid()`: all-MiniLM-L6-v2 over passages of 128 model tokens,
   weight 0.3), recalled from the same encoding; ``ilre_hybrid_w03`` / ``_w05`` / ``_w07``
@@ -81,6 +82,11 @@ ABLATIONS: dict[str, dict] = {
     "ilre_kmulti": {"kernel_sizes": (1, 5, 9, 17)},
     "ilre_p1": {"recall_passes": 1},
     "ilre_p2": {"recall_passes": 2},
+    # Per-head weights of the embedded model's four query heads at layer 5 (pass-1 ranks on
+    # seed 0's 4k/8k tasks favoured head 1, then head 2; benchmarks/README.md, "Per-head
+    # weights"): only for an engine with four query heads.
+    "ilre_hw": {"head_weights": (0.0, 2.0, 1.0, 0.0)},
+    "ilre_hw_soft": {"head_weights": (0.5, 2.0, 1.0, 0.5)},
 }
 """Settings recalled from ILRe's own encoding (one that changes nothing of the engine's own
 settings is skipped: its rows are ILRe's)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from .errors import ConfigError
@@ -46,6 +47,9 @@ class ILReConfig:
             split over sentences); the selection ranks by the mean of every pass's scores.
             Each pass costs one more query pass over the context's keys. The default, 2,
             was chosen by measurement (benchmarks/README.md, "Two recall passes").
+        head_weights: one weight per query head of the retrieval layer: each head's pooled
+            scores count by its weight in the average over heads (normalised to sum 1);
+            None counts every head alike.
         batch_documents: how many documents of a `CorpusStore` are read side by side, each
             its own stream (`ILRe.document_keys`). Each forward step then reads a chunk of
             each, so a corpus of short documents is not bound by the host's per-step work.
@@ -65,6 +69,7 @@ class ILReConfig:
     max_query_tokens: int = 256
     recall_passes: int = 2
     batch_documents: int = 16
+    head_weights: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         for name in (
@@ -99,6 +104,22 @@ class ILReConfig:
             raise ConfigError(
                 f"granularity must be 'word', 'clause' or 'sentence', got {self.granularity!r}"
             )
+        weights = self.head_weights
+        if weights is not None:
+            if isinstance(weights, list):  # from JSON or a mapping of settings
+                weights = tuple(weights)
+                object.__setattr__(self, "head_weights", weights)
+            if (
+                not isinstance(weights, tuple)
+                or not weights
+                or any(isinstance(w, bool) or not isinstance(w, (int, float)) for w in weights)
+                or not all(math.isfinite(w) and w >= 0 for w in weights)
+                or not sum(weights) > 0
+            ):
+                raise ConfigError(
+                    f"head_weights must be a tuple of finite weights >= 0, not all 0, or None, "
+                    f"got {weights!r}"
+                )
         if self.prior_query is not None and (
             not isinstance(self.prior_query, str) or not self.prior_query.strip()
         ):

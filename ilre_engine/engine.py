@@ -89,6 +89,12 @@ class ILRe:
         self.layer = layer
         self.name = name
         self.config = config or ILReConfig()
+        weights = self.config.head_weights
+        heads = ModelDims.from_config(model.config).query_heads
+        if weights is not None and len(weights) != heads:
+            raise ConfigError(
+                f"head_weights has {len(weights)} weights; {name!r} has {heads} query heads"
+            )
         self.counter = TokenCounter(budget_tokenizer)
         self.profile = profile
         self.hybrid = hybrid
@@ -739,7 +745,11 @@ class ILRe:
             heads = remove_prior(heads, self._prior(encoded))
         doc_ids = torch.from_numpy(encoded.tokens.doc_ids).to(self.device)
         pooled = pool_scores(
-            heads, cfg.kernel_sizes, segments=doc_ids, allocation=cfg.kernel_allocation
+            heads,
+            cfg.kernel_sizes,
+            segments=doc_ids,
+            allocation=cfg.kernel_allocation,
+            head_weights=cfg.head_weights,
         )
         return pooled / pooled.sum().clamp_min(1e-30)
 

@@ -120,20 +120,28 @@ def pool_scores(
     kernel_sizes: Sequence[int],
     segments: torch.Tensor | None = None,
     allocation: str = "heads",
+    head_weights: Sequence[float] | None = None,
 ) -> torch.Tensor:
     """``(L,)`` token scores: each head max-pooled with its allocated kernel, then averaged;
-    with ``allocation="average"``, every head pooled with every kernel, all averaged.
+    with ``allocation="average"``, every head pooled with every kernel, all averaged. With
+    `head_weights` (one per head), the average over heads is weighted by them.
 
     With `segments` (``(L,)`` ids, e.g. the document of each token), pooling never carries a
     score across a change of segment: the sequence is spread out with zero-score gaps as wide
     as the largest kernel's reach before pooling, and gathered back after.
     """
+    count = head_scores.shape[0]
+    weights = head_scores.new_ones(count)
+    if head_weights is not None:
+        if len(head_weights) != count:
+            raise ValueError(f"{len(head_weights)} head weights for {count} heads")
+        weights = torch.tensor(head_weights, dtype=head_scores.dtype, device=head_scores.device)
     if allocation == "average" and len(kernel_sizes) > 1:
-        heads = head_scores.shape[0]
         head_scores = head_scores.repeat(len(kernel_sizes), 1)
-        sizes = [int(size) for size in kernel_sizes for _ in range(heads)]
+        weights = weights.repeat(len(kernel_sizes))
+        sizes = [int(size) for size in kernel_sizes for _ in range(count)]
     else:
-        sizes = allocate_kernels(head_scores.shape[0], kernel_sizes)
+        sizes = allocate_kernels(count, kernel_sizes)
     reach = max(sizes) // 2
     index = None
     if segments is not None and reach and len(segments) > 1:
@@ -152,4 +160,6 @@ def pool_scores(
         pooled[heads] = rows
     if index is not None:
         pooled = pooled[:, index]
-    return pooled.mean(0)
+    if head_weights is None:
+        return pooled.mean(0)
+    return (weights[:, None] * pooled).sum(0) / weights.sum()

@@ -374,7 +374,11 @@ class CorpusStore:
                 present = masks.present
                 heads[:, present] = remove_prior(heads[:, present], prior[:, present])
         pooled = pool_scores(
-            heads, cfg.kernel_sizes, segments=masks.doc_ids, allocation=cfg.kernel_allocation
+            heads,
+            cfg.kernel_sizes,
+            segments=masks.doc_ids,
+            allocation=cfg.kernel_allocation,
+            head_weights=cfg.head_weights,
         )
         return pooled / pooled.sum().clamp_min(1e-30)
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ilre_engine.recall import attention_scores
+from ilre_engine import ILReConfig
+from ilre_engine.errors import ConfigError
+from ilre_engine.recall import attention_scores, pool_scores
 from ilre_engine.store import _store_attention
 
 
@@ -53,3 +55,24 @@ def test_a_store_of_shards_attends_as_one_context_and_masks_what_it_must():
     expected[:, kept] = reference(queries, keys[:, kept], 0.5)
     expected[:, 5] = 0.0
     assert torch.allclose(masked, expected, rtol=1e-5, atol=1e-7)
+
+
+def test_head_weights_weigh_each_heads_pooled_scores():
+    """Equal weights are the plain mean; one weight alone is that head's pooled scores;
+    a count that is not the heads' is refused."""
+    scores = torch.rand(4, 300, generator=torch.Generator().manual_seed(3))
+    segments = torch.repeat_interleave(torch.arange(3), 100)
+    kernels = (1, 5, 17)
+    plain = pool_scores(scores, kernels, segments, allocation="average")
+    equal = pool_scores(scores, kernels, segments, "average", head_weights=(2.0, 2.0, 2.0, 2.0))
+    assert torch.allclose(plain, equal, rtol=1e-6)
+    alone = pool_scores(scores, kernels, segments, "average", head_weights=(0, 1, 0, 0))
+    assert torch.allclose(alone, pool_scores(scores[1:2], kernels, segments, "average"))
+    with pytest.raises(ValueError, match="3 head weights for 4 heads"):
+        pool_scores(scores, kernels, segments, "average", head_weights=(1, 1, 1))
+
+
+@pytest.mark.parametrize("weights", [(), (1, -1), (0, 0), (float("nan"), 1), (True, 1), "12"])
+def test_head_weights_are_checked(weights):
+    with pytest.raises(ConfigError, match="head_weights"):
+        ILReConfig(head_weights=weights)
