@@ -76,3 +76,12 @@ def test_head_weights_weigh_each_heads_pooled_scores():
 def test_head_weights_are_checked(weights):
     with pytest.raises(ConfigError, match="head_weights"):
         ILReConfig(head_weights=weights)
+
+
+def test_an_engine_refuses_head_weights_for_other_heads():
+    from tests.tiny_models import build_models, tiny_configs, tiny_engine
+
+    _, trunk = build_models(tiny_configs()["llama"], layer=2)
+    assert tiny_engine(trunk, 2, head_weights=(1, 1, 1, 2)).config.head_weights == (1, 1, 1, 2)
+    with pytest.raises(ConfigError, match="head_weights has 3 weights; 'tiny' has 4 query heads"):
+        tiny_engine(trunk, 2, head_weights=(1, 1, 1))
