@@ -80,21 +80,15 @@ class ILReConfig:
             "recall_passes",
             "batch_documents",
         ):
-            _require_int(name, getattr(self, name), low=1)
-        _require_int("sink", self.sink, low=0)
+            require_int(name, getattr(self, name), low=1)
+        require_int("sink", self.sink, low=0)
         if self.max_tokens is not None:
-            _require_int("max_tokens", self.max_tokens, low=1)
-        sizes = self.kernel_sizes
-        if isinstance(sizes, list):  # from JSON or a mapping of settings
-            sizes = tuple(sizes)
-            object.__setattr__(self, "kernel_sizes", sizes)
-        if (
-            not isinstance(sizes, tuple)
-            or not sizes
-            or any(isinstance(k, bool) or not isinstance(k, int) for k in sizes)
-            or any(k < 1 or k % 2 == 0 for k in sizes)
-        ):
-            raise ConfigError(f"kernel_sizes must be a tuple of odd ints >= 1, got {sizes!r}")
+            require_int("max_tokens", self.max_tokens, low=1)
+        sizes = _numbers(self, "kernel_sizes", int)
+        if sizes is None or any(k < 1 or k % 2 == 0 for k in sizes):
+            raise ConfigError(
+                f"kernel_sizes must be a tuple of odd ints >= 1, got {self.kernel_sizes!r}"
+            )
         _check_template("query_template", self.query_template)
         if self.kernel_allocation not in ("heads", "average"):
             raise ConfigError(
@@ -104,21 +98,16 @@ class ILReConfig:
             raise ConfigError(
                 f"granularity must be 'word', 'clause' or 'sentence', got {self.granularity!r}"
             )
-        weights = self.head_weights
-        if weights is not None:
-            if isinstance(weights, list):  # from JSON or a mapping of settings
-                weights = tuple(weights)
-                object.__setattr__(self, "head_weights", weights)
+        if self.head_weights is not None:
+            weights = _numbers(self, "head_weights", (int, float))
             if (
-                not isinstance(weights, tuple)
-                or not weights
-                or any(isinstance(w, bool) or not isinstance(w, (int, float)) for w in weights)
+                weights is None
                 or not all(math.isfinite(w) and w >= 0 for w in weights)
                 or not sum(weights) > 0
             ):
                 raise ConfigError(
                     f"head_weights must be a tuple of finite weights >= 0, not all 0, or None, "
-                    f"got {weights!r}"
+                    f"got {self.head_weights!r}"
                 )
         if self.prior_query is not None and (
             not isinstance(self.prior_query, str) or not self.prior_query.strip()
@@ -126,7 +115,24 @@ class ILReConfig:
             raise ConfigError(f"prior_query must be a question or None, got {self.prior_query!r}")
 
 
-def _require_int(name: str, value: object, *, low: int) -> None:
+def _numbers(config: ILReConfig, name: str, kinds: type | tuple[type, ...]) -> tuple | None:
+    """`config`'s field `name` as a tuple (a list, from JSON or a mapping of settings, is
+    made one in place), or None when it is not a non-empty tuple of `kinds` (bools never
+    count as numbers)."""
+    value = getattr(config, name)
+    if isinstance(value, list):
+        value = tuple(value)
+        object.__setattr__(config, name, value)
+    if (
+        not isinstance(value, tuple)
+        or not value
+        or any(isinstance(v, bool) or not isinstance(v, kinds) for v in value)
+    ):
+        return None
+    return value
+
+
+def require_int(name: str, value: object, *, low: int) -> None:
     """An int (not a bool, not a float such as nan) of at least `low`, or `ConfigError`."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError(f"{name} must be an integer, got {value!r}")

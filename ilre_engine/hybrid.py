@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from .config import require_int
 from .context import TokenizedContext
 from .errors import ConfigError, ILReError
 from .selection import unit_ids
@@ -60,10 +61,8 @@ class Hybrid:
             raise ConfigError(f"Hybrid weight must be a number in [0, 1], got {self.weight!r}")
         if not _real(self.temperature) or not self.temperature > 0:
             raise ConfigError(f"Hybrid temperature must be > 0, got {self.temperature!r}")
-        for name, low in (("chunk_tokens", 1), ("batch_size", 1)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ConfigError(f"Hybrid {name} must be an integer >= {low}, got {value!r}")
+        for name in ("chunk_tokens", "batch_size"):
+            require_int(f"Hybrid {name}", getattr(self, name), low=1)
 
     def combine(self, scores: np.ndarray, prior: np.ndarray) -> np.ndarray:
         """ILRe's ``(L,)`` `scores` (summing to 1, as `ILRe.token_scores` returns them) mixed

@@ -27,7 +27,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .errors import ConfigError, ILReError
+from .config import require_int
+from .errors import ILReError
 from .recall import grouped_logits, mean_over_queries
 from .results import RecallResult
 
@@ -65,16 +66,10 @@ class Prefilter:
     tail_sample: int = 4096
 
     def __post_init__(self) -> None:
-        for name in ("k", "nprobe"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"Prefilter.{name} must be a positive integer, got {value!r}")
-        if self.lists is not None and (not isinstance(self.lists, int) or self.lists < 1):
-            raise ConfigError(f"Prefilter.lists must be None or a positive integer: {self.lists!r}")
-        if not isinstance(self.tail_sample, int) or self.tail_sample < 0:
-            raise ConfigError(
-                f"Prefilter.tail_sample must be an integer >= 0: {self.tail_sample!r}"
-            )
+        for name, low in (("k", 1), ("nprobe", 1), ("tail_sample", 0)):
+            require_int(f"Prefilter.{name}", getattr(self, name), low=low)
+        if self.lists is not None:
+            require_int("Prefilter.lists", self.lists, low=1)
 
     def lists_for(self, keys: int) -> int:
         """The lists of an index over `keys` keys."""
