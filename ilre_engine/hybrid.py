@@ -25,7 +25,7 @@ import numpy as np
 from .config import require_int
 from .context import TokenizedContext
 from .errors import ConfigError, ILReError
-from .selection import unit_ids
+from .selection import unit_ids, unit_runs
 
 
 @dataclass(frozen=True)
@@ -137,10 +137,7 @@ def _real(value: object) -> bool:
 def _passage_texts(context: TokenizedContext, passages: np.ndarray) -> list[str]:
     """The text of each passage (ids run densely from 0), from its first token's start to
     its last token's end."""
-    members = np.flatnonzero(passages >= 0)
-    starts = np.concatenate(([0], np.flatnonzero(np.diff(passages[members])) + 1))
-    first = members[starts]
-    last = members[np.concatenate((starts[1:] - 1, [len(members) - 1]))]
+    _, first, last = unit_runs(passages, np.flatnonzero(passages >= 0))
     return [
         context.documents[document][start:end].strip()
         for document, start, end in zip(

@@ -131,14 +131,10 @@ def pool_scores(
     as the largest kernel's reach before pooling, and gathered back after.
     """
     count = head_scores.shape[0]
-    weights = head_scores.new_ones(count)
-    if head_weights is not None:
-        if len(head_weights) != count:
-            raise ValueError(f"{len(head_weights)} head weights for {count} heads")
-        weights = torch.tensor(head_weights, dtype=head_scores.dtype, device=head_scores.device)
+    if head_weights is not None and len(head_weights) != count:
+        raise ValueError(f"{len(head_weights)} head weights for {count} heads")
     if allocation == "average" and len(kernel_sizes) > 1:
         head_scores = head_scores.repeat(len(kernel_sizes), 1)
-        weights = weights.repeat(len(kernel_sizes))
         sizes = [int(size) for size in kernel_sizes for _ in range(count)]
     else:
         sizes = allocate_kernels(count, kernel_sizes)
@@ -162,4 +158,7 @@ def pool_scores(
         pooled = pooled[:, index]
     if head_weights is None:
         return pooled.mean(0)
+    # Rows are heads, repeated once per kernel with "average": weights repeat alike.
+    weights = torch.tensor(head_weights, dtype=pooled.dtype, device=pooled.device)
+    weights = weights.repeat(len(pooled) // count)
     return (weights[:, None] * pooled).sum(0) / weights.sum()

@@ -156,6 +156,15 @@ def whole_documents(documents: Sequence[str]) -> tuple[tuple[Span, ...], str]:
     return spans, join_spans(documents, spans)
 
 
+def unit_runs(ids: np.ndarray, members: np.ndarray) -> tuple[np.ndarray, ...]:
+    """For `members` (token positions in context order whose unit `ids` are >= 0, each
+    unit's tokens together): where each unit begins among them, and each unit's first and
+    last token."""
+    starts = np.flatnonzero(np.diff(ids[members], prepend=-2))
+    ends = np.r_[starts[1:], len(members)][: len(starts)] - 1
+    return starts, members[starts], members[ends]
+
+
 class _Units:
     """The units of one granularity that hold selectable tokens: each one's first and last
     token, and their scores (their best token's) where asked for.
@@ -177,9 +186,7 @@ class _Units:
         """Put in `cache` the selectable tokens in unit order, where each unit begins among
         them, and each unit's first and last token."""
         members = np.flatnonzero((cache[granularity] >= 0) & cache["selectable"])
-        starts = np.flatnonzero(np.diff(cache[granularity][members], prepend=-2))
-        ends = np.r_[starts[1:], len(members)][: len(starts)] - 1
-        parts = (members, starts, members[starts], members[ends])
+        parts = (members, *unit_runs(cache[granularity], members))
         cache.update(
             {f"{granularity}/{name}": part for name, part in zip(cls.PARTS, parts, strict=True)}
         )
