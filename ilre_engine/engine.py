@@ -531,16 +531,20 @@ class ILRe:
         inner = progress if len(plan) == 1 else False
         for segment in bar:
             ids = input_ids[segment.read_start : segment.end]
+            offset = segment.position
             if sink_parts is not None:
                 state = StreamState(self.layer, state.sink, state.window, kept=dict(sink_parts))
-            else:  # a new stream: its sink is its own first tokens, wherever they are placed
-                state.origin = segment.position
+            else:
+                # A new stream: its sink is its own first tokens wherever they are placed, so
+                # it counts its tokens from 0 and shifts their positions to where it lies.
+                state.row_positions = torch.tensor([[segment.position]], device=self.device)
+                offset = 0
             if segment.read_start == segment.own_start:
                 view = keys[:, segment.read_start : segment.end]
-                streaming.stream_keys(self.model, ids, segment.position, state, view, chunk, inner)
+                streaming.stream_keys(self.model, ids, offset, state, view, chunk, inner)
             else:
                 read = self._new_keys(len(ids))
-                streaming.stream_keys(self.model, ids, segment.position, state, read, chunk, inner)
+                streaming.stream_keys(self.model, ids, offset, state, read, chunk, inner)
                 keys[:, segment.own_start : segment.end] = read[
                     :, segment.own_start - segment.read_start :
                 ]

@@ -74,13 +74,12 @@ class StreamState:
         chunk: length of the context pass's full chunks; only those take a compiled layer's
             fused attention (`ilre_engine.compiled`), so it compiles for one shape.
         observer: reports early layers' keys or query states (`StreamObserver`).
-        origin: the position of the stream's first token: its first `sink` tokens are the
-            attention sink. 0 but for a document placed to end at the query's position (a
-            `CorpusStore`'s), which begins wherever its length puts it.
-        row_positions: ``(streams, 1)``, for a batch of documents read side by side
-            (`stream_batch`): the position of each one's first token. `start` then counts
-            tokens from the documents' shared first slot, and each row's positions are its
-            slots shifted by its own; distances, and so masks, are the same in every row.
+        row_positions: ``(streams, 1)``, the position of each stream's first token, for
+            streams placed elsewhere than at 0 (a `CorpusStore`'s documents end where the
+            query begins) and for a batch of documents read side by side (`stream_batch`).
+            `start` then counts tokens from the streams' first (their sink: the attention
+            sink is a stream's own first tokens), and each row's positions are those counts
+            shifted by its own; distances, and so masks, are the same in every row.
     """
 
     retrieval_layer: int
@@ -97,7 +96,6 @@ class StreamState:
     scaling: float | None = None
     masks: dict[tuple[int, ...], torch.Tensor] = field(default_factory=dict)
     observer: StreamObserver | None = None
-    origin: int = 0
     row_positions: torch.Tensor | None = None
 
     def visibility(self, kept: KeptKV) -> torch.Tensor:
@@ -105,15 +103,7 @@ class StreamState:
         and the chunk itself: causal, within `kept.keep` tokens, or in the sink. Layers with the
         same layout share one mask per chunk."""
         sink_len, recent_len = kept.sink_keys.shape[2], kept.recent_keys.shape[2]
-        layout = (
-            self.start,
-            self.length,
-            sink_len,
-            recent_len,
-            kept.keep,
-            kept.sink_size,
-            self.origin,
-        )
+        layout = (self.start, self.length, sink_len, recent_len, kept.keep, kept.sink_size)
         mask = self.masks.get(layout)
         if mask is None:
             if self.masks and next(iter(self.masks))[:2] != layout[:2]:
@@ -121,13 +111,13 @@ class StreamState:
             device = kept.sink_keys.device
             key_positions = torch.cat(
                 (
-                    torch.arange(self.origin, self.origin + sink_len, device=device),
+                    torch.arange(sink_len, device=device),
                     torch.arange(self.start - recent_len, self.start + self.length, device=device),
                 )
             )
             query_positions = torch.arange(self.start, self.start + self.length, device=device)
             distance = query_positions[:, None] - key_positions[None, :]
-            in_sink = (key_positions < self.origin + kept.sink_size)[None, :]
+            in_sink = (key_positions < kept.sink_size)[None, :]
             mask = (distance >= 0) & ((distance < kept.keep) | in_sink)
             self.masks[layout] = mask
         return mask
@@ -176,8 +166,7 @@ def stream_attention(
     keys = torch.cat((kept.sink_keys, kept.recent_keys, key), dim=2)
     values = torch.cat((kept.sink_values, kept.recent_values, value), dim=2)
     if state.update:
-        start = state.start - state.origin
-        state.kept[layer] = _evict(kept, key, value, keys, values, start, state.length)
+        state.kept[layer] = _evict(kept, key, value, keys, values, state.start, state.length)
 
     if query.device.type == "cuda" and _fused_chunk(module, state, kept):
         output = compiled.sink_window_attention(
@@ -248,7 +237,7 @@ def _fused_chunk(module: torch.nn.Module, state: StreamState, kept: KeptKV) -> b
         and state.length == state.chunk
         and kept.sink_keys.shape[2] == kept.sink_size
         and recent == kept.keep
-        and state.start - state.origin - recent >= kept.sink_size
+        and state.start - recent >= kept.sink_size
     )
 
 
@@ -261,9 +250,8 @@ def _evict(
     start: int,
     length: int,
 ) -> KeptKV:
-    """What a layer keeps after the chunk ``[start, start + length)`` of its stream (counted
-    from the stream's `StreamState.origin`): lengths are host integers, so no device
-    synchronisation happens here."""
+    """What a layer keeps after the chunk ``[start, start + length)``: lengths are host integers,
+    so no device synchronisation happens here."""
     seen = start + length
     sink_len = kept.sink_keys.shape[2]
     sink_keys, sink_values = kept.sink_keys, kept.sink_values
@@ -292,7 +280,7 @@ def _evict(
 
 def run_chunk(model: torch.nn.Module, input_ids: torch.Tensor, state: StreamState) -> None:
     """Run the model's own forward over `input_ids` ``(streams, length)`` at positions
-    ``[state.start, +length)`` (shifted by `state.row_positions` in a batch) until it reaches
+    ``[state.start, +length)`` (shifted by `state.row_positions` where set) until it reaches
     the retrieval layer (where `stream_attention` stops it)."""
     positions = torch.arange(state.start, state.start + state.length, device=input_ids.device)
     positions = positions[None] if state.row_positions is None else state.row_positions + positions
