@@ -62,6 +62,11 @@ class TokenCounter:
     def count(self, text: str) -> int:
         return int(self._count(text)) if text else 0
 
+    def __reduce__(self) -> tuple[type[TokenCounter], tuple[Any]]:
+        # Pickled as its source (a Ray worker counts with the driver's counter): the
+        # counting function may be a lambda, which pickle cannot send.
+        return TokenCounter, (self.source,)
+
     def __repr__(self) -> str:
         return f"TokenCounter({self.name!r})"
 

@@ -4,10 +4,12 @@ Data actor pool and commits the result once.
 Each actor of the pool builds one engine with the caller's factory (an engine holds a model
 and cannot be pickled cheaply; a factory such as ``functools.partial(ILRe.from_pretrained,
 ...)`` can), and writes every batch of documents it is given as a pending shard of the store
-with `store.write_shard`, which needs no lock and no manifest. The driver collects the
-pending names in the dataset's order and makes them part of the store with one
-`CorpusStore.commit`: until then no recall sees any of them, so a failed run leaves the store
-as it was (its pending shards are removed by `CorpusStore.discard_pending`).
+with `store.write_shard`, which needs no lock and no manifest. Ahead of the pool, a stage of
+CPU actors tokenises each batch and counts its reader tokens, so that this host work of one
+batch overlaps the encoding of the one before instead of waiting in front of the GPU. The
+driver collects the pending names in the dataset's order and makes them part of the store
+with one `CorpusStore.commit`: until then no recall sees any of them, so a failed run leaves
+the store as it was (its pending shards are removed by `CorpusStore.discard_pending`).
 
 Ray is an optional dependency (``pip install "ilre[ray]"``): it is imported inside the
 functions that need it, so importing this module, like importing `ilre_engine`, never does.
@@ -24,8 +26,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .budget import TokenCounter
+from .config import require_int
+from .context import TokenizedContext
 from .errors import EmptyInputError, ILReError
+from .inputs import as_documents
 from .store import MANIFEST, CorpusStore, write_shard
+from .tokenization import tokenize_each
 
 if TYPE_CHECKING:
     import pyarrow
@@ -35,6 +42,18 @@ if TYPE_CHECKING:
 
 SHARD_COLUMN = "shard"
 """The one column of the mapped dataset: each batch's pending shard name."""
+
+_TOKEN_ARRAYS = {
+    "input_ids": np.int64,
+    "doc_ids": np.int32,
+    "offsets": np.int64,
+    "word_ids": np.int64,
+}
+"""The arrays of a `TokenizedContext` (and their dtypes, as `tokenize_each` makes them) that
+the tokenizer stage adds to a batch, each as a list column ``_ilre_<name>`` of one list per
+document (offsets flattened)."""
+_COUNT_COLUMN = "_ilre_budget_count"
+"""The column of each document's length in reader tokens, added by the tokenizer stage."""
 
 
 def encode_corpus(
@@ -46,6 +65,8 @@ def encode_corpus(
     num_actors: int = 1,
     num_gpus_per_actor: float = 0,
     num_cpus_per_actor: float = 1,
+    tokenizer_actors: int = 1,
+    num_cpus_per_tokenizer: float = 1,
     text_column: str = "text",
     metadata_columns: Sequence[str] | None = None,
 ) -> list[int]:
@@ -75,14 +96,23 @@ def encode_corpus(
             factory then builds the engine on ``cuda``, which Ray maps to that GPU).
         num_cpus_per_actor: CPUs reserved for each actor; Ray sets its ``OMP_NUM_THREADS``,
             and so torch's threads, to it.
+        tokenizer_actors: CPU actors that tokenise each batch and count its reader tokens
+            ahead of the encoding actors (a stage of the same batches before theirs), so that
+            an encoder's device never waits for that host work: Ray Data runs the stage on
+            the next batches while the encoders encode. They use the driver's engine's
+            tokenizer and budget counter (`store.engine`), pickled. 0: each encoding actor
+            tokenises and counts its batches itself, before encoding them.
+        num_cpus_per_tokenizer: CPUs reserved for each tokenizer actor. The cluster needs
+            them besides the encoders' CPUs: Ray starts an actor only where its reservation
+            fits, so a reservation that does not fit waits for resources that never come.
         text_column: the column of document texts.
         metadata_columns: columns stored as each document's metadata (`CorpusStore.document`
             returns them); None stores none.
 
     Raises:
-        ILReError: `store` is a directory that holds no store, or a column is missing
-            (checked on the driver before any actor starts); `EmptyInputError` for a
-            dataset without a schema (an empty one).
+        ILReError: `store` is a directory that holds no store, a column is missing, or
+            `tokenizer_actors` is not a count (checked on the driver before any actor
+            starts); `EmptyInputError` for a dataset without a schema (an empty one).
         ray.exceptions.RayError: a worker failed, with the worker's error in its message: a
             batch that cannot be encoded (`RayTaskError`), an engine that does not match the
             store or a store this worker cannot see (`ActorDiedError`). Any failure ends the
@@ -92,6 +122,7 @@ def encode_corpus(
 
     metadata = list(metadata_columns or ())
     _check_columns(dataset, [text_column, *metadata])
+    require_int("tokenizer_actors", tokenizer_actors, low=0)
     if not isinstance(store, CorpusStore):
         directory = Path(store)
         if not (directory / MANIFEST).is_file():
@@ -100,6 +131,19 @@ def encode_corpus(
                 "CorpusStore.create(directory, engine)"
             )
         store = CorpusStore.open(directory, engine_factory())
+    counter = None
+    if tokenizer_actors:
+        counter = store.engine.counter.name
+        dataset = dataset.map_batches(
+            _Tokenizer,
+            fn_constructor_args=(store.engine.tokenizer, store.engine.counter, text_column),
+            # The encoders' batch size: their batches are then this stage's, so the shards
+            # are those of a run without the stage.
+            batch_size=batch_size,
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=tokenizer_actors),
+            num_cpus=num_cpus_per_tokenizer,
+        )
     mapped = dataset.map_batches(
         _ShardWriter,
         # Absolute: a worker's working directory is not the driver's.
@@ -108,6 +152,7 @@ def encode_corpus(
             engine_factory,
             text_column,
             metadata,
+            counter,
         ),
         batch_size=batch_size,
         batch_format="pyarrow",
@@ -124,8 +169,70 @@ def encode_corpus(
     return [document for shard in ids for document in shard]
 
 
+class _Tokenizer:
+    """A Ray actor of `encode_corpus` ahead of the encoders: each batch with its documents'
+    tokens (`tokenize_each`) and reader-token counts as added columns."""
+
+    def __init__(self, tokenizer: Any, counter: TokenCounter, text_column: str) -> None:
+        self._tokenizer = tokenizer
+        self._counter = counter
+        self._text_column = text_column
+
+    def __call__(self, batch: pyarrow.Table) -> pyarrow.Table:
+        import pyarrow
+
+        texts = batch.column(self._text_column).to_pylist()
+        tokenized = []
+        if texts:  # else a block that an upstream filter emptied: empty columns
+            # Checked as write_shard checks them: a row that is not text fails here.
+            texts = as_documents(texts)
+            tokenized = tokenize_each(self._tokenizer, texts)
+        for name, column in _token_columns(tokenized).items():
+            batch = batch.append_column(name, column)
+        counts = [self._counter.count(text) for text in texts]
+        return batch.append_column(_COUNT_COLUMN, pyarrow.array(counts, pyarrow.int64()))
+
+
+def _token_columns(tokenized: Sequence[TokenizedContext]) -> dict[str, pyarrow.ListArray]:
+    """The `_TOKEN_ARRAYS` of one-document contexts as list columns, one list per context."""
+    import pyarrow
+
+    columns = {}
+    for name, dtype in _TOKEN_ARRAYS.items():
+        arrays = [getattr(context, name).reshape(-1) for context in tokenized]
+        bounds = np.cumsum([0, *(len(array) for array in arrays)], dtype=np.int32)
+        values = np.concatenate([np.zeros(0, dtype), *arrays]).astype(dtype, copy=False)
+        columns[f"_ilre_{name}"] = pyarrow.ListArray.from_arrays(bounds, values)
+    return columns
+
+
+def _tokenized(batch: pyarrow.Table, texts: Sequence[str]) -> list[TokenizedContext]:
+    """The contexts of `texts` that `_token_columns` made into `batch`'s columns."""
+    arrays = {}
+    for name in _TOKEN_ARRAYS:
+        column = batch.column(f"_ilre_{name}").combine_chunks()
+        # Writable copies: torch reads the ids with from_numpy, which warns on Arrow's
+        # read-only buffers.
+        values = column.flatten().to_numpy(zero_copy_only=False, writable=True)
+        arrays[name] = np.split(values, np.cumsum(column.value_lengths().to_numpy())[:-1])
+    return [
+        TokenizedContext(
+            documents=(text,),
+            input_ids=input_ids,
+            doc_ids=doc_ids,
+            offsets=offsets.reshape(-1, 2),
+            word_ids=word_ids,
+        )
+        for text, input_ids, doc_ids, offsets, word_ids in zip(
+            texts, *(arrays[name] for name in _TOKEN_ARRAYS), strict=True
+        )
+    ]
+
+
 class _ShardWriter:
-    """A Ray actor of `encode_corpus`: one engine, one pending shard per batch."""
+    """A Ray actor of `encode_corpus`: one engine, one pending shard per batch. With
+    `counter`, the name of the budget counter of a `_Tokenizer` stage ahead, the batches
+    carry their tokens and counts; without it, this actor tokenises and counts them."""
 
     def __init__(
         self,
@@ -133,6 +240,7 @@ class _ShardWriter:
         engine_factory: Callable[[], ILRe],
         text_column: str,
         metadata_columns: Sequence[str],
+        counter: str | None = None,
     ) -> None:
         if not (Path(directory) / MANIFEST).is_file():
             raise ILReError(
@@ -146,6 +254,7 @@ class _ShardWriter:
         self._directory = directory
         self._text_column = text_column
         self._metadata_columns = list(metadata_columns)
+        self._counter = counter
 
     def __call__(self, batch: pyarrow.Table) -> dict[str, np.ndarray]:
         texts = batch.column(self._text_column).to_pylist()
@@ -157,7 +266,20 @@ class _ShardWriter:
         metadata = [
             {name: values[i] for name, values in columns.items()} for i in range(len(texts))
         ]
-        name = write_shard(self._directory, self._engine, texts, metadata, progress=False)
+        tokenized, counts = None, None
+        if self._counter is not None:
+            texts = list(as_documents(texts))  # bytes decoded, as the tokenizer stage read them
+            tokenized = _tokenized(batch, texts)
+            counts = {self._counter: batch.column(_COUNT_COLUMN).to_pylist()}
+        name = write_shard(
+            self._directory,
+            self._engine,
+            texts,
+            metadata,
+            progress=False,
+            tokenized=tokenized,
+            budget_counts=counts,
+        )
         return {SHARD_COLUMN: np.array([name], dtype=object)}
 
 

@@ -587,18 +587,36 @@ def write_shard(
     metadata: Sequence[Mapping[str, Any]] | None = None,
     *,
     progress: bool | None = None,
+    tokenized: Sequence[TokenizedContext] | None = None,
+    budget_counts: Mapping[str, Sequence[int]] | None = None,
 ) -> str:
     """Encode `documents`, each its own stream, into a shard of the store in `directory`, not
     yet part of it: its name, for `CorpusStore.commit`. Needs no lock and no manifest, so any
     number of writers can run at once. A writer that dies leaves a ``pending-*`` directory
-    that no recall reads."""
+    that no recall reads.
+
+    The host work before the encoding can be done elsewhere beforehand (`encode_corpus`
+    does it on other Ray workers, ahead of the GPU): `tokenized`, each document's
+    ``tokenize_each(engine.tokenizer, documents)`` context, in order; `budget_counts`, each
+    document's length in reader tokens under a counter's name (``{counter.name: [...]}``, as
+    `TokenCounter` counts; recall counts again under any other name). Without them both
+    are computed here, with `engine.tokenizer` and `engine.counter`."""
     texts = as_documents(documents)
     if metadata is None:
         metadata = [{} for _ in texts]
     if len(metadata) != len(texts):
         raise ILReError(f"{len(texts)} documents but {len(metadata)} metadata entries")
     payload = json.loads(json.dumps([dict(m) for m in metadata], default=str))
-    tokenized = tokenize_each(engine.tokenizer, texts)
+    if tokenized is None:
+        tokenized = tokenize_each(engine.tokenizer, texts)
+    elif len(tokenized) != len(texts):
+        raise ILReError(f"{len(texts)} documents but {len(tokenized)} tokenized contexts")
+    elif any(t.documents != (text,) for t, text in zip(tokenized, texts, strict=True)):
+        raise ILReError("each tokenized context must be its document's alone, in order")
+    if budget_counts is None:
+        budget_counts = {engine.counter.name: [engine.counter.count(text) for text in texts]}
+    elif any(len(counts) != len(texts) for counts in budget_counts.values()):
+        raise ILReError(f"budget_counts must hold {len(texts)} counts per counter")
     keys = [row.cpu() for row in engine.document_keys(tokenized, progress=progress)]
     record = persistence.Record(
         documents=tuple(texts),
@@ -614,8 +632,8 @@ def write_shard(
         tokenizer_sha256=engine.tokenizer_sha256,
         query_position=_query_position(engine),
     )
-    counts = {engine.counter.name: [engine.counter.count(text) for text in texts]}
     name = f"pending-{uuid.uuid4().hex[:12]}"
+    counts = {counter: [int(c) for c in values] for counter, values in budget_counts.items()}
     extra = {"metadata": payload, "budget_counts": counts}
     persistence.write(record, Path(directory) / name, extra=extra)
     return name

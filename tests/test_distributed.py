@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import pickle
 
 import numpy as np
 import pytest
@@ -11,10 +12,16 @@ from transformers import AutoModel
 
 from ilre_engine import EmptyInputError, ILRe, ILReConfig, ILReError, persistence
 from ilre_engine.store import CorpusStore
+from ilre_engine.tokenization import tokenize_each
 from tests.tiny_models import worded_config
 
 ray = pytest.importorskip("ray", reason="encode_corpus needs ray: pip install 'ilre[ray]'")
-from ilre_engine.distributed import _ShardWriter, encode_corpus  # noqa: E402  (after the skip)
+from ilre_engine.distributed import (  # noqa: E402  (after the skip)
+    _ShardWriter,
+    _tokenized,
+    _Tokenizer,
+    encode_corpus,
+)
 
 QUESTION = "Which lock logged a delay of 21 minutes?"
 DOCUMENTS = [
@@ -80,15 +87,24 @@ def _shards(store: CorpusStore):
         yield record, extra, list(range(first, first + entry["documents"]))
 
 
-def test_a_store_encoded_on_ray_is_the_store_one_process_encodes(cluster, factory, tiny, tmp_path):
+@pytest.mark.parametrize("tokenizer_actors", [0, 1])
+def test_a_store_encoded_on_ray_is_the_store_one_process_encodes(
+    cluster, factory, tiny, tmp_path, tokenizer_actors
+):
+    """With the documents tokenised by the encoding actors themselves, or by a stage of CPU
+    actors ahead of them (sharing the cluster's two CPUs with two encoders)."""
     store = CorpusStore.create(tmp_path / "ray", tiny)
-    dataset = ray.data.from_items(_rows(DOCUMENTS))
+    # About one block per batch, as `ilre index --ray` builds its dataset.
+    dataset = ray.data.from_items(_rows(DOCUMENTS), override_num_blocks=3)
     ids = encode_corpus(
         dataset,
         store.directory,
         factory,
         batch_size=3,
         num_actors=2,
+        num_cpus_per_actor=0.75,
+        tokenizer_actors=tokenizer_actors,
+        num_cpus_per_tokenizer=0.5,
         metadata_columns=["n", "tags"],
     )
     assert ids == list(range(7))
@@ -97,7 +113,7 @@ def test_a_store_encoded_on_ray_is_the_store_one_process_encodes(cluster, factor
     store = CorpusStore.open(store.directory, tiny)
     shards = list(_shards(store))
     batches = [list(record.documents) for record, _, _ in shards]
-    assert len(batches) > 1 and all(len(b) <= 3 for b in batches)
+    assert [len(b) for b in batches] == [3, 3, 1]  # whole batches, with either stage
     assert [d for b in batches for d in b] == DOCUMENTS  # in the dataset's order
 
     # The same batches through `CorpusStore.add`, one process, one engine.
@@ -119,6 +135,8 @@ def test_a_store_encoded_on_ray_is_the_store_one_process_encodes(cluster, factor
     assert store.document(4) == (DOCUMENTS[4], {"n": 4, "tags": ["lock", "4"]})
     assert store.recall(QUESTION, budget_tokens=25) == alone.recall(QUESTION, budget_tokens=25)
 
+    if tokenizer_actors == 0:  # the rest is the same either way: checked once (a new pool)
+        return
     # A second run appends after what is there, and a store given as an open one works alike.
     more = encode_corpus(ray.data.from_items([{"text": DOCUMENTS[0]}]), store, factory)
     assert more == [7] and len(CorpusStore.open(store.directory, tiny)) == 8
@@ -173,3 +191,27 @@ def test_an_emptied_block_writes_no_shard(tiny, tmp_path):
     assert len(writer(empty)["shard"]) == 0
     (name,) = writer(pyarrow.table({"text": [DOCUMENTS[0]], "n": [3]}))["shard"]
     assert store.commit([name]) == [[0]] and store.document(0) == (DOCUMENTS[0], {"n": 3})
+    # Through the tokenizer stage: an empty block gets empty columns, and still no shard.
+    stage = _Tokenizer(tiny.tokenizer, tiny.counter, "text")
+    writer = _ShardWriter(str(store.directory), lambda: tiny, "text", ["n"], tiny.counter.name)
+    assert len(writer(stage(empty))["shard"]) == 0
+
+
+def test_the_tokenizer_stage_sends_what_the_encoders_would_compute(tiny):
+    """Its columns give back `tokenize_each`'s contexts exactly (values and dtypes), from any
+    slice of its block (Ray Data may cut one), and the counts of the engine's counter, which
+    it receives pickled."""
+    import pyarrow
+
+    stage = _Tokenizer(tiny.tokenizer, pickle.loads(pickle.dumps(tiny.counter)), "text")
+    batch = stage(pyarrow.table({"text": DOCUMENTS[:4], "n": [0, 1, 2, 3]}))
+    assert batch.column("n").to_pylist() == [0, 1, 2, 3] and batch.num_rows == 4
+    counts = batch.column("_ilre_budget_count").to_pylist()
+    assert counts == [tiny.counter.count(text) for text in DOCUMENTS[:4]]
+    rebuilt = _tokenized(batch.slice(1, 2), DOCUMENTS[1:3])
+    expected = tokenize_each(tiny.tokenizer, DOCUMENTS[1:3])
+    for context, context_1 in zip(rebuilt, expected, strict=True):
+        assert context.documents == context_1.documents
+        for name in ("input_ids", "doc_ids", "offsets", "word_ids"):
+            array, array_1 = getattr(context, name), getattr(context_1, name)
+            assert array.dtype == array_1.dtype and np.array_equal(array, array_1), name

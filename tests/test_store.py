@@ -9,10 +9,18 @@ import pytest
 import torch
 from transformers import AutoModel
 
-from ilre_engine import EmptyInputError, EncodedContextError, ILRe, ILReConfig
+from ilre_engine import (
+    EmptyInputError,
+    EncodedContextError,
+    ILRe,
+    ILReConfig,
+    ILReError,
+    persistence,
+)
 from ilre_engine import store as store_module
 from ilre_engine.store import CorpusStore, write_shard
 from ilre_engine.streaming import ATTENTION_NAME
+from ilre_engine.tokenization import tokenize_each
 from tests.tiny_models import worded_config
 
 QUESTION = "Which lock logged a delay of 21 minutes?"
@@ -140,6 +148,35 @@ def test_shards_written_elsewhere_are_committed_in_order(tiny, tmp_path):
     assert store.document(3) == (DOCUMENTS[0], {"n": 0}) and len(store) == 5
     with pytest.raises(ValueError, match="pending"):
         store.commit(["shard-0123456789ab"])
+
+
+def test_documents_tokenized_beforehand_make_the_same_shard(tiny, tmp_path):
+    """What `encode_corpus`'s tokenizer stage hands `write_shard`: the documents' tokens and
+    reader-token counts, computed elsewhere."""
+    store = CorpusStore.create(tmp_path / "s", tiny)
+    texts = DOCUMENTS[:3]
+    tokenized = tokenize_each(tiny.tokenizer, texts)
+    counts = {tiny.counter.name: [tiny.counter.count(text) for text in texts]}
+    names = [
+        write_shard(store.directory, tiny, texts, [{"n": 1}] * 3),
+        write_shard(
+            store.directory, tiny, texts, [{"n": 1}] * 3, tokenized=tokenized, budget_counts=counts
+        ),
+    ]
+    (record, extra), (record_1, extra_1) = (
+        persistence.read(store.directory / name, tiny, mapped=True) for name in names
+    )
+    assert extra == extra_1 and torch.equal(record.keys, record_1.keys)
+    for name, array in record.tokens.items():
+        assert np.array_equal(array, record_1.tokens[name]), name
+
+    with pytest.raises(ILReError, match="3 documents but 2 tokenized contexts"):
+        write_shard(store.directory, tiny, texts, tokenized=tokenized[:2])
+    with pytest.raises(ILReError, match="its document's alone, in order"):
+        write_shard(store.directory, tiny, texts, tokenized=tokenized[::-1])
+    with pytest.raises(ILReError, match="3 counts per counter"):
+        write_shard(store.directory, tiny, texts, budget_counts={"words": [1, 2]})
+    assert len(list(store.directory.glob("pending-*"))) == 2  # the refused wrote nothing
 
 
 def test_damage_and_other_models_are_refused(filled, tokenizer):
