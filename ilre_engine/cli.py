@@ -177,6 +177,14 @@ def _parser() -> argparse.ArgumentParser:
         help="engines encoding at once, one per GPU (default: 1)",
     )
     ray.add_argument(
+        "--tokenizer-actors",
+        type=_whole,
+        metavar="N",
+        help="CPU actors tokenising batches ahead of the engines, so that the engines' "
+        "devices do not wait for it; 0: each engine tokenises its own batches (default: 1, "
+        "reserving 1 CPU)",
+    )
+    ray.add_argument(
         "--gpus-per-actor",
         type=_fraction,
         metavar="G",
@@ -298,12 +306,20 @@ def _lengths(text: str) -> tuple[int, ...]:
 
 
 def _positive(text: str) -> int:
+    value = _whole(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _whole(text: str) -> int:
+    """A whole number >= 0, such as a count of actors where 0 turns them off."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
     return value
 
 
@@ -484,6 +500,7 @@ def _ray_options(args: argparse.Namespace) -> dict:
     """The options of ``ilre index --ray``, checked; refuses them without ``--ray``."""
     given = {
         "--actors": args.actors,
+        "--tokenizer-actors": args.tokenizer_actors,
         "--gpus-per-actor": args.gpus_per_actor,
         "--batch-size": args.batch_size,
     }
@@ -506,6 +523,7 @@ def _ray_options(args: argparse.Namespace) -> dict:
     return {
         "device": device,
         "actors": args.actors or 1,
+        "tokenizer_actors": 1 if args.tokenizer_actors is None else args.tokenizer_actors,
         "gpus": gpus,
         "batch_size": args.batch_size or 128,
     }
@@ -541,6 +559,7 @@ def _index_on_ray(
     *,
     device: str,
     actors: int,
+    tokenizer_actors: int,
     gpus: float,
     batch_size: int,
 ) -> list[int]:
@@ -578,6 +597,7 @@ def _index_on_ray(
             batch_size=batch_size,
             num_actors=actors,
             num_gpus_per_actor=gpus,
+            tokenizer_actors=tokenizer_actors,
             metadata_columns=list(metadata[0]),
         )
     except ray.exceptions.RayError as error:
