@@ -18,6 +18,14 @@ driver's wall clock of the whole call (a new actor pool each time: Ray Data's st
 actor's process and engine, the commit); ``after_ready`` counts from the moment the actor's
 engine was built.
 
+`--tokenizer-actors` is `encode_corpus`'s `tokenizer_actors`: CPU actors that tokenise and
+count each batch ahead of the GPU actor (default 1, as `encode_corpus`; 0 leaves that work
+in the GPU actor, in front of its encoding). Given several values (``--tokenizer-actors 1
+0``), each round times the Ray path once per value, side by side with the single process:
+the first value's way is ``ray``, as with one value, the others' ``ray_tokenizers_N``, each
+with its own figures in the summary (its name as their prefix) and its store checked
+against the single process's (``stores_<way>``; ``stores`` for ``ray``).
+
 Peak GPU memory is `torch.cuda.max_memory_allocated` of each process: the driver's around
 its encoding, the actor's written by its engine to a file at every new peak. The driver uses
 as many torch threads as an actor gets (``--cpus-per-actor``: Ray sets the actor's
@@ -256,7 +264,9 @@ def single_process(engine, directory: Path, documents, batch_size: int, device: 
     return {"seconds": seconds, "peak_bytes": peak, "shards": len(names)}
 
 
-def on_ray(engine, directory: Path, dataset, count: int, factory, args, stats: Path) -> dict:
+def on_ray(
+    engine, directory: Path, dataset, count: int, factory, args, stats: Path, tokenizers: int
+) -> dict:
     from ilre_engine.distributed import encode_corpus
     from ilre_engine.store import CorpusStore
 
@@ -272,6 +282,8 @@ def on_ray(engine, directory: Path, dataset, count: int, factory, args, stats: P
         num_actors=1,
         num_gpus_per_actor=args.gpus_per_actor,
         num_cpus_per_actor=args.cpus_per_actor,
+        tokenizer_actors=tokenizers,
+        num_cpus_per_tokenizer=args.cpus_per_tokenizer,
         metadata_columns=["n"],
     )
     seconds = time.perf_counter() - start
@@ -287,7 +299,15 @@ def on_ray(engine, directory: Path, dataset, count: int, factory, args, stats: P
         "actor_pid": actor["pid"],
         "actor_torch_threads": actor["torch_threads"],
         "shards": len(store._manifest["shards"]),
+        "tokenizer_actors": tokenizers,
     }
+
+
+def ray_ways(tokenizer_actors: list[int]) -> dict[str, int]:
+    """The Ray paths of a round, by name: each value of `--tokenizer-actors`, the first one's
+    named ``ray`` (what the one Ray path of earlier runs was named)."""
+    first, *others = tokenizer_actors
+    return {"ray": first, **{f"ray_tokenizers_{n}": n for n in others}}
 
 
 def compare(one_dir: Path, many_dir: Path, engine, count: int) -> dict:
@@ -389,6 +409,8 @@ def run(args) -> None:
         "batch_documents": args.batch_documents,
         "gpus_per_actor": args.gpus_per_actor,
         "cpus_per_actor": args.cpus_per_actor,
+        "tokenizer_actors": ray_ways(args.tokenizer_actors),
+        "cpus_per_tokenizer": args.cpus_per_tokenizer,
         "driver_torch_threads": torch.get_num_threads(),
         "setup_seconds": time.perf_counter() - started,
         "rounds": [],
@@ -397,8 +419,9 @@ def run(args) -> None:
         if index > args.warmup and time.perf_counter() - started > args.budget_s:
             result["stopped_early"] = f"past --budget-s {args.budget_s} after {index} rounds"
             break
-        # The order alternates, so neither way always runs on a warmer machine.
-        order = ("single", "ray") if index % 2 == 0 else ("ray", "single")
+        # The order alternates, so no way always runs on a warmer machine.
+        ways = ("single", *result["tokenizer_actors"])
+        order = ways if index % 2 == 0 else ways[::-1]
         order = (*order, "single_one_at_a_time") if args.one_at_a_time else order
         warmup = index < args.warmup
         chosen = documents[: args.warmup_documents] if warmup else documents
@@ -412,8 +435,16 @@ def run(args) -> None:
                 )
             else:
                 stats = work / f"actor-{index}.json"
+                tokenizers = result["tokenizer_actors"][way]
                 round_[way] = on_ray(
-                    engine, directory, datasets[warmup], len(chosen), factory, args, stats
+                    engine,
+                    directory,
+                    datasets[warmup],
+                    len(chosen),
+                    factory,
+                    args,
+                    stats,
+                    tokenizers,
                 )
             print(f"round {index} {way}: {round_[way]}", flush=True)
         result["rounds"].append(round_)
@@ -423,9 +454,10 @@ def run(args) -> None:
         summarise(result)
         out.write_text(json.dumps(result, indent=1))
     last = len(result["rounds"]) - 1
-    result["stores"] = compare(
-        work / f"single-{last}", work / f"ray-{last}", engine, len(documents)
-    )
+    for way in result["tokenizer_actors"]:
+        result["stores" if way == "ray" else f"stores_{way}"] = compare(
+            work / f"single-{last}", work / f"{way}-{last}", engine, len(documents)
+        )
     result["seconds"] = time.perf_counter() - started
     out.write_text(json.dumps(result, indent=1))
     ray.shutdown()
@@ -439,26 +471,32 @@ def summarise(result: dict) -> None:
         return
     tokens = result["model_tokens"]
     single = statistics.median(r["single"]["seconds"] for r in rounds)
-    ray = statistics.median(r["ray"]["seconds"] for r in rounds)
-    after_ready = statistics.median(r["ray"]["after_ready_seconds"] for r in rounds)
-    working = statistics.median(r["ray"]["from_first_batch_seconds"] for r in rounds)
-    result["summary"] = {
+    summary = {
         "measured_rounds": len(rounds),
         "single_tokens_per_s": tokens / single,
-        "ray_tokens_per_s": tokens / ray,
-        "ray_after_ready_tokens_per_s": tokens / after_ready,
-        "ray_over_single": single / ray,
-        "ray_after_ready_over_single": single / after_ready,
-        "ray_from_first_batch_tokens_per_s": tokens / working,
-        "ray_from_first_batch_over_single": single / working,
-        # Rounds vary (the machine, the order): each round's own ratio, then their median.
-        "paired_from_first_batch_over_single": statistics.median(
-            r["single"]["seconds"] / r["ray"]["from_first_batch_seconds"] for r in rounds
-        ),
-        "ray_startup_seconds": statistics.median(r["ray"]["startup_seconds"] for r in rounds),
         "single_peak_gib": max(r["single"]["peak_bytes"] for r in rounds) / 2**30,
-        "actor_peak_gib": max(r["ray"]["peak_bytes"] for r in rounds) / 2**30,
     }
+    for way in result["tokenizer_actors"]:
+        ray = statistics.median(r[way]["seconds"] for r in rounds)
+        after_ready = statistics.median(r[way]["after_ready_seconds"] for r in rounds)
+        working = statistics.median(r[way]["from_first_batch_seconds"] for r in rounds)
+        # "paired": rounds vary (the machine, the order), so each round's own ratio, then
+        # their median. The first Ray way's "paired_..." and "actor_..." keep their names.
+        paired, actor = ("paired", "actor") if way == "ray" else (f"{way}_paired", way)
+        summary |= {
+            f"{way}_tokens_per_s": tokens / ray,
+            f"{way}_after_ready_tokens_per_s": tokens / after_ready,
+            f"{way}_over_single": single / ray,
+            f"{way}_after_ready_over_single": single / after_ready,
+            f"{way}_from_first_batch_tokens_per_s": tokens / working,
+            f"{way}_from_first_batch_over_single": single / working,
+            f"{paired}_from_first_batch_over_single": statistics.median(
+                r["single"]["seconds"] / r[way]["from_first_batch_seconds"] for r in rounds
+            ),
+            f"{way}_startup_seconds": statistics.median(r[way]["startup_seconds"] for r in rounds),
+            f"{actor}_peak_gib": max(r[way]["peak_bytes"] for r in rounds) / 2**30,
+        }
+    result["summary"] = summary
     if all("single_one_at_a_time" in r for r in rounds):
         alone = statistics.median(r["single_one_at_a_time"]["seconds"] for r in rounds)
         result["summary"]["one_at_a_time_tokens_per_s"] = tokens / alone
@@ -497,6 +535,16 @@ def main() -> None:
     )
     r.add_argument("--gpus-per-actor", type=float, default=1)
     r.add_argument("--cpus-per-actor", type=float, default=1)
+    r.add_argument(
+        "--tokenizer-actors",
+        type=int,
+        nargs="+",
+        default=[1],
+        metavar="N",
+        help="encode_corpus's tokenizer_actors (CPU actors tokenising ahead of the GPU actor; "
+        "0: none); several values time the Ray path once per value in each round",
+    )
+    r.add_argument("--cpus-per-tokenizer", type=float, default=1)
     r.add_argument("--ray", default="local", help="ray.init's address")
     r.add_argument("--num-cpus", type=int, help="the local cluster's CPUs (default: all)")
     r.add_argument("--object-store-mib", type=int, default=2048)
