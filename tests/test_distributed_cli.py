@@ -99,6 +99,7 @@ def test_index_on_ray_builds_the_store_index_builds(model, tmp_path, monkeypatch
     ("args", "message"),
     [
         (["--actors", "2"], "--actors needs --ray ADDRESS"),
+        (["--tokenizer-actors", "0"], "--tokenizer-actors needs --ray ADDRESS"),
         (["--ray", "local", "--device", "cuda"], "needs --gpus-per-actor > 0"),
         (["--ray", "local", "--gpus-per-actor", "1", "--device", "cpu"], "reserves GPUs"),
         (["--ray", "local", "--device", "gpu7"], "unknown device 'gpu7'"),
