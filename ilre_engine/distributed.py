@@ -182,14 +182,13 @@ class _Tokenizer:
         import pyarrow
 
         texts = batch.column(self._text_column).to_pylist()
-        tokenized = []
-        if texts:  # else a block that an upstream filter emptied: empty columns
-            # Checked as write_shard checks them: a row that is not text fails here.
-            texts = as_documents(texts)
-            tokenized = tokenize_each(self._tokenizer, texts)
+        # Checked as write_shard checks them (a row that is not text fails here); a block
+        # that an upstream filter emptied gets empty columns.
+        documents = as_documents(texts) if texts else ()
+        tokenized = tokenize_each(self._tokenizer, documents) if documents else []
         for name, column in _token_columns(tokenized).items():
             batch = batch.append_column(name, column)
-        counts = [self._counter.count(text) for text in texts]
+        counts = [self._counter.count(text) for text in documents]
         return batch.append_column(_COUNT_COLUMN, pyarrow.array(counts, pyarrow.int64()))
 
 
