@@ -87,40 +87,40 @@ def _shards(store: CorpusStore):
         yield record, extra, list(range(first, first + entry["documents"]))
 
 
-@pytest.mark.parametrize("tokenizer_actors", [0, 1])
-def test_a_store_encoded_on_ray_is_the_store_one_process_encodes(
-    cluster, factory, tiny, tmp_path, tokenizer_actors
-):
-    """With the documents tokenised by the encoding actors themselves, or by a stage of CPU
-    actors ahead of them (sharing the cluster's two CPUs with two encoders)."""
+def test_a_store_encoded_on_ray_is_the_store_one_process_encodes(cluster, factory, tiny, tmp_path):
+    """Two runs of two encoding actors: the first with the tokenizer stage ahead of them (the
+    default; the three actors share the cluster's two CPUs), the second, appending the same
+    rows, without it (each encoding actor tokenising its batches). Each run's shards are those
+    of one process, shard for shard."""
     store = CorpusStore.create(tmp_path / "ray", tiny)
     # About one block per batch, as `ilre index --ray` builds its dataset.
     dataset = ray.data.from_items(_rows(DOCUMENTS), override_num_blocks=3)
+    settings = {"batch_size": 3, "num_actors": 2, "metadata_columns": ["n", "tags"]}
     ids = encode_corpus(
         dataset,
         store.directory,
         factory,
-        batch_size=3,
-        num_actors=2,
         num_cpus_per_actor=0.75,
-        tokenizer_actors=tokenizer_actors,
         num_cpus_per_tokenizer=0.5,
-        metadata_columns=["n", "tags"],
+        **settings,
     )
     assert ids == list(range(7))
     # The caller's dataset settings are as they were (encoding needed ordered outputs).
     assert dataset.context.execution_options.preserve_order is False
+    # A second run appends after what is there, and a store given as an open one works alike.
+    more = encode_corpus(dataset, store, factory, tokenizer_actors=0, **settings)
+    assert more == list(range(7, 14))
     store = CorpusStore.open(store.directory, tiny)
     shards = list(_shards(store))
     batches = [list(record.documents) for record, _, _ in shards]
-    assert [len(b) for b in batches] == [3, 3, 1]  # whole batches, with either stage
-    assert [d for b in batches for d in b] == DOCUMENTS  # in the dataset's order
+    assert [len(b) for b in batches] == [3, 3, 1] * 2  # whole batches, with the stage or not
+    assert [d for b in batches for d in b] == DOCUMENTS * 2  # in the dataset's order
 
     # The same batches through `CorpusStore.add`, one process, one engine.
     alone = CorpusStore.create(tmp_path / "alone", tiny)
     start = 0
     for batch in batches:
-        rows = _rows(DOCUMENTS)[start : start + len(batch)]
+        rows = (_rows(DOCUMENTS) * 2)[start : start + len(batch)]
         alone.add(batch, [{"n": r["n"], "tags": r["tags"]} for r in rows])
         start += len(batch)
     expected = list(_shards(alone))
@@ -133,13 +133,8 @@ def test_a_store_encoded_on_ray_is_the_store_one_process_encodes(
         for name, array in record.tokens.items():
             assert np.array_equal(array, record_1.tokens[name]), name
     assert store.document(4) == (DOCUMENTS[4], {"n": 4, "tags": ["lock", "4"]})
+    assert store.document(11) == store.document(4)
     assert store.recall(QUESTION, budget_tokens=25) == alone.recall(QUESTION, budget_tokens=25)
-
-    if tokenizer_actors == 0:  # the rest is the same either way: checked once (a new pool)
-        return
-    # A second run appends after what is there, and a store given as an open one works alike.
-    more = encode_corpus(ray.data.from_items([{"text": DOCUMENTS[0]}]), store, factory)
-    assert more == [7] and len(CorpusStore.open(store.directory, tiny)) == 8
 
 
 def test_a_failed_batch_leaves_the_store_as_it_was(cluster, factory, tiny, tmp_path):
@@ -162,7 +157,12 @@ def test_a_worker_with_another_model_is_refused_before_it_encodes(
     store = CorpusStore.create(tmp_path / "s", tiny)
     _save_tiny(tmp_path / "other", tokenizer, seed=1)
     with pytest.raises(ray.exceptions.ActorDiedError, match="was encoded by"):
-        encode_corpus(ray.data.from_items([{"text": "x"}]), store, _factory(tmp_path / "other"))
+        encode_corpus(  # no tokenizer stage: its actor would only add to the test's time
+            ray.data.from_items([{"text": "x"}]),
+            store,
+            _factory(tmp_path / "other"),
+            tokenizer_actors=0,
+        )
     assert not any(p.name.startswith("pending-") for p in store.directory.iterdir())
 
 
