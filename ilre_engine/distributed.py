@@ -110,9 +110,10 @@ def encode_corpus(
             returns them); None stores none.
 
     Raises:
-        ILReError: `store` is a directory that holds no store, a column is missing, or
-            `tokenizer_actors` is not a count (checked on the driver before any actor
-            starts); `EmptyInputError` for a dataset without a schema (an empty one).
+        ILReError: `store` is a directory that holds no store, a column is missing,
+            `tokenizer_actors` is not a count, or the actors reserve more CPUs or GPUs than
+            the cluster has (checked on the driver before any actor starts);
+            `EmptyInputError` for a dataset without a schema (an empty one).
         ray.exceptions.RayError: a worker failed, with the worker's error in its message: a
             batch that cannot be encoded (`RayTaskError`), an engine that does not match the
             store or a store this worker cannot see (`ActorDiedError`). Any failure ends the
@@ -123,6 +124,12 @@ def encode_corpus(
     metadata = list(metadata_columns or ())
     _check_columns(dataset, [text_column, *metadata])
     require_int("tokenizer_actors", tokenizer_actors, low=0)
+    _check_fits(
+        {
+            "CPU": num_actors * num_cpus_per_actor + tokenizer_actors * num_cpus_per_tokenizer,
+            "GPU": num_actors * num_gpus_per_actor,
+        }
+    )
     if not isinstance(store, CorpusStore):
         directory = Path(store)
         if not (directory / MANIFEST).is_file():
@@ -280,6 +287,22 @@ class _ShardWriter:
             budget_counts=counts,
         )
         return {SHARD_COLUMN: np.array([name], dtype=object)}
+
+
+def _check_fits(reserved: dict[str, float]) -> None:
+    """Refuse reservations that the cluster cannot hold all at once: Ray Data would wait
+    for them without end, with no error (an actor starts only where its reservation fits)."""
+    import ray
+
+    available = ray.cluster_resources()
+    for resource, wanted in reserved.items():
+        if wanted > available.get(resource, 0):
+            raise ILReError(
+                f"the actors reserve {wanted:g} {resource}s and the Ray cluster has "
+                f"{available.get(resource, 0):g}: use fewer actors or smaller reservations "
+                "(tokenizer_actors=0 lets the encoding actors tokenise); on an autoscaling "
+                "cluster, start its nodes first"
+            )
 
 
 def _check_columns(dataset: ray.data.Dataset, wanted: Sequence[str]) -> None:

@@ -142,7 +142,14 @@ def test_a_failed_batch_leaves_the_store_as_it_was(cluster, factory, tiny, tmp_p
     store.add(DOCUMENTS[:2])
     rows = [{"text": d} for d in DOCUMENTS[2:]] + [{"text": None}]  # a row with no text
     with pytest.raises(ray.exceptions.RayTaskError, match="is a NoneType, not text"):
-        encode_corpus(ray.data.from_items(rows), store, factory, batch_size=2, num_actors=2)
+        encode_corpus(
+            ray.data.from_items(rows),
+            store,
+            factory,
+            batch_size=2,
+            num_actors=2,
+            num_cpus_per_actor=0.5,
+        )
     reopened = CorpusStore.open(store.directory, tiny)
     assert len(reopened) == 2 and reopened.num_tokens == store.num_tokens
     reopened.discard_pending()  # whatever the batches that did succeed wrote
@@ -177,6 +184,11 @@ def test_bad_input_is_refused_before_any_work(cluster, factory, tiny, tmp_path):
         encode_corpus(dataset, tmp_path / "none", factory, text_column="body")
     with pytest.raises(EmptyInputError):
         encode_corpus(ray.data.from_items([]), store, factory)
+    # The cluster has 2 CPUs and no GPU: Ray Data would wait for these actors forever.
+    with pytest.raises(ILReError, match="reserve 3 CPUs and the Ray cluster has 2"):
+        encode_corpus(dataset, store, factory, text_column="body", num_actors=2)
+    with pytest.raises(ILReError, match="reserve 1 GPUs and the Ray cluster has 0"):
+        encode_corpus(dataset, store, factory, text_column="body", num_gpus_per_actor=1)
 
 
 def test_an_emptied_block_writes_no_shard(tiny, tmp_path):
