@@ -26,6 +26,11 @@ the first value's way is ``ray``, as with one value, the others' ``ray_tokenizer
 with its own figures in the summary (its name as their prefix) and its store checked
 against the single process's (``stores_<way>``; ``stores`` for ``ray``).
 
+Each encode (`ILRe.document_keys`, synchronised) is timed in both ways: a single-process
+round reports its ``encode_seconds``; a Ray round the actor's ``encode_seconds``, the time
+``between_encodes_seconds`` (writing a shard, waiting for the next batch) and
+``after_last_encode_seconds`` (its last shard, the commit).
+
 Peak GPU memory is `torch.cuda.max_memory_allocated` of each process: the driver's around
 its encoding, the actor's written by its engine to a file at every new peak. The driver uses
 as many torch threads as an actor gets (``--cpus-per-actor``: Ray sets the actor's
@@ -175,6 +180,17 @@ def build_engine(
         budget_tokenizer=words,
     )
     if stats is None:
+        encode_driver = engine.document_keys
+        engine.encodes = []
+
+        def timed_keys(*args, **kwargs):
+            began = time.time()
+            encoded = encode_driver(*args, **kwargs)
+            synchronize(device)
+            engine.encodes.append((began, time.time()))
+            return encoded
+
+        engine.document_keys = timed_keys
         return engine
     cuda = torch.device(device).type == "cuda"
     # The actor checks its engine against the store (`CorpusStore.open`) before any batch:
@@ -189,16 +205,20 @@ def build_engine(
         Path(stats).write_text(json.dumps(record))
 
     encode = engine.document_keys
+    record["encodes"] = []
 
     def document_keys(*args, **kwargs):
         if record["first_batch"] is None:
             record["first_batch"] = time.time()
             write()
+        began = time.time()
         encoded = encode(*args, **kwargs)
+        synchronize(device)
         peak = torch.cuda.max_memory_allocated() if cuda else 0
+        record["encodes"].append((began, time.time()))
         if peak > record["peak_bytes"] or first[0]:
             record["peak_bytes"], first[0] = peak, False
-            write()
+        write()
         return encoded
 
     engine.document_keys = document_keys
@@ -243,6 +263,7 @@ def single_process(engine, directory: Path, documents, batch_size: int, device: 
 
     cuda = torch.device(device).type == "cuda"
     store = CorpusStore.create(directory, engine)
+    engine.encodes.clear()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     synchronize(device)
@@ -261,7 +282,12 @@ def single_process(engine, directory: Path, documents, batch_size: int, device: 
     synchronize(device)
     seconds = time.perf_counter() - start
     peak = torch.cuda.max_memory_allocated() if cuda else 0
-    return {"seconds": seconds, "peak_bytes": peak, "shards": len(names)}
+    return {
+        "seconds": seconds,
+        "peak_bytes": peak,
+        "shards": len(names),
+        "encode_seconds": sum(b - a for a, b in engine.encodes),
+    }
 
 
 def on_ray(
@@ -300,6 +326,13 @@ def on_ray(
         "actor_torch_threads": actor["torch_threads"],
         "shards": len(store._manifest["shards"]),
         "tokenizer_actors": tokenizers,
+        # Where the actor's time went: encoding (GPU work, synchronised), between two
+        # encodes (writing a shard, waiting for the next batch), after the last one.
+        "encode_seconds": sum(b - a for a, b in actor["encodes"]),
+        "between_encodes_seconds": sum(
+            b[0] - a[1] for a, b in zip(actor["encodes"], actor["encodes"][1:], strict=False)
+        ),
+        "after_last_encode_seconds": end_wall - actor["encodes"][-1][1],
     }
 
 
