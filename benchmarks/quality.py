@@ -22,7 +22,10 @@ Methods:
   ``ilre_kmulti`` (1, 5, 9, 17 dealt over the heads: the paper's multi-kernel allocation);
   ``ilre_p1`` / ``ilre_p2`` with one / two recall passes (`ILReConfig.recall_passes`; the
   one equal to the engine's own is skipped); ``ilre_hw`` / ``ilre_hw_soft`` with per-head
-  weights (`ILReConfig.head_weights`; four query heads, as the embedded model has).
+  weights (`ILReConfig.head_weights`; four query heads, as the embedded model has);
+  ``ilre_kavg`` (1, 5, 9, 17 on every head, averaged); query phrasings: ``ilre_qa`` (the
+  template ends in ``Answer:``), ``ilre_quote`` (an instruction before the question) and
+  ``ilre_quote_a`` (both).
 - ``ilre_hybrid``: opt-in, not the plain method: ILRe's scores mixed with a sentence-embedding
   prior (`ilre_engine.hybrid.Hybrid()`: all-MiniLM-L6-v2 over passages of 128 model tokens,
   weight 0.3), recalled from the same encoding; ``ilre_hybrid_w03`` / ``_w05`` / ``_w07``
@@ -87,6 +90,16 @@ ABLATIONS: dict[str, dict] = {
     # weights"): only for an engine with four query heads.
     "ilre_hw": {"head_weights": (0.0, 2.0, 1.0, 0.0)},
     "ilre_hw_soft": {"head_weights": (0.5, 2.0, 1.0, 0.5)},
+    "ilre_kavg": {"kernel_sizes": (1, 5, 9, 17), "kernel_allocation": "average"},
+    "ilre_qa": {"query_template": "\n\nQuestion: {query}\nAnswer:"},
+    "ilre_quote": {
+        "query_template": "\n\nQuote the sentence above that answers the question.\n"
+        "Question: {query}"
+    },
+    "ilre_quote_a": {
+        "query_template": "\n\nQuote the sentence above that answers the question.\n"
+        "Question: {query}\nAnswer:"
+    },
 }
 """Settings recalled from ILRe's own encoding (one that changes nothing of the engine's own
 settings is skipped: its rows are ILRe's)."""
