@@ -52,7 +52,9 @@ _TOKEN_ARRAYS = {
 """The arrays of a `TokenizedContext` (and their dtypes, as `tokenize_each` makes them) that
 the tokenizer stage adds to a batch, each as a list column ``_ilre_<name>`` of one list per
 document (offsets flattened)."""
-_COUNT_COLUMN = "_ilre_budget_count"
+_STAGE_PREFIX = "_ilre_"
+"""The prefix of the columns the tokenizer stage adds, which no dataset column may have."""
+_COUNT_COLUMN = f"{_STAGE_PREFIX}budget_count"
 """The column of each document's length in reader tokens, added by the tokenizer stage."""
 
 
@@ -208,7 +210,7 @@ def _token_columns(tokenized: Sequence[TokenizedContext]) -> dict[str, pyarrow.L
         arrays = [getattr(context, name).reshape(-1) for context in tokenized]
         bounds = np.cumsum([0, *(len(array) for array in arrays)], dtype=np.int32)
         values = np.concatenate([np.zeros(0, dtype), *arrays]).astype(dtype, copy=False)
-        columns[f"_ilre_{name}"] = pyarrow.ListArray.from_arrays(bounds, values)
+        columns[f"{_STAGE_PREFIX}{name}"] = pyarrow.ListArray.from_arrays(bounds, values)
     return columns
 
 
@@ -216,7 +218,7 @@ def _tokenized(batch: pyarrow.Table, texts: Sequence[str]) -> list[TokenizedCont
     """The contexts of `texts` that `_token_columns` made into `batch`'s columns."""
     arrays = {}
     for name in _TOKEN_ARRAYS:
-        column = batch.column(f"_ilre_{name}").combine_chunks()
+        column = batch.column(f"{_STAGE_PREFIX}{name}").combine_chunks()
         # Writable copies: torch reads the ids with from_numpy, which warns on Arrow's
         # read-only buffers.
         values = column.flatten().to_numpy(zero_copy_only=False, writable=True)
@@ -306,7 +308,8 @@ def _check_fits(reserved: dict[str, float]) -> None:
 
 
 def _check_columns(dataset: ray.data.Dataset, wanted: Sequence[str]) -> None:
-    """Refuse a dataset that lacks a column `encode_corpus` reads, before any actor starts."""
+    """Refuse a dataset that lacks a column `encode_corpus` reads, or has one that its
+    tokenizer stage writes, before any actor starts."""
     columns = dataset.columns()
     if columns is None:
         raise EmptyInputError("the dataset has no schema (is it empty?): nothing to encode")
@@ -315,6 +318,12 @@ def _check_columns(dataset: ray.data.Dataset, wanted: Sequence[str]) -> None:
         raise ILReError(
             f"the dataset has no column {missing[0]!r}; its columns are {columns} "
             "(text_column= and metadata_columns= choose them)"
+        )
+    taken = [name for name in columns if name.startswith(_STAGE_PREFIX)]
+    if taken:
+        raise ILReError(
+            f"the dataset's column {taken[0]!r} has a name the tokenizer stage writes "
+            f"({_STAGE_PREFIX}*): rename it"
         )
 
 

@@ -184,6 +184,8 @@ def test_bad_input_is_refused_before_any_work(cluster, factory, tiny, tmp_path):
         encode_corpus(dataset, tmp_path / "none", factory, text_column="body")
     with pytest.raises(EmptyInputError):
         encode_corpus(ray.data.from_items([]), store, factory)
+    with pytest.raises(ILReError, match="'_ilre_input_ids' has a name the tokenizer stage"):
+        encode_corpus(ray.data.from_items([{"text": "a", "_ilre_input_ids": 1}]), store, factory)
     # The cluster has 2 CPUs and no GPU: Ray Data would wait for these actors forever.
     with pytest.raises(ILReError, match="reserve 3 CPUs and the Ray cluster has 2"):
         encode_corpus(dataset, store, factory, text_column="body", num_actors=2)
