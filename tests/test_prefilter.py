@@ -11,6 +11,7 @@ import torch
 from ilre_engine import CorpusStore, ILReError, Prefilter
 from ilre_engine.errors import ConfigError
 from ilre_engine.prefilter import KeyIndex, kept_share
+from ilre_engine.results import RecallResult, Span
 from tests.test_store import DOCUMENTS, QUESTION, REPORT_QUESTION, REPORTS, _tiny, same
 
 pytest.importorskip("faiss")
@@ -44,7 +45,10 @@ def test_probing_every_list_for_every_key_is_exact(filled):
 def test_a_few_candidates_keep_the_needle_and_the_exact_top_tokens(engine, tmp_path, monkeypatch):
     """The embedded model's real keys (about 1,500 in 22 lists): 16 candidates a query row
     from 2 lists (under half of the keys in either pass) keep the needle's document first,
-    its value, and the exact recall's text (8 candidates a row keep 78% of it)."""
+    its value, and every piece of the exact recall that scores at least half its best. The
+    rest of the budget goes to fillers that score a tenth of the needle and within a percent
+    of each other, so which one fills it may change with the candidates (and did with the
+    machine's bfloat16 kernels: a kept share of 0.78 or 1.0 for the same code)."""
     store = CorpusStore.create(tmp_path / "crowded", engine)
     store.add(REPORTS)
     found = []
@@ -62,8 +66,23 @@ def test_a_few_candidates_keep_the_needle_and_the_exact_top_tokens(engine, tmp_p
     exact = store.recall(REPORT_QUESTION, budget_tokens=30)
     approximate = store.recall(REPORT_QUESTION, budget_tokens=30, prefilter=few)
     assert "4-19-73" in approximate.text
-    assert kept_share(exact, approximate) >= 0.9
+    best = max(span.score for span in exact.spans)
+    strong = [span for span in exact.spans if span.score >= best / 2]
+    for span in strong:
+        assert store.document(span.document)[0][span.start : span.end] in approximate.text
+    assert len(strong) < len(exact.spans)  # the test's budget reaches the fillers
     assert found and max(found) < store.num_tokens / 2  # the second pass asks with a seed
+
+
+def test_kept_share_is_the_share_of_the_exact_recalls_characters_kept():
+    def recall(*spans: tuple[int, int, int]) -> RecallResult:
+        return RecallResult("", tuple(Span(d, a, b, 1.0) for d, a, b in spans), 9, 9, 9)
+
+    exact = recall((0, 0, 10), (1, 5, 15))
+    assert kept_share(exact, exact) == 1.0
+    # Document 0 whole, half of document 1's piece, and characters exact recall did not keep.
+    assert kept_share(exact, recall((0, 0, 10), (1, 10, 20), (2, 5, 15))) == 0.75
+    assert kept_share(exact, recall((1, 0, 5), (0, 10, 30))) == 0.0
 
 
 def test_deleted_documents_are_never_candidates(filled):
