@@ -179,18 +179,18 @@ def build_engine(
         config=config,
         budget_tokenizer=words,
     )
+    encode = engine.document_keys
+    engine.encodes = []  # (start, end) of each encode, synchronised: both ways report them
+
+    def timed_keys(*args, **kwargs):
+        began = time.time()
+        encoded = encode(*args, **kwargs)
+        synchronize(device)
+        engine.encodes.append((began, time.time()))
+        return encoded
+
+    engine.document_keys = timed_keys
     if stats is None:
-        encode_driver = engine.document_keys
-        engine.encodes = []
-
-        def timed_keys(*args, **kwargs):
-            began = time.time()
-            encoded = encode_driver(*args, **kwargs)
-            synchronize(device)
-            engine.encodes.append((began, time.time()))
-            return encoded
-
-        engine.document_keys = timed_keys
         return engine
     cuda = torch.device(device).type == "cuda"
     # The actor checks its engine against the store (`CorpusStore.open`) before any batch:
@@ -199,23 +199,18 @@ def build_engine(
     _ = engine.fingerprint, engine.tokenizer_sha256
     record = {"pid": os.getpid(), "ready": time.time(), "peak_bytes": 0, "first_batch": None}
     record["torch_threads"] = torch.get_num_threads()
+    record["encodes"] = engine.encodes
     first = [True]
 
     def write() -> None:
         Path(stats).write_text(json.dumps(record))
 
-    encode = engine.document_keys
-    record["encodes"] = []
-
     def document_keys(*args, **kwargs):
         if record["first_batch"] is None:
             record["first_batch"] = time.time()
             write()
-        began = time.time()
-        encoded = encode(*args, **kwargs)
-        synchronize(device)
+        encoded = timed_keys(*args, **kwargs)
         peak = torch.cuda.max_memory_allocated() if cuda else 0
-        record["encodes"].append((began, time.time()))
         if peak > record["peak_bytes"] or first[0]:
             record["peak_bytes"], first[0] = peak, False
         write()
