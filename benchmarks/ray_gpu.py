@@ -29,7 +29,9 @@ against the single process's (``stores_<way>``; ``stores`` for ``ray``).
 Each encode (`ILRe.document_keys`, synchronised) is timed in both ways: a single-process
 round reports its ``encode_seconds``; a Ray round the actor's ``encode_seconds``, the time
 ``between_encodes_seconds`` (writing a shard, waiting for the next batch) and
-``after_last_encode_seconds`` (its last shard, the commit).
+``after_last_encode_seconds`` (its last shard, the commit). Each way also records its
+wall times (``began``, ``ended``) and each encode's (``encodes``), to line up with
+`lab/host_monitor.py`'s samples of the host.
 
 Peak GPU memory is `torch.cuda.max_memory_allocated` of each process: the driver's around
 its encoding, the actor's written by its engine to a file at every new peak. The driver uses
@@ -159,7 +161,7 @@ def load_tokenizer(pack: Path):
 
 
 def build_engine(
-    pack: str, device: str, dtype: str, batch_documents: int, stats: str | None = None
+    pack: str, device: str, dtype: str, batch_documents: int | None, stats: str | None = None
 ):
     """The engine of the driver and of each actor: the packed trunk on `device`. With `stats`,
     a file where it writes when it was built and its process's peak GPU memory, again at
@@ -282,6 +284,7 @@ def single_process(engine, directory: Path, documents, batch_size: int, device: 
         "peak_bytes": peak,
         "shards": len(names),
         "encode_seconds": sum(b - a for a, b in engine.encodes),
+        "encodes": list(engine.encodes),
     }
 
 
@@ -328,6 +331,7 @@ def on_ray(
             b[0] - a[1] for a, b in zip(actor["encodes"], actor["encodes"][1:], strict=False)
         ),
         "after_last_encode_seconds": end_wall - actor["encodes"][-1][1],
+        "encodes": actor["encodes"],
     }
 
 
@@ -456,6 +460,7 @@ def run(args) -> None:
         round_ = {"warmup": warmup, "order": order}
         for way in order:
             directory = work / f"{way}-{index}"
+            began = time.time()
             if way.startswith("single"):
                 reader = engine if way == "single" else one_at_a_time
                 round_[way] = single_process(
@@ -474,7 +479,9 @@ def run(args) -> None:
                     stats,
                     tokenizers,
                 )
-            print(f"round {index} {way}: {round_[way]}", flush=True)
+            round_[way] |= {"began": began, "ended": time.time()}
+            brief = {k: v for k, v in round_[way].items() if k != "encodes"}
+            print(f"round {index} {way}: {brief}", flush=True)
         result["rounds"].append(round_)
         for way in order:  # only the last round's stores are kept
             if index > 0:
@@ -555,7 +562,11 @@ def main() -> None:
     r.add_argument("--device", default="cuda")
     r.add_argument("--dtype", default="bfloat16")
     r.add_argument("--batch-size", type=int, default=128, help="documents per shard")
-    r.add_argument("--batch-documents", type=int, default=16, help="documents read side by side")
+    r.add_argument(
+        "--batch-documents",
+        type=int,
+        help="documents read side by side (default: the engine's, 64 on CUDA, 16 on the CPU)",
+    )
     r.add_argument(
         "--one-at-a-time",
         action="store_true",

@@ -53,6 +53,8 @@ class ILReConfig:
         batch_documents: how many documents of a `CorpusStore` are read side by side, each
             its own stream (`ILRe.document_keys`). Each forward step then reads a chunk of
             each, so a corpus of short documents is not bound by the host's per-step work.
+            None: `ILRe.batch_documents` chooses by device, 64 on CUDA and 16 elsewhere
+            (benchmarks/README.md, "Documents side by side on the GPU: 64").
     """
 
     chunk_size: int = 1024
@@ -68,7 +70,7 @@ class ILReConfig:
 
     max_query_tokens: int = 256
     recall_passes: int = 2
-    batch_documents: int = 16
+    batch_documents: int | None = None
     head_weights: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
@@ -78,12 +80,12 @@ class ILReConfig:
             "score_block",
             "max_query_tokens",
             "recall_passes",
-            "batch_documents",
         ):
             require_int(name, getattr(self, name), low=1)
         require_int("sink", self.sink, low=0)
-        if self.max_tokens is not None:
-            require_int("max_tokens", self.max_tokens, low=1)
+        for name in ("max_tokens", "batch_documents"):
+            if getattr(self, name) is not None:
+                require_int(name, getattr(self, name), low=1)
         sizes = _numbers(self, "kernel_sizes", int)
         if sizes is None or any(k < 1 or k % 2 == 0 for k in sizes):
             raise ConfigError(

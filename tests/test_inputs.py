@@ -57,6 +57,8 @@ def test_lone_surrogates_are_refused_in_documents_and_queries():
         {"recall_passes": 1.0},
         {"recall_passes": True},
         {"recall_passes": None},
+        {"batch_documents": 0},
+        {"batch_documents": 2.5},
     ],
 )
 def test_bad_settings_are_config_errors(settings):

@@ -160,6 +160,20 @@ def test_documents_read_side_by_side_equal_each_read_alone(models):
         assert relative_error(keys, alone) < 1e-5
 
 
+def test_documents_side_by_side_default_by_device(models, monkeypatch):
+    """None reads 16 documents side by side on the CPU and 64 on CUDA, where 16 leaves the
+    encode bound by host work per step; a given count is kept on either."""
+    from ilre_engine import engine as engine_module
+
+    _, _, trunk = models
+    chosen = tiny_engine(trunk, LAYER, batch_documents=3)
+    default = tiny_engine(trunk, LAYER)
+    assert default.config.batch_documents is None
+    assert (default.batch_documents, chosen.batch_documents) == (16, 3)
+    monkeypatch.setattr(engine_module.ILRe, "device", property(lambda _: torch.device("cuda")))
+    assert (default.batch_documents, chosen.batch_documents) == (64, 3)
+
+
 def test_a_needle_is_scored_alike_in_every_segment(models):
     """Every segment ends where the query begins: two segments that read the same tokens
     score them alike, wherever they lie in the context (pooling aside, at their edges)."""
