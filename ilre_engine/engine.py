@@ -676,11 +676,25 @@ class ILRe:
             query_position=encoded.query_position,
             unit_cache=encoded.unit_cache,
         )
+        return self.with_hybrid_prior(
+            encoded.tokens, query, scores, encoded.unit_cache, encoded.unit_embeddings
+        )
+
+    def with_hybrid_prior(
+        self,
+        tokens: TokenizedContext,
+        query: str,
+        scores: np.ndarray,
+        unit_cache: dict[str, np.ndarray],
+        embeddings: dict[str, np.ndarray],
+    ) -> np.ndarray:
+        """`scores` over `tokens` mixed with the sentence-embedding prior for `query` when the
+        engine has a `hybrid`, else as they are: one context's, or a `CorpusStore`'s.
+        `unit_cache` and `embeddings` keep the units and the passages' embeddings of
+        `tokens` for later queries (`Hybrid.token_prior`)."""
         if self.hybrid is None:
             return scores
-        prior = self.hybrid.token_prior(
-            encoded.tokens, query, encoded.unit_cache, encoded.unit_embeddings
-        )
+        prior = self.hybrid.token_prior(tokens, query, unit_cache, embeddings)
         return self.hybrid.combine(scores, prior)
 
     def multi_pass_scores(

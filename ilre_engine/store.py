@@ -27,7 +27,9 @@ Recall is exact: the softmax of each query head runs over every key of every liv
 documents, further recall passes (`ILReConfig.recall_passes`, each over the whole store) and
 budgeted selection of whole units, as `ILRe.recall` does for one context. Opt-in, a
 `Prefilter` narrows each pass's softmax to the candidates of an index of the keys
-(`ilre_engine.prefilter`, FAISS), for stores where reading every key is too slow.
+(`ilre_engine.prefilter`, FAISS), for stores where reading every key is too slow. An
+engine with a `Hybrid` mixes in its sentence-embedding prior, as for one context: the
+store's passages are embedded at its first recall and kept in memory until it changes.
 
 Longer than most modules because it owns a durable format of its own (the manifest, its
 commits, pending shards) besides recall over many shards; the shards themselves are
@@ -125,6 +127,7 @@ class CorpusStore:
         self._masks: tuple[tuple, _Masks] | None = None
         self._index: tuple[tuple, KeyIndex] | None = None
         self._combined: tuple[tuple, TokenizedContext, np.ndarray, dict] | None = None
+        self._embedded: tuple[tuple, dict[str, np.ndarray]] | None = None
 
     # -- opening ------------------------------------------------------------------------------
 
@@ -340,8 +343,10 @@ class CorpusStore:
         prefilter: Prefilter | None,
     ) -> np.ndarray:
         """``(L,)`` scores over `ILReConfig.recall_passes` passes, as for one context
-        (`ILRe.multi_pass_scores`), each pass over every shard."""
-        return self.engine.multi_pass_scores(
+        (`ILRe.multi_pass_scores`), each pass over every shard; mixed with the engine's
+        `Hybrid` prior when it has one (the passages embedded at the first such recall and
+        kept until the store changes)."""
+        scores = self.engine.multi_pass_scores(
             context,
             query,
             (query_ids, lead_in),
@@ -349,6 +354,9 @@ class CorpusStore:
             query_position=self._manifest["query_position"],
             unit_cache=units,
         )
+        if self._embedded is None or self._embedded[0] != self._state:
+            self._embedded = (self._state, {})
+        return self.engine.with_hybrid_prior(context, query, scores, units, self._embedded[1])
 
     def _scores(
         self,

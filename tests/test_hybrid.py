@@ -52,6 +52,31 @@ def test_paraphrased_answer_is_recalled(engine, essays):
     assert ANSWER not in off.recall(encoded, PARAPHRASE, ratio=0.05).text
 
 
+def test_a_store_recalls_with_its_engines_hybrid(engine, essays, tmp_path):
+    """A `CorpusStore` opened with a hybrid engine mixes in the prior, as one context does
+    (before, it recalled with the plain scores whatever the engine was)."""
+    from ilre_engine.store import CorpusStore
+
+    text, _ = essays
+    half = text.find(". ", len(text) // 2) + 2
+    CorpusStore.create(tmp_path, engine).add([text[:half], text[half:]])
+    plain = CorpusStore.open(tmp_path, engine)
+    assert ANSWER not in plain.recall(PARAPHRASE, ratio=0.05).text
+    store = CorpusStore.open(tmp_path, _with(engine, Hybrid()))
+    assert ANSWER in store.recall(PARAPHRASE, ratio=0.05).text
+    (embedded,) = store._embedded[1].values()  # embedded once, for later recalls
+    assert store.recall(PARAPHRASE, ratio=0.05) == store.recall(PARAPHRASE, ratio=0.05)
+    assert store._embedded[1][next(iter(store._embedded[1]))] is embedded
+    off = CorpusStore.open(tmp_path, _with(engine, Hybrid(weight=0)))
+    question = "What did the author say about tablets?"
+    assert all(
+        np.array_equal(a, b)
+        for a, b in zip(
+            off.token_scores(question).values(), plain.token_scores(question).values(), strict=True
+        )
+    )
+
+
 def test_weight_zero_is_the_plain_method(engine, essays):
     _, encoded = essays
     off = _with(engine, Hybrid(weight=0))
