@@ -24,8 +24,8 @@ Methods:
   one equal to the engine's own is skipped); ``ilre_hw`` / ``ilre_hw_soft`` with per-head
   weights (`ILReConfig.head_weights`; four query heads, as the embedded model has);
   ``ilre_kavg`` (1, 5, 9, 17 on every head, averaged); query phrasings: ``ilre_qa`` (the
-  template ends in ``Answer:``), ``ilre_quote`` (an instruction before the question) and
-  ``ilre_quote_a`` (both).
+  template ends in ``Answer:``), ``ilre_quote`` (an instruction before the question),
+  ``ilre_quote_a`` (both) and ``ilre_twice`` (the question asked twice).
 - ``ilre_hybrid``: opt-in, not the plain method: ILRe's scores mixed with a sentence-embedding
   prior (`ilre_engine.hybrid.Hybrid()`: all-MiniLM-L6-v2 over passages of 128 model tokens,
   weight 0.3), recalled from the same encoding; ``ilre_hybrid_w03`` / ``_w05`` / ``_w07``
@@ -100,6 +100,7 @@ ABLATIONS: dict[str, dict] = {
         "query_template": "\n\nQuote the sentence above that answers the question.\n"
         "Question: {query}\nAnswer:"
     },
+    "ilre_twice": {"query_template": "\n\nQuestion: {query}\nQuestion: {query}"},
 }
 """Settings recalled from ILRe's own encoding (one that changes nothing of the engine's own
 settings is skipped: its rows are ILRe's)."""
