@@ -54,7 +54,9 @@ class ILReConfig:
             its own stream (`ILRe.document_keys`). Each forward step then reads a chunk of
             each, so a corpus of short documents is not bound by the host's per-step work.
             None: `ILRe.batch_documents` chooses by device, 64 on CUDA and 16 elsewhere
-            (benchmarks/README.md, "Documents side by side on the GPU: 64").
+            (benchmarks/README.md, "Documents side by side on the GPU: 64"), and a batch
+            takes fewer where the device's free memory holds fewer; a count given here is
+            read as given.
     """
 
     chunk_size: int = 1024

@@ -41,7 +41,7 @@ from .loading import (
     model_fingerprint,
     resolve_model,
 )
-from .memory import MemoryEstimate, check_memory, estimate_encode_bytes
+from .memory import MemoryEstimate, available_bytes, check_memory, estimate_encode_bytes
 from .profiles import Profile
 from .recall import head_scores, pool_scores, remove_prior
 from .results import RecallResult
@@ -302,9 +302,10 @@ class ILRe:
         end where the query begins: ``encode_tokens(context, end_aligned=True).keys`` for
         each, what a `CorpusStore` keeps.
 
-        Documents that fit the window are read `batch_documents` at a time, side
-        by side (`streaming.stream_batch`), by length so that a batch's rows end close
-        together; longer ones are read in segments, one at a time."""
+        Documents that fit the window are read `batch_documents` at a time (fewer where the
+        device's memory holds fewer, `_rows_side_by_side`), side by side
+        (`streaming.stream_batch`), by length so that a batch's rows end close together;
+        longer ones are read in segments, one at a time."""
         keys: list[torch.Tensor | None] = [None] * len(documents)
         plans = [self.plan_segments(len(tokens), end_aligned=True) for tokens in documents]
         single = sorted(
@@ -312,10 +313,11 @@ class ILRe:
             key=lambda i: len(documents[i]),
             reverse=True,
         )
-        batches = [
-            single[start : start + self.batch_documents]
-            for start in range(0, len(single), self.batch_documents)
-        ]
+        batches, start = [], 0
+        while start < len(single):
+            rows = self._rows_side_by_side(len(documents[single[start]]))
+            batches.append(single[start : start + rows])
+            start += rows
         longer = [i for i, plan in enumerate(plans) if len(plan) > 1]
         # tqdm's disable=None hides the bar when stderr is not a terminal.
         quiet = (not progress) if progress is not None else (None if len(documents) > 8 else True)
@@ -331,6 +333,21 @@ class ILRe:
                 keys[i] = self.encode_tokens(documents[i], end_aligned=True).keys
                 bar.update(1)
         return keys
+
+    def _rows_side_by_side(self, longest: int) -> int:
+        """How many documents of at most `longest` tokens one batch reads side by side:
+        `batch_documents`, and when the device chose that (`ILReConfig.batch_documents` is
+        None) no more than the device's free memory holds (at least one, which
+        `check_memory` then refuses if it does not fit): 64 rows of a large model's long
+        documents can overflow a small GPU that holds 16."""
+        if self.config.batch_documents is not None:
+            return self.config.batch_documents
+        available = available_bytes(self.device)
+        if available is None:
+            return self.batch_documents
+        one = self.memory_estimate(longest)
+        per_row = one.keys + one.early_layers + one.activations
+        return max(1, min(self.batch_documents, available // max(per_row, 1)))
 
     def _read_side_by_side(
         self,

@@ -174,6 +174,36 @@ def test_documents_side_by_side_default_by_device(models, monkeypatch):
     assert (default.batch_documents, chosen.batch_documents) == (64, 3)
 
 
+def test_rows_chosen_by_device_are_as_many_as_memory_holds(models, monkeypatch):
+    """With `batch_documents` left to the device, a batch takes no more rows than the free
+    memory holds (two here), and each document's keys are still its own stream's; a count
+    given in the config is kept (its batch is then checked as a whole)."""
+    from ilre_engine import engine as engine_module
+
+    _, _, trunk = models
+    settings = {"chunk_size": 16, "sink": SINK, "window": WINDOW, "max_query_tokens": QUERY}
+    default = tiny_engine(trunk, LAYER, **settings)
+    chosen = tiny_engine(trunk, LAYER, batch_documents=3, **settings)
+    documents = [random_context(n, seed=20 + i) for i, n in enumerate([40, 33, 30, 17, 9])]
+    one = default.memory_estimate(40)
+    room = int(2.5 * (one.keys + one.early_layers + one.activations))
+    monkeypatch.setattr(engine_module, "available_bytes", lambda device: room)
+    read = {}
+    for engine in (default, chosen):
+        sizes = read.setdefault(engine.config.batch_documents, [])
+        original = engine._read_side_by_side
+
+        def spy(batch, plans, indices, original=original, sizes=sizes):
+            sizes.append(len(batch))
+            return original(batch, plans, indices)
+
+        monkeypatch.setattr(engine, "_read_side_by_side", spy)
+        for tokens, keys in zip(documents, engine.document_keys(documents), strict=True):
+            alone = engine.encode_tokens(tokens, end_aligned=True).keys
+            assert relative_error(keys, alone) < 1e-5
+    assert read == {None: [2, 2, 1], 3: [3, 2]}
+
+
 def test_a_needle_is_scored_alike_in_every_segment(models):
     """Every segment ends where the query begins: two segments that read the same tokens
     score them alike, wherever they lie in the context (pooling aside, at their edges)."""
