@@ -371,10 +371,14 @@ class ILRe:
             longest * rows,
         )
         dims = ModelDims.from_config(self.model.config)
-        keys = torch.empty(
-            rows, dims.kv_heads, longest, dims.head_dim, dtype=self.model.dtype, device=self.device
-        )
         cfg = self.config
+        # The last chunk rounded up (fewer shapes), never to positions past the model's.
+        width = streaming.batch_width(longest, cfg.chunk_size)
+        if self.max_positions is not None:
+            width = min(width, longest + self.max_positions - plans[indices[0]][0].end_position)
+        keys = torch.empty(
+            rows, dims.kv_heads, width, dims.head_dim, dtype=self.model.dtype, device=self.device
+        )
         streaming.stream_batch(
             self.model,
             [tokens.input_ids for tokens in documents],

@@ -322,6 +322,22 @@ def stream_keys(
     return keys
 
 
+BATCH_LENGTH_STEP = 64
+"""A batch's last chunk is read rounded up to a multiple of this many tokens (within the
+chunk): its length otherwise follows the batch's longest document, and each new shape costs
+a fresh process more (benchmarks/README.md, "Documents side by side on the GPU: 64")."""
+
+
+def batch_width(longest: int, chunk_size: int) -> int:
+    """How many slots `stream_batch` reads for a batch whose longest document has `longest`
+    tokens: whole chunks, then the last one rounded up to a multiple of `BATCH_LENGTH_STEP`
+    (never past `chunk_size`). The slots after `longest` are padding that no document's
+    token sees."""
+    last = (longest - 1) // chunk_size * chunk_size
+    step = min(BATCH_LENGTH_STEP, chunk_size)
+    return last + min(chunk_size, -(-(longest - last) // step) * step)
+
+
 def stream_batch(
     model: torch.nn.Module,
     documents: list[np.ndarray],
@@ -332,27 +348,35 @@ def stream_batch(
 ) -> torch.Tensor:
     """Read `documents` (token ids, longest first), each its own stream starting at its
     `positions` entry, side by side in chunks of `chunk_size`, into `keys`
-    ``(len(documents), kv_heads, longest, head_dim)``: row ``i``'s first
-    ``len(documents[i])`` keys are what `stream_keys` gives for that document alone.
+    ``(len(documents), kv_heads, width, head_dim)``: row ``i``'s first ``len(documents[i])``
+    keys are what `stream_keys` gives for that document alone.
 
     The rows share their slots (token ``t`` of every document is read in the same chunk), so
     one mask serves them all. A row that has ended leaves the batch before the next chunk,
     which is why the longest come first; the ids after a row's end in its last chunk are
-    padding that none of its tokens sees (attention is causal)."""
+    padding that none of its tokens sees (attention is causal), and so are the slots past
+    the longest document, up to the width of `keys`: at most `batch_width`, and no more than
+    the positions the model has after the longest row's end."""
     lengths = [len(ids) for ids in documents]
     if lengths != sorted(lengths, reverse=True):
         raise ValueError("stream_batch reads documents longest first")
-    padded = np.zeros((len(documents), lengths[0]), dtype=np.int64)
+    width = keys.shape[2]
+    if not lengths[0] <= width <= batch_width(lengths[0], chunk_size):
+        raise ValueError(
+            f"stream_batch reads {lengths[0]} to {batch_width(lengths[0], chunk_size)} slots "
+            f"for these documents, not {width}"
+        )
+    padded = np.zeros((len(documents), width), dtype=np.int64)
     for row, ids in enumerate(documents):
         padded[row, : len(ids)] = ids
     ids = torch.from_numpy(padded).to(keys.device)
     row_positions = torch.tensor(positions, device=keys.device)[:, None]
     state.key_offset, state.chunk = 0, chunk_size
-    for start in range(0, lengths[0], chunk_size):
+    for start in range(0, width, chunk_size):
         rows = sum(length > start for length in lengths)
         state.kept = {layer: kept.first_rows(rows) for layer, kept in state.kept.items()}
         state.keys, state.row_positions = keys[:rows], row_positions[:rows]
-        state.start, state.length = start, min(chunk_size, lengths[0] - start)
+        state.start, state.length = start, min(chunk_size, width - start)
         run_chunk(model, ids[:rows, start : start + state.length], state)
     return keys
 

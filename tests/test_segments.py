@@ -160,6 +160,29 @@ def test_documents_read_side_by_side_equal_each_read_alone(models):
         assert relative_error(keys, alone) < 1e-5
 
 
+def test_a_batch_reads_its_last_chunk_rounded_up():
+    """Whole chunks, then the last rounded up to a multiple of 64 within the chunk, so
+    batches of other lengths share shapes; stream_batch refuses buffers of other widths."""
+    from ilre_engine.streaming import batch_width, stream_batch
+
+    assert [batch_width(n, 1024) for n in (1, 64, 65, 1000, 1024, 1025, 2000)] == [
+        64,
+        64,
+        128,
+        1024,
+        1024,
+        1088,
+        2048,
+    ]
+    assert [batch_width(n, 16) for n in (1, 16, 17, 40)] == [16, 16, 32, 48]
+    assert batch_width(1001, 1000) == 1064  # a chunk that is no multiple of the step
+    for width in (39, 49):
+        with pytest.raises(ValueError, match="slots"):
+            stream_batch(
+                None, [np.zeros(40, dtype=np.int64)], [0], None, torch.empty(1, 1, width, 2), 16
+            )
+
+
 def test_documents_side_by_side_default_by_device(models, monkeypatch):
     """None reads 16 documents side by side on the CPU and 64 on CUDA, where 16 leaves the
     encode bound by host work per step; a given count is kept on either."""
