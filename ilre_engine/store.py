@@ -126,8 +126,7 @@ class CorpusStore:
         self._prior: tuple[tuple, torch.Tensor] | None = None
         self._masks: tuple[tuple, _Masks] | None = None
         self._index: tuple[tuple, KeyIndex] | None = None
-        self._combined: tuple[tuple, TokenizedContext, np.ndarray, dict] | None = None
-        self._embedded: tuple[tuple, dict[str, np.ndarray]] | None = None
+        self._combined: tuple[tuple, TokenizedContext, np.ndarray, dict, dict] | None = None
 
     # -- opening ------------------------------------------------------------------------------
 
@@ -306,13 +305,15 @@ class CorpusStore:
         shards = [self._load(shard) for shard in self._shards]
         if not len(self):
             raise EmptyInputError(f"the store at {self.directory} holds no documents")
-        context, live, units = self._context(shards)
+        context, live, units, embeddings = self._context(shards)
         input_tokens = self._input_tokens(shards, live)
         budget = resolve_budget(input_tokens, budget_tokens, ratio)
         if input_tokens <= budget:
             spans, text = whole_documents(context.documents)  # deleted ones are empty here
             return RecallResult(text, spans, input_tokens, input_tokens, budget, True)
-        scores = self._pass_scores(shards, context, units, query, query_ids, lead_in, prefilter)
+        scores = self._pass_scores(
+            shards, context, units, embeddings, query, query_ids, lead_in, prefilter
+        )
         spans, text = select_within_budget(
             context, scores, budget, engine.counter.count, engine.config.granularity, units
         )
@@ -328,8 +329,10 @@ class CorpusStore:
         shards = [self._load(shard) for shard in self._shards]
         if not len(self):
             raise EmptyInputError(f"the store at {self.directory} holds no documents")
-        context, live, units = self._context(shards)
-        scores = self._pass_scores(shards, context, units, query, query_ids, lead_in, prefilter)
+        context, live, units, embeddings = self._context(shards)
+        scores = self._pass_scores(
+            shards, context, units, embeddings, query, query_ids, lead_in, prefilter
+        )
         return {int(i): scores[context.doc_ids == i] for i in np.flatnonzero(live)}
 
     def _pass_scores(
@@ -337,6 +340,7 @@ class CorpusStore:
         shards: Sequence[_Loaded],
         context: TokenizedContext,
         units: dict[str, np.ndarray],
+        embeddings: dict[str, np.ndarray],
         query: str,
         query_ids: Sequence[int],
         lead_in: int,
@@ -344,8 +348,8 @@ class CorpusStore:
     ) -> np.ndarray:
         """``(L,)`` scores over `ILReConfig.recall_passes` passes, as for one context
         (`ILRe.multi_pass_scores`), each pass over every shard; mixed with the engine's
-        `Hybrid` prior when it has one (the passages embedded at the first such recall and
-        kept until the store changes)."""
+        `Hybrid` prior when it has one (`units` and `embeddings`: the context's caches,
+        `_context`)."""
         scores = self.engine.multi_pass_scores(
             context,
             query,
@@ -354,9 +358,7 @@ class CorpusStore:
             query_position=self._manifest["query_position"],
             unit_cache=units,
         )
-        if self._embedded is None or self._embedded[0] != self._state:
-            self._embedded = (self._state, {})
-        return self.engine.with_hybrid_prior(context, query, scores, units, self._embedded[1])
+        return self.engine.with_hybrid_prior(context, query, scores, units, embeddings)
 
     def _scores(
         self,
@@ -422,13 +424,14 @@ class CorpusStore:
 
     def _context(
         self, shards: Sequence[_Loaded]
-    ) -> tuple[TokenizedContext, np.ndarray, dict[str, np.ndarray]]:
+    ) -> tuple[TokenizedContext, np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
         """All shards' tokens as one context whose documents are indexed by store id (deleted
-        documents' tokens belong to none), which store ids are live, and the selection's cache
-        of its units; kept until the store changes."""
+        documents' tokens belong to none), which store ids are live, the selection's cache of
+        its units and a `Hybrid`'s cache of its passages' embeddings; kept until the store
+        changes."""
         key = self._state
         if self._combined is None or self._combined[0] != key:
-            self._combined = (key, *self._combine(shards), {})
+            self._combined = (key, *self._combine(shards), {}, {})
         return self._combined[1:]
 
     def _combine(self, shards: Sequence[_Loaded]) -> tuple[TokenizedContext, np.ndarray]:

@@ -65,13 +65,13 @@ def test_a_store_recalls_with_its_engines_hybrid(engine, essays, tmp_path):
     store = CorpusStore.open(tmp_path, _with(engine, Hybrid()))
     recalled = store.recall(PARAPHRASE, ratio=0.05)
     assert ANSWER in recalled.text
-    cache = store._embedded[1]
+    cache = store._combined[4]
     (embedded,) = cache.values()  # the passages, embedded once for later recalls
     assert store.recall(PARAPHRASE, ratio=0.05) == recalled
     assert next(iter(cache.values())) is embedded
     store.add(["A short note on something else entirely."])  # the store changed: again
     assert ANSWER in store.recall(PARAPHRASE, ratio=0.05).text
-    (grown,) = store._embedded[1].values()
+    (grown,) = store._combined[4].values()
     assert len(grown) > len(embedded)
     question = "What did the author say about tablets?"
     off = CorpusStore.open(tmp_path, _with(engine, Hybrid(weight=0))).token_scores(question)

@@ -95,7 +95,7 @@ def test_deleted_documents_are_never_candidates(filled):
     scores = filled.token_scores(QUESTION, prefilter=settings)
     assert sorted(scores) == [0, 2, 3, 5, 6] and filled._index[1] is not before
     shards = [filled._load(shard) for shard in filled._shards]
-    context, _, _ = filled._context(shards)
+    context, *_ = filled._context(shards)
     owners = context.doc_ids
     kv_heads, _, head_dim = shards[0].keys.shape
     probe = torch.randn(kv_heads, 50, head_dim)

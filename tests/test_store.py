@@ -231,7 +231,7 @@ def test_a_store_recalls_in_as_many_passes_as_the_engine(filled, tiny):
 
     assert tiny.config.recall_passes == 2
     shards = [filled._load(shard) for shard in filled._shards]
-    context, _, _ = filled._context(shards)
+    context, *_ = filled._context(shards)
     first = filled._scores(shards, context, *tiny.query_ids(QUESTION)).cpu().numpy()
     _, seed = select_within_budget(
         context, first, SEED_TOKENS, tiny.counter.count, tiny.config.granularity
