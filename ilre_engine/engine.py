@@ -345,9 +345,19 @@ class ILRe:
         available = available_bytes(self.device)
         if available is None:
             return self.batch_documents
-        one = self.memory_estimate(longest)
-        per_row = one.keys + one.early_layers + one.activations
+        per_row = self._side_by_side_estimate(longest, 1).total
         return max(1, min(self.batch_documents, available // max(per_row, 1)))
+
+    def _side_by_side_estimate(self, longest: int, rows: int) -> MemoryEstimate:
+        """What reading `rows` documents of at most `longest` tokens side by side needs: each
+        row's keys, early layers and activations (no recall follows)."""
+        one = self.memory_estimate(longest)
+        return MemoryEstimate(
+            keys=one.keys * rows,
+            early_layers=one.early_layers * rows,
+            activations=one.activations * rows,
+            recall=0,
+        )
 
     def _read_side_by_side(
         self,
@@ -358,18 +368,8 @@ class ILRe:
         """`document_keys` of one batch (longest first), each in one stream."""
         longest = len(documents[0])
         self._check_capacity(longest)
-        one = self.memory_estimate(longest)
         rows = len(documents)
-        check_memory(
-            MemoryEstimate(
-                keys=one.keys * rows,
-                early_layers=one.early_layers * rows,
-                activations=one.activations * rows,
-                recall=0,
-            ),
-            self.device,
-            longest * rows,
-        )
+        check_memory(self._side_by_side_estimate(longest, rows), self.device, longest * rows)
         dims = ModelDims.from_config(self.model.config)
         cfg = self.config
         # The last chunk rounded up (fewer shapes), never to positions past the model's.
