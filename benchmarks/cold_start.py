@@ -1,6 +1,6 @@
 """Cold start: what `ilre compress` on the README's sample costs before and while it works.
 
-    python benchmarks/cold_start.py --repeats 3 --out benchmarks/results_cold_start.json
+    python benchmarks/cold_start.py --repeats 3 --out benchmarks/results/DATE-cpu/cold_start.json
 
 Each case runs in fresh processes, in this order:
 

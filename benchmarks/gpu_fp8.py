@@ -16,7 +16,7 @@ the same weights:
 4. FP8 with the kernels' fast accumulation (`Fp8Linear.fast_accum`): the same, no profile.
 
 Full prefill is not run again: the ratio uses the quadratic fit of the H200 run in
-`results_gpu_h200.json` (621 s at 1M). Prints one table and writes JSON to `--out`.
+`results/2026-12-01-h200/gpu.json` (621 s at 1M). Prints one table and writes JSON to `--out`.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 
 from gpu_long_context import GiB, kernel_breakdown, llama_8b, random_tokens, seconds, time_ilre
+from results_folder import dated_path
 from transformers import AutoModel
 
 from ilre_engine import ILRe, ILReConfig
@@ -40,9 +41,9 @@ from ilre_engine.architectures import adapter_for
 from ilre_engine.compiled import compile_layers
 from ilre_engine.fp8 import Fp8Linear, quantize_trunk, swap_linears
 from ilre_engine.streaming import ATTENTION_NAME
-from tests.reference import relative_error
+from ilre_engine.testing.reference import relative_error
 
-H200_RESULTS = Path(__file__).parent / "results_gpu_h200.json"
+H200_RESULTS = Path(__file__).parent / "results" / "2026-12-01-h200" / "gpu.json"
 CHECK_KEYS = 65536
 """Keys compared between variants: the first tokens' (all of them would hold 2 GiB more)."""
 
@@ -64,10 +65,11 @@ def main() -> None:
     parser.add_argument("--layer", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--profile-length", type=int, default=131072)
-    parser.add_argument("--out", default="gpu_fp8.json")
+    parser.add_argument("--out", help="default: benchmarks/results/<date>-<machine>/")
     parser.add_argument("--smoke", action="store_true", help="tiny widths on the CPU")
     args = parser.parse_args()
     cuda = not args.smoke
+    args.out = args.out or dated_path("gpu_fp8.json", "cuda" if cuda else "cpu")
     device = "cuda" if cuda else "cpu"
     torch.backends.cuda.matmul.allow_tf32 = False
     # The CPU check traces the layers without generating code (as tests/test_compiled.py).

@@ -34,13 +34,14 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
+from results_folder import dated_path
 from transformers import AutoModel, LlamaConfig
 
 from ilre_engine import ILRe, ILReConfig, compiled
 from ilre_engine.architectures import adapter_for
 from ilre_engine.context import TokenizedContext
 from ilre_engine.streaming import ATTENTION_NAME
-from tests.reference import reference_states, relative_error
+from ilre_engine.testing.reference import reference_states, relative_error
 
 GiB = 2**30
 
@@ -126,10 +127,11 @@ def main() -> None:
     )
     parser.add_argument("--eager-chunk", type=int, help="chunk of the eager runs (--chunk)")
     parser.add_argument("--skip-full", action="store_true", help="no full model (step 3)")
-    parser.add_argument("--out", default="gpu_long_context.json")
+    parser.add_argument("--out", help="default: benchmarks/results/<date>-<machine>/")
     parser.add_argument("--smoke", action="store_true", help="tiny widths on the CPU")
     args = parser.parse_args()
     device = "cpu" if args.smoke else "cuda"
+    args.out = args.out or dated_path("gpu_long_context.json", device)
     cuda = device == "cuda"
     torch.backends.cuda.matmul.allow_tf32 = False
     lengths = [int(x) for x in args.lengths.split(",")]

@@ -1,7 +1,7 @@
 """Plot a calibration profile (answer recall per layer and kernel set) and print its table.
 
     python benchmarks/plot_calibration.py ilre_engine/profiles/gemma3-270m.json \
-        benchmarks/calibration_gemma3-270m.png
+        benchmarks/results/2026-11-25-cpu/calibration_gemma3-270m.png
 
 Needs matplotlib (``pip install "ilre[bench]"``). The chosen layer is marked. The Markdown
 table printed has, per layer, its best kernels and their recall overall and by task family,

@@ -104,6 +104,20 @@ def test_no_forbidden_imports(package):
             assert top not in FORBIDDEN[package], f"{path.relative_to(ROOT)} imports {name}"
 
 
+def test_only_tests_and_benchmarks_import_the_testing_package():
+    """`ilre_engine.testing` holds slow reference implementations: the engine and the
+    integrations never import it, so a user's import never loads them."""
+    testing = ROOT / "ilre_engine" / "testing"
+    for package in PACKAGES:
+        for path in (ROOT / package).rglob("*.py"):
+            if path.is_relative_to(testing):
+                continue
+            for name in _imports(path, _module_name(path)):
+                assert name.split(".")[:2] != ["ilre_engine", "testing"], (
+                    f"{path.relative_to(ROOT)} imports {name}"
+                )
+
+
 def test_the_checks_see_a_cycle(tmp_path, monkeypatch):
     """The cycle check is not vacuous: two modules importing each other are reported, even
     when one of the imports runs only at call time."""

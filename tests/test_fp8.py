@@ -19,7 +19,7 @@ from ilre_engine.compiled import FUSED_ATTENTION, compile_layers
 from ilre_engine.errors import ConfigError
 from ilre_engine.fp8 import FP8_MAX, Fp8Linear, require_fp8, swap_linears, trunk_linears
 from ilre_engine.loading import model_fingerprint
-from tests.reference import relative_error
+from ilre_engine.testing.reference import relative_error
 from tests.tiny_models import build_models, random_context, tiny_configs, tiny_engine
 
 LAYER = 3

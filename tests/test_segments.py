@@ -13,7 +13,7 @@ from transformers import AutoModel
 from ilre_engine import ContextTooLongError, ILRe, ILReConfig
 from ilre_engine.segments import plan_segments
 from ilre_engine.streaming import ATTENTION_NAME
-from tests.reference import relative_error, segment_states
+from ilre_engine.testing.reference import relative_error, segment_states
 from tests.tiny_models import (
     build_models,
     random_context,

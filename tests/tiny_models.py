@@ -23,7 +23,7 @@ from ilre_engine import ILRe
 from ilre_engine.architectures import adapter_for
 from ilre_engine.context import TokenizedContext
 from ilre_engine.streaming import ATTENTION_NAME
-from tests import reference
+from ilre_engine.testing import reference
 
 COMMON = dict(
     vocab_size=256,

@@ -3,7 +3,7 @@
     python benchmarks/lab/gpu_gemma_spans.py prepare --pack .device_carry/gemma   # CPU, real engine
     python benchmarks/lab/gpu_gemma_spans.py run --pack .device_carry/gemma --out OUT   # the GPU
     python benchmarks/lab/gpu_gemma_spans.py compare --pack .device_carry/gemma --gpu OUT/gpu.npz \
-        --json benchmarks/results_gpu_gemma_h100.json
+        --json benchmarks/results/2026-11-25-h100/gpu_gemma.json
 
 The GPU machine has no network and takes at most 64 MiB of files per call, and the embedded
 model is a 253 MB GGUF. The engine only needs the embeddings and layers 0..5 (l_R = 5), and a

@@ -49,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).parents[1]))
 
 import quality
 from gguf_pack import build_trunk, pack_trunk, rebuild_state
+from results_folder import dated_folder
 
 RATIOS = (0.05, 0.1)
 DEFAULT_VARIANT = "prior_k17"
@@ -399,7 +400,7 @@ def score(args) -> None:
             "methods": list(dict.fromkeys(r["method"] for r in records)),
             "seed": args.seed,
         }
-        path = args.results / f"results_{set_name}_gpu.json"
+        path = (args.results or dated_folder("gpu")) / f"{set_name}_gpu.json"
         quality.save_report(path, report)
         print(f"{set_name}: {len(records)} records -> {path}")
         print(
@@ -429,7 +430,9 @@ def main() -> None:
     parser.add_argument(
         "--follow-gpu", type=Path, help="score: the folder `run --follow` wrote (two passes)"
     )
-    parser.add_argument("--results", type=Path, default=Path("benchmarks"), help="score: JSONs")
+    parser.add_argument(
+        "--results", type=Path, help="score: JSONs (default: benchmarks/results/<date>-gpu/)"
+    )
     parser.add_argument("--lengths", default="4000,8000,16000,32000")
     parser.add_argument("--families", default="all")
     parser.add_argument("--samples", type=int, default=10, help="where --lengths gives none")
