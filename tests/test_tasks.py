@@ -21,6 +21,17 @@ from ilre_engine.calibration.hard_tasks import (
     content_words,
     spell_number,
 )
+from ilre_engine.calibration.spread_tasks import (
+    FOUNDED,
+    KEYED_PARAGRAPHS,
+    LIST_KINDS,
+    MOVES,
+    ROLE_BANKS,
+    SPREAD_FAMILIES,
+    STORY_BANKS,
+    SURNAMES,
+    TOWNS,
+)
 from ilre_engine.calibration.tasks import (
     ESSAY_QUESTIONS,
     PARAPHRASES,
@@ -119,8 +130,9 @@ def test_essay_qa_follows_depth():
 
 
 def test_the_registries_merge_without_changing_the_published_families():
-    assert set(TASK_FAMILIES).isdisjoint(HARD_FAMILIES)
-    assert ALL_FAMILIES == {**TASK_FAMILIES, **HARD_FAMILIES}
+    names = [*TASK_FAMILIES, *HARD_FAMILIES, *SPREAD_FAMILIES]
+    assert len(set(names)) == len(names)
+    assert ALL_FAMILIES == {**TASK_FAMILIES, **HARD_FAMILIES, **SPREAD_FAMILIES}
     assert len(TASK_FAMILIES) == 9
 
 
@@ -317,3 +329,181 @@ def test_prose_qa_follows_depth():
     early = HARD_FAMILIES["prose_qa"](text, 0.0, random.Random(0))
     late = HARD_FAMILIES["prose_qa"](text, 1.0, random.Random(0))
     assert early.depth < 0.05 < 0.9 < late.depth
+
+
+# -- spread_tasks ------------------------------------------------------------------------------
+
+
+def _benchmark_tasks(family):
+    """The quality benchmark's cells of `family` at 4k to 32k tokens: 10 samples at depths
+    (i + 0.5) / 10, with the benchmark's seeds."""
+    for tokens, chars in BENCHMARK_HAYSTACKS.items():
+        text = essays()[:chars]
+        for sample in range(SAMPLES):
+            rng = random.Random(f"0-{family}-{tokens}-{sample}")
+            yield (
+                text,
+                (sample + 0.5) / SAMPLES,
+                SPREAD_FAMILIES[family](text, (sample + 0.5) / SAMPLES, rng),
+            )
+
+
+@pytest.mark.parametrize("family", sorted(SPREAD_FAMILIES))
+def test_spread_families_at_benchmark_lengths_and_depths(family):
+    for text, depth, task in _benchmark_tasks(family):
+        assert _without_needles(task) == text
+        for answer, (start, end) in zip(task.answers, task.answer_spans, strict=True):
+            assert task.context[start:end] == answer
+            assert _count(task, answer) == 1, (answer, task.query)
+        for start, end in task.needle_spans:
+            needle = task.context[start:end]
+            assert needle.endswith(".") and needle == needle.strip()
+        first = task.needle_spans[0][0]  # where it was inserted into the haystack:
+        first -= sum(b + 1 - a for a, b in task.needle_spans if a < first)
+        assert abs(first / len(text) - depth) < 0.05
+
+
+@pytest.mark.parametrize("family", sorted(SPREAD_FAMILIES))
+def test_spread_values_differ_across_seeds(family):
+    text = HAYSTACKS["short"]
+    tasks = [SPREAD_FAMILIES[family](text, 0.5, random.Random(seed)) for seed in range(10)]
+    assert len({task.answers for task in tasks}) == 10
+    assert len({task.query for task in tasks}) >= 5
+
+
+def _list_items(fragment):
+    """The items of a ``list_fragments`` fragment, without markers and line ends."""
+    _, *lines = fragment.split("\n")
+    if lines:
+        items = [re.sub(r"^(\d+\.|•|-) ", "", line) for line in lines]
+    else:  # inline: "header: a; b; and c."
+        items = re.split(r"; (?:and )?", fragment.split(": ", 1)[1])
+    return [item.rstrip(";.") for item in items]
+
+
+def _list_kind(query):
+    """The `LIST_KINDS` entry and asked log that `query` was written from."""
+    for kind in LIST_KINDS:
+        for question in kind.questions:
+            log = _fill(question, query, "log")
+            if log is not None:
+                return kind, log
+    raise AssertionError(query)
+
+
+def test_list_fragments_need_nearly_every_fragment_of_the_asked_log():
+    forms, kinds = set(), set()
+    for _, _, task in _benchmark_tasks("list_fragments"):
+        kind, log = _list_kind(task.query)
+        kinds.add(kind.log)
+        needles = [task.context[a:b] for a, b in task.needle_spans]
+        asked = [n for n in needles if log.lower() in n.lower()]
+        others = [n for n in needles if log.lower() not in n.lower()]
+        assert 4 <= len(asked) <= 8 and 1 <= len(others) <= 2
+        assert needles[: len(asked)] == asked  # the asked log's fragments come first
+        assert all(kind.log.split("{site}")[1] in n for n in others)  # the same kind of log
+        counts = {c: sum(n.count(c) for n in asked) for c in kind.categories}
+        top, runner_up, *rest = sorted(counts.values(), reverse=True)
+        assert len(asked) - 1 <= top == runner_up + 1 and max(rest) < runner_up
+        leaders = [c for c in kind.categories if counts[c] >= runner_up]
+        items = [item for n in asked for item in _list_items(n)]
+        assert sorted(task.answers) == sorted(i for i in items if any(c in i for c in leaders))
+        assert len(task.answers) == top + runner_up
+        holding = {i for i, n in enumerate(asked) for a in task.answers if a in n}
+        assert len(holding) >= len(asked) - 1
+        asked_words = content_words(task.query)
+        assert not any(content_words(a) & asked_words for a in task.answers), task.query
+        starts = sorted(a / len(task.context) for a, _ in task.needle_spans[: len(asked)])
+        assert min(b - a for a, b in itertools.pairwise(starts)) > 0.01  # spread out
+        first = asked[0].split("\n")
+        forms.add("inline" if len(first) == 1 else first[1].split(" ")[0].lstrip("0123456789"))
+        if first[1:] and first[1][0].isdigit():  # numbered on across fragments in text order
+            in_order = sorted(zip(task.needle_spans, asked, strict=False))
+            numbers = [int(n.split("\n")[1].split(".")[0]) for _, n in in_order]
+            sizes = [len(_list_items(n)) for _, n in in_order]
+            assert numbers == [1 + sum(sizes[:i]) for i in range(len(sizes))]
+    assert forms == {"inline", ".", "•", "-"}
+    assert len(kinds) == len(LIST_KINDS)
+
+
+def test_list_questions_share_no_content_word_with_any_item():
+    for kind in LIST_KINDS:
+        items = content_words(" ".join([*kind.details, *kind.categories]))
+        for question in kind.questions:
+            for site in kind.sites:
+                asked = content_words(question.format(log=kind.log.format(site=site)))
+                assert not asked & items, (question, asked & items)
+        assert len(kind.details) >= 40 and len(kind.categories) >= 6
+
+
+def test_keyed_paragraphs_close_in_other_words_than_their_questions():
+    stories = " ".join(s for bank in STORY_BANKS for s in bank)
+    for form in KEYED_PARAGRAPHS:
+        assert len(form.keys) >= 6 and len(form.values) >= 6
+        for key, value in itertools.product(form.keys, form.values):
+            asked = content_words(form.question.format(key=key))
+            closing = content_words(form.closing.format(value=value))
+            assert not asked & closing, (form.question, value, asked & closing)
+            assert key in form.opening.format(key=key) and value not in stories
+    assert all(len(bank) >= 14 for bank in STORY_BANKS)
+
+
+def test_paragraph_key_value_sets_key_and_value_far_apart_among_look_alikes():
+    from ilre_engine.budget import TokenCounter
+
+    counter = TokenCounter("cl100k_base")
+    forms = set()
+    for _, _, task in _benchmark_tasks("paragraph_key_value"):
+        value, key = task.answers
+        paragraphs = [task.context[a:b] for a, b in task.needle_spans]
+        assert 4 <= len(paragraphs) <= 6  # the asked one and 3 to 5 look-alikes
+        (form,) = [f for f in KEYED_PARAGRAPHS if _fill(f.question, task.query, "key") == key]
+        forms.add(form.opening)
+        keys, values = set(), set()
+        for paragraph in paragraphs:
+            opening, _, rest = paragraph.partition(". ")
+            story, _, closing = rest.rpartition(". ")
+            keys.add(_fill(form.opening, opening + ".", "key"))
+            values.add(_fill(form.closing, closing, "value"))
+            assert 90 <= len(story.split()) <= 210
+            assert 100 <= counter.count(story) <= 260  # tokens between key and value
+        assert paragraphs[0].startswith(form.opening.format(key=key))
+        assert paragraphs[0].endswith(form.closing.format(value=value))
+        assert len(keys) == len(values) == len(paragraphs) and None not in keys | values
+    assert len(forms) == len(KEYED_PARAGRAPHS)
+
+
+def test_two_hop_moves_share_no_content_word_with_the_questions():
+    for institution, roles in ROLE_BANKS:
+        assert len(roles) >= 5
+        for (move, *questions), role in itertools.product(MOVES, roles):
+            asked = content_words(
+                " ".join(q.format(role=f"{institution} {role}") for q in questions)
+            )
+            told = content_words(" ".join([move, *TOWNS, *FOUNDED]))
+            assert not asked & told, (move, role, asked & told)
+
+
+def test_two_hop_lookalike_links_a_role_to_a_far_sentence_by_surname():
+    for _, _, task in _benchmark_tasks("two_hop_lookalike"):
+        name, value = task.answers
+        surname = name.split()[-1]
+        needles = [task.context[a:b] for a, b in task.needle_spans]
+        assert len(needles) == 10  # the asked pair and four look-alike pairs
+        (first,) = [n for n in needles if name in n]
+        (second,) = [n for n in needles if value in n]
+        assert surname in second and name not in second
+        assert content_words(first) & content_words(task.query)  # the role
+        assert not content_words(second) & content_words(task.query)
+        (a, _), (b, _) = (task.needle_spans[needles.index(n)] for n in (first, second))
+        assert b - a >= 0.25 * len(task.context)  # B much later than A
+        pairs = [needles[i : i + 2] for i in range(0, 10, 2)]
+        pairs[0] = [first, second]
+        spans = task.needle_spans
+        assert all(spans[i][0] < spans[i + 1][0] for i in range(2, 10, 2))  # look-alikes: A, B
+        for pool in (SURNAMES, TOWNS, FOUNDED):  # each pair its own person, town and thing
+            used = [[v for v in pool if v in a + b] for a, b in pairs]
+            assert all(len(u) == 1 for u in used) and len({u[0] for u in used}) == 5
+        (roles,) = [r for i, r in ROLE_BANKS if i.split("'")[0] in first.lower()]
+        assert len({r for a, _ in pairs for r in roles if r in a}) == 5
+        assert sum(surname in n for n in needles) == 2
