@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from . import persistence
+from .identity import EncodingIdentity
 
 
 @dataclass(frozen=True)
@@ -116,13 +117,11 @@ class EncodedContext:
         tokens: the model tokens and where each came from.
         keys: ``(kv_heads, L, head_dim)`` keys of every token at the retrieval layer.
         kept: per early layer, the sink and window keys and values a query attends to.
-        layer: the retrieval layer.
-        model_name: the model that encoded it.
-        sink, window: the streaming settings it was encoded with.
-        fingerprint: the encoding model's `ILRe.fingerprint`.
-        tokenizer_name: the tokenizer it was tokenised with (for messages).
-        tokenizer_sha256: that tokenizer's identity by content
-            (`ilre_engine.tokenization.tokenizer_identity`), checked when a save is loaded.
+        identity: the model, retrieval layer, tokenizer, sink and window that encoded it
+            (`ILRe.identity`, with the stream's sink and window); checked against the
+            engine's when it is recalled from or loaded. Its fields are also read as
+            ``layer``, ``model_name``, ``sink``, ``window``, ``fingerprint``,
+            ``tokenizer_name`` and ``tokenizer_sha256``.
         query_position: where a query's positions begin: right after the context (its
             length, the default), or for a context read in segments the end they all share
             (`ilre_engine.segments`).
@@ -131,13 +130,7 @@ class EncodedContext:
     tokens: TokenizedContext
     keys: torch.Tensor
     kept: dict[int, KeptKV]
-    layer: int
-    model_name: str
-    sink: int
-    window: int
-    fingerprint: str
-    tokenizer_name: str
-    tokenizer_sha256: str | None = None
+    identity: EncodingIdentity
     query_position: int | None = None
     input_token_counts: dict[str, int] = field(default_factory=dict, repr=False)
     prior_scores: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
@@ -155,6 +148,34 @@ class EncodedContext:
     @property
     def documents(self) -> tuple[str, ...]:
         return self.tokens.documents
+
+    @property
+    def layer(self) -> int:
+        return self.identity.layer
+
+    @property
+    def model_name(self) -> str:
+        return self.identity.model_name
+
+    @property
+    def sink(self) -> int:
+        return self.identity.sink
+
+    @property
+    def window(self) -> int:
+        return self.identity.window
+
+    @property
+    def fingerprint(self) -> str:
+        return self.identity.fingerprint
+
+    @property
+    def tokenizer_name(self) -> str | None:
+        return self.identity.tokenizer_name
+
+    @property
+    def tokenizer_sha256(self) -> str | None:
+        return self.identity.tokenizer_sha256
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -191,13 +212,7 @@ class EncodedContext:
             tokens=tokens,
             keys=record.keys,
             kept=kept,
-            layer=record.layer,
-            model_name=record.model_name,
-            sink=record.sink,
-            window=record.window,
-            fingerprint=record.fingerprint,
-            tokenizer_name=record.tokenizer_name,
-            tokenizer_sha256=record.tokenizer_sha256,
+            identity=record.identity,
             query_position=record.query_position,
         )
         return context, extra
@@ -218,13 +233,7 @@ class EncodedContext:
                 layer: ((kv.sink_size, kv.keep), {n: getattr(kv, n)[0] for n in kept_parts})
                 for layer, kv in self.kept.items()
             },
-            layer=self.layer,
-            sink=self.sink,
-            window=self.window,
-            model_name=self.model_name,
-            fingerprint=self.fingerprint,
-            tokenizer_name=self.tokenizer_name,
-            tokenizer_sha256=self.tokenizer_sha256,
+            identity=self.identity,
             query_position=self.query_position,
         )
 

@@ -32,6 +32,7 @@ from .errors import (
 )
 from .fp8 import quantize_trunk, require_fp8
 from .hybrid import Hybrid
+from .identity import EncodingIdentity
 from .inputs import as_documents, check_query
 from .loading import (
     ModelSource,
@@ -247,6 +248,20 @@ class ILRe:
         (`ilre_engine.loading.model_fingerprint`). Encoded contexts carry it, and engines
         refuse others' contexts."""
         return model_fingerprint(self.model, self.layer)
+
+    @property
+    def identity(self) -> EncodingIdentity:
+        """What a context or store this engine encodes records of it, and what loading one
+        checks (`ilre_engine.identity`)."""
+        return EncodingIdentity(
+            self.name,
+            self.fingerprint,
+            self.layer,
+            self.tokenizer_name,
+            self.tokenizer_sha256,
+            self.config.sink,
+            self.config.window,
+        )
 
     # -- encode ---------------------------------------------------------------------------
 
@@ -527,13 +542,7 @@ class ILRe:
             tokens=tokens,
             keys=keys,
             kept={layer: kept.compact() for layer, kept in state.kept.items()},
-            layer=self.layer,
-            model_name=self.name,
-            sink=state.sink,
-            window=state.window,
-            fingerprint=self.fingerprint,
-            tokenizer_name=self.tokenizer_name,
-            tokenizer_sha256=self.tokenizer_sha256,
+            identity=replace(self.identity, sink=state.sink, window=state.window),
             query_position=last.end_position,
         )
 
@@ -594,11 +603,7 @@ class ILRe:
             raise EncodedContextError(
                 f"expected an EncodedContext (from ILRe.encode), got {type(encoded).__name__}"
             )
-        if encoded.fingerprint != self.fingerprint or encoded.layer != self.layer:
-            raise EncodedContextError(
-                f"this context was encoded by {encoded.model_name!r} at layer {encoded.layer}; "
-                f"this engine is {self.name!r} at layer {self.layer}"
-            )
+        encoded.identity.check(self.identity, "this context")
 
     # -- recall ---------------------------------------------------------------------------
 

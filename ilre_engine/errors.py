@@ -44,3 +44,16 @@ class UnsupportedModelError(ILReError):
 
 class EncodedContextError(ILReError):
     """A saved or passed encoded context does not match the engine or is damaged."""
+
+
+class DirectoryError(ILReError):
+    """A directory to save into or create a store in cannot be used: it is a file, or cannot
+    be created."""
+
+
+class UnknownDocumentError(ILReError, KeyError):
+    """A document id a corpus store does not hold live (or a value that is no document id).
+
+    Also a `KeyError`, which the store raised for unknown ids before."""
+
+    __str__ = BaseException.__str__  # the message as written, not quoted as a KeyError's

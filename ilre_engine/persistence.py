@@ -39,15 +39,13 @@ sequence of checks.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
 import re
-import stat
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -58,8 +56,26 @@ from safetensors.torch import save_file
 
 from . import fileio
 from .architectures import ModelDims, layer_keep
-from .errors import EncodedContextError
+from .errors import DirectoryError, EncodedContextError
 from .fileio import file_sha256, write_synced
+from .identity import EncodingIdentity
+from .manifest import (
+    CONTEXT_KEYS_V1,
+    CONTEXT_KEYS_V2,
+    CONTEXT_KEYS_V3,
+    HEX64,
+    confined,
+    depth,
+    invalid,
+    parse_json,
+    read_capped,
+    regular_file_size,
+    require_digest,
+    require_int,
+    require_keys,
+    require_str,
+)
+from .manifest import commit as manifest_commit
 
 FORMAT = "ilre-encoded-context"
 FORMAT_VERSION = 3
@@ -68,8 +84,6 @@ MAX_MANIFEST_BYTES = 1 << 20
 """A manifest larger than this is refused unread."""
 MAX_JSON_DEPTH = 6
 """Deeper nesting of lists and objects is refused (a valid manifest nests 3 deep)."""
-MAX_COUNT = 1 << 40
-"""Bound on any declared count, size or dimension: far beyond any real context."""
 MAX_JSON_FILE_BYTES = 1 << 32
 """A documents or extra JSON file larger than this is refused unread."""
 MAX_TENSOR_HEADER_BYTES = 100 << 20
@@ -81,8 +95,6 @@ _FLOAT_DTYPES = frozenset({"F16", "BF16", "F32", "F64"})
 _INT_DTYPES = frozenset({"I32", "I64"})
 _EXTRA_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
 _DATA_FILE = re.compile(r"(?P<role>[a-z][a-z0-9_]{0,31})-[0-9a-f]{12}\.(?P<ext>safetensors|json)")
-_HEX64 = re.compile(r"[0-9a-f]{64}")
-_TOKENIZER_ID = re.compile(r"none|[0-9a-f]{64}")
 _RESERVED_ROLES = ("tensors", "documents")
 _LOAD_ATTEMPTS = 8
 """How many times a load starts again when a concurrent save replaced what it was reading."""
@@ -93,15 +105,7 @@ class Encoder(Protocol):
     (`ilre_engine.ILRe` is one)."""
 
     @property
-    def name(self) -> str: ...
-    @property
-    def fingerprint(self) -> str: ...
-    @property
-    def layer(self) -> int: ...
-    @property
-    def tokenizer_name(self) -> str: ...
-    @property
-    def tokenizer_sha256(self) -> str: ...
+    def identity(self) -> EncodingIdentity: ...
     @property
     def model(self) -> Any: ...
     @property
@@ -119,7 +123,7 @@ class Record:
         kept: per early layer, its ``(sink_size, keep)`` and its four ``(kv_heads, n,
             head_dim)`` tensors ``sink_keys``, ``sink_values``, ``recent_keys``,
             ``recent_values``.
-        tokenizer_sha256: the tokenizer's identity by content, or None (matched by name).
+        identity: the model, layer, tokenizer, sink and window that made it.
         query_position: where a query's positions begin (`EncodedContext.query_position`).
     """
 
@@ -127,13 +131,7 @@ class Record:
     tokens: dict[str, np.ndarray]
     keys: torch.Tensor
     kept: dict[int, tuple[tuple[int, int], dict[str, torch.Tensor]]]
-    layer: int
-    sink: int
-    window: int
-    model_name: str
-    fingerprint: str
-    tokenizer_name: str
-    tokenizer_sha256: str | None
+    identity: EncodingIdentity
     query_position: int
 
 
@@ -156,8 +154,7 @@ def write(
 
     Concurrent saves to one directory are serialised: the last one wins, each is complete.
     """
-    root = Path(directory)
-    root.mkdir(parents=True, exist_ok=True)
+    root = make_directory(directory)
     payloads = _encode_extras(extra or {})
     tensors = _tensors_of(record)
     with fileio.exclusive_directory_lock(root):
@@ -173,12 +170,21 @@ def write(
         for name, data in payloads.items():
             files[name] = root / f"{name}-{tag}.json"
             _write_synced(files[name], data)
-        manifest = _manifest_for(record, tensors, files)
-        scratch = root / f".{MANIFEST}.{tag}"
-        _write_synced(scratch, json.dumps(manifest, indent=1).encode("utf-8"))
-        os.replace(scratch, root / MANIFEST)
-        fileio.fsync_directory(root)
+        manifest_commit(root, MANIFEST, _manifest_for(record, tensors, files))
         _remove_stale(root, {p.name for p in files.values()}, previous_roles | set(files))
+    return root
+
+
+def make_directory(directory: str | os.PathLike[str]) -> Path:
+    """`directory`, created with its parents if needed; `DirectoryError` when it is a file or
+    cannot be created."""
+    root = Path(directory)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as error:
+        raise DirectoryError(f"{root} is a file, not a directory") from error
+    except OSError as error:
+        raise DirectoryError(f"cannot create the directory {root}: {error.strerror}") from error
     return root
 
 
@@ -204,16 +210,10 @@ def _tensors_of(record: Record) -> dict[str, torch.Tensor]:
 def _manifest_for(
     record: Record, tensors: Mapping[str, torch.Tensor], files: Mapping[str, Path]
 ) -> dict[str, Any]:
-    manifest = {
+    return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "model_name": record.model_name,
-        "model_fingerprint": record.fingerprint,
-        "layer": record.layer,
-        "sink": record.sink,
-        "window": record.window,
-        "tokenizer": record.tokenizer_name,
-        "tokenizer_sha256": record.tokenizer_sha256,
+        **record.identity.manifest_fields(),
         "num_tokens": int(record.keys.shape[1]),
         "query_position": record.query_position,
         "num_documents": len(record.documents),
@@ -227,23 +227,13 @@ def _manifest_for(
             for role, path in files.items()
         },
     }
-    manifest["manifest_sha256"] = manifest_digest(manifest)
-    return manifest
-
-
-def manifest_digest(manifest: Mapping[str, Any]) -> str:
-    """SHA-256 of the canonical JSON (sorted keys, no spaces, ASCII) of a manifest without
-    its ``manifest_sha256``."""
-    rest = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
-    canonical = json.dumps(rest, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-    return hashlib.sha256(canonical.encode("ascii")).hexdigest()
 
 
 def _roles_in_manifest(root: Path) -> set[str]:
     """The data file roles the current manifest names, so a save can remove their stale
     files; empty when there is no readable manifest."""
     try:
-        manifest = _parse_json(_read_manifest_bytes(root), root / MANIFEST)
+        manifest = parse_json(_read_manifest_bytes(root), root / MANIFEST)
     except EncodedContextError:
         return set()
     files = manifest.get("files") if isinstance(manifest, dict) else None
@@ -305,84 +295,10 @@ def _manifest_changed(root: Path, raw: bytes) -> bool:
         return False
 
 
-def _confined(root: Path, name: str) -> Path:
-    """``root / name`` when `name` is a plain file name whose resolved path lies directly in
-    `root`; `EncodedContextError` before touching the path otherwise."""
-    if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name:
-        raise EncodedContextError(f"{root}: refusing file name {name!r} in the manifest")
-    path = root / name
-    try:
-        inside = path.resolve().parent == root.resolve()
-    except (OSError, RuntimeError) as error:
-        raise EncodedContextError(f"{root}: cannot resolve {name!r}: {error}") from error
-    if not inside:
-        raise EncodedContextError(f"{root}: {name!r} points outside the directory")
-    return path
-
-
-def _regular_file_size(path: Path) -> int | None:
-    """The size of `path` when it is a regular file, None when it does not exist."""
-    try:
-        info = path.stat()
-    except FileNotFoundError:
-        return None
-    except OSError as error:
-        raise EncodedContextError(f"cannot read {path}: {error}") from error
-    if not stat.S_ISREG(info.st_mode):
-        raise EncodedContextError(f"{path} is not a regular file")
-    return info.st_size
-
-
 def _read_manifest_bytes(root: Path) -> bytes:
-    path = _confined(root, MANIFEST)
-    size = _regular_file_size(path)
-    if size is None:
-        raise EncodedContextError(f"no encoded context at {root} (no {MANIFEST})")
-    if size > MAX_MANIFEST_BYTES:
-        raise EncodedContextError(f"{path} is {size:,} bytes, over {MAX_MANIFEST_BYTES:,}")
-    try:
-        with path.open("rb") as handle:
-            data = handle.read(MAX_MANIFEST_BYTES + 1)
-    except FileNotFoundError as error:
-        raise EncodedContextError(f"no encoded context at {root} (no {MANIFEST})") from error
-    except OSError as error:
-        raise EncodedContextError(f"cannot read {path}: {error}") from error
-    if len(data) > MAX_MANIFEST_BYTES:
-        raise EncodedContextError(f"{path} is over {MAX_MANIFEST_BYTES:,} bytes")
-    return data
-
-
-def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result = dict(pairs)
-    if len(result) != len(pairs):
-        raise ValueError("duplicate key")
-    return result
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def _parse_json(data: bytes, path: Path, *, constants: bool = False) -> Any:
-    """Strict JSON: UTF-8, no duplicate keys, and no NaN or Infinity unless `constants` (extra
-    payloads hold callers' values, which may have them); any failure (including nesting too
-    deep for the parser) is an `EncodedContextError`."""
-    try:
-        return json.loads(
-            data.decode("utf-8"),
-            object_pairs_hook=_unique_object,
-            parse_constant=None if constants else _no_constant,
-        )
-    except (UnicodeDecodeError, ValueError, RecursionError) as error:
-        raise EncodedContextError(f"{path} is damaged: {error}") from error
-
-
-def _depth(value: Any, limit: int) -> int:
-    """Nesting depth of lists and objects, counted no further than `limit` + 1."""
-    if limit < 0 or not isinstance(value, (list, dict)):
-        return 0
-    children = value.values() if isinstance(value, dict) else value
-    return 1 + max((_depth(child, limit - 1) for child in children), default=0)
+    return read_capped(
+        root, MANIFEST, MAX_MANIFEST_BYTES, f"no encoded context at {root} (no {MANIFEST})"
+    )
 
 
 @dataclass(frozen=True)
@@ -405,16 +321,30 @@ def check_files(directory: str | os.PathLike[str], engine: Encoder) -> None:
     """Every check of `read`, the SHA-256 of every data file included, without loading."""
     root = Path(directory)
     layout = _validate_manifest(
-        _parse_json(_read_manifest_bytes(root), root / MANIFEST), root, engine
+        parse_json(_read_manifest_bytes(root), root / MANIFEST), root, engine
     )
     for role, (path, size, digest) in layout.files.items():
         _check_file(root, path, size, digest, _size_bounds(layout, role))
 
 
+def read_extra(directory: str | os.PathLike[str], engine: Encoder, name: str) -> Any:
+    """The extra JSON payload `name` saved in `directory` (None when there is none), after
+    every check of the manifest and of that file (size, SHA-256); no other file is read."""
+    root = Path(directory)
+    layout = _validate_manifest(
+        parse_json(_read_manifest_bytes(root), root / MANIFEST), root, engine
+    )
+    if name in _RESERVED_ROLES or name not in layout.files:
+        return None
+    path, size, digest = layout.files[name]
+    _check_file(root, path, size, digest, _size_bounds(layout, name))
+    return _read_json_file(path, constants=True)
+
+
 def _load_generation(
     root: Path, engine: Encoder, raw: bytes, mapped: bool = False
 ) -> tuple[Record, dict]:
-    manifest = _parse_json(raw, root / MANIFEST)
+    manifest = parse_json(raw, root / MANIFEST)
     layout = _validate_manifest(manifest, root, engine)
     for role, (path, size, digest) in layout.files.items():
         hashed = not (mapped and role == "tensors")
@@ -427,54 +357,11 @@ def _load_generation(
         if role not in _RESERVED_ROLES
     }
     tensors = _read_tensors(root, layout, engine, mapped)
+    _require_finite(root, layout, tensors)
     return _record(root, engine, layout, documents, tensors, mapped), extras
 
 
 # -- manifest schema ---------------------------------------------------------------------------
-
-
-def _fail(root: Path, message: str) -> EncodedContextError:
-    return EncodedContextError(f"{root}/{MANIFEST} is invalid: {message}")
-
-
-def _require_int(root: Path, value: Any, what: str, low: int = 0, high: int = MAX_COUNT) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise _fail(root, f"{what} must be an integer in [{low}, {high}], got {value!r}")
-    return value
-
-
-def _require_str(root: Path, value: Any, what: str, pattern: re.Pattern | None = None) -> str:
-    if not isinstance(value, str) or (pattern is not None and not pattern.fullmatch(value)):
-        raise _fail(root, f"{what} is not a valid string: {value!r:.80}")
-    return value
-
-
-def _require_keys(root: Path, value: Any, what: str, required: set[str]) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise _fail(root, f"{what} must be an object")
-    missing, unknown = required - value.keys(), value.keys() - required
-    if missing or unknown:
-        raise _fail(root, f"{what}: missing {sorted(missing)}, unexpected {sorted(unknown)[:5]}")
-    return value
-
-
-_V1_KEYS = {
-    "format",
-    "format_version",
-    "model_name",
-    "model_fingerprint",
-    "layer",
-    "sink",
-    "window",
-    "tokenizer",
-    "num_tokens",
-    "num_documents",
-    "kept",
-    "shapes",
-    "files",
-}
-_V2_KEYS = _V1_KEYS | {"tokenizer_sha256", "manifest_sha256"}
-_V3_KEYS = _V2_KEYS | {"query_position"}
 
 
 def _validate_manifest(manifest: Any, root: Path, engine: Encoder) -> _Layout:
@@ -484,39 +371,39 @@ def _validate_manifest(manifest: Any, root: Path, engine: Encoder) -> _Layout:
         raise EncodedContextError(f"{root} does not hold an ILRe encoded context")
     version = manifest.get("format_version")
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise _fail(root, f"format_version {version!r}")
+        raise invalid(root / MANIFEST, f"format_version {version!r}")
     if version > FORMAT_VERSION:
         raise EncodedContextError(
             f"{root} was saved in format version {version}; this ILRe reads up to "
             f"{FORMAT_VERSION}: upgrade ilre"
         )
-    if _depth(manifest, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
-        raise _fail(root, "nested too deep")
-    keys = {1: _V1_KEYS, 2: _V2_KEYS}.get(version, _V3_KEYS)
-    _require_keys(root, manifest, "the manifest", keys)
+    path = root / MANIFEST
+    if depth(manifest, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
+        raise invalid(path, "nested too deep")
+    keys = {1: CONTEXT_KEYS_V1, 2: CONTEXT_KEYS_V2}.get(version, CONTEXT_KEYS_V3)
+    require_keys(path, manifest, "the manifest", keys)
     if version >= 2:
-        digest = _require_str(root, manifest["manifest_sha256"], "manifest_sha256", _HEX64)
-        if digest != manifest_digest(manifest):
-            raise EncodedContextError(f"{root}/{MANIFEST} is damaged (checksum mismatch)")
-    _check_identity(manifest, root, engine)
-    num_tokens = _require_int(root, manifest["num_tokens"], "num_tokens", 1)
+        require_digest(path, manifest)
+    identity = EncodingIdentity.from_manifest(manifest, path)
+    identity.check(engine.identity, root)
+    num_tokens = require_int(path, manifest["num_tokens"], "num_tokens", 1)
     query_at = manifest.get("query_position", num_tokens)  # before version 3: after the context
-    query_at = _require_int(root, query_at, "query_position", 1)
-    layer = _require_int(root, manifest["layer"], "layer")
-    sink = _require_int(root, manifest["sink"], "sink")
-    window = _require_int(root, manifest["window"], "window", 1)
+    query_at = require_int(path, query_at, "query_position", 1)
+    layer, sink, window = identity.layer, identity.sink, identity.window
+    if sink is None or window is None or identity.tokenizer_name is None:
+        raise invalid(path, "sink, window and tokenizer must be recorded")
     kept = _validate_kept(root, manifest["kept"], engine, layer, sink, window, version)
     shapes = _expected_shapes(engine, num_tokens, kept)
     declared = manifest["shapes"]
-    _require_keys(root, declared, "shapes", set(shapes))
+    require_keys(path, declared, "shapes", set(shapes))
     for name, shape in shapes.items():
         if declared[name] != list(shape):
-            raise _fail(root, f"shape of {name!r} is {declared[name]!r:.80}, expected {shape}")
+            raise invalid(path, f"shape of {name!r} is {declared[name]!r:.80}, expected {shape}")
     return _Layout(
         version=version,
         num_tokens=num_tokens,
         query_position=query_at,
-        num_documents=_require_int(root, manifest["num_documents"], "num_documents", 1),
+        num_documents=require_int(path, manifest["num_documents"], "num_documents", 1),
         sink=sink,
         window=window,
         layer=layer,
@@ -524,31 +411,6 @@ def _validate_manifest(manifest: Any, root: Path, engine: Encoder) -> _Layout:
         shapes=shapes,
         files=_validate_files(root, manifest["files"], version),
     )
-
-
-def _check_identity(manifest: dict[str, Any], root: Path, engine: Encoder) -> None:
-    """Refuse a context encoded by another model, at another layer, or with another tokenizer:
-    by content where the manifest records the tokenizer's identity (its name is
-    then only shown), else by name (version 1, or a save that did not know the identity)."""
-    model = _require_str(root, manifest["model_name"], "model_name")
-    name = _require_str(root, manifest["tokenizer"], "tokenizer")
-    recorded = manifest.get("tokenizer_sha256")
-    if recorded is not None:
-        _require_str(root, recorded, "tokenizer_sha256", _TOKENIZER_ID)
-    mismatch = None
-    if manifest["model_fingerprint"] != engine.fingerprint:
-        mismatch = f"another model ({model!r:.80}; this engine has {engine.name!r})"
-    elif manifest["layer"] != engine.layer:
-        mismatch = f"layer {manifest['layer']!r:.20} (this engine reads layer {engine.layer})"
-    elif recorded is not None and recorded != engine.tokenizer_sha256:
-        mismatch = (
-            f"another tokenizer ({name!r:.80}, content {recorded[:12]}; this engine has "
-            f"{engine.tokenizer_name!r}, content {engine.tokenizer_sha256[:12]})"
-        )
-    elif recorded is None and name != engine.tokenizer_name:
-        mismatch = f"tokenizer {name!r:.80} (this engine has {engine.tokenizer_name!r})"
-    if mismatch:
-        raise EncodedContextError(f"{root} was encoded with {mismatch}: encode it again")
 
 
 def _validate_kept(
@@ -559,16 +421,17 @@ def _validate_kept(
     from version 3, none at all for a keys-only record."""
     if kept == {} and version >= 3:
         return {}  # keys only (a store's shard): its queries are read on their own
-    _require_keys(root, kept, "kept", {str(i) for i in range(layer)})
+    require_keys(root / MANIFEST, kept, "kept", {str(i) for i in range(layer)})
     windows = ModelDims.from_config(engine.model.config).sliding_windows
     result = {}
     for i in range(layer):
-        info = _require_keys(root, kept[str(i)], f"kept.{i}", {"sink_size", "keep"})
-        sink_size = _require_int(root, info["sink_size"], f"kept.{i}.sink_size")
-        keep = _require_int(root, info["keep"], f"kept.{i}.keep", 1)
+        info = require_keys(root / MANIFEST, kept[str(i)], f"kept.{i}", {"sink_size", "keep"})
+        sink_size = require_int(root / MANIFEST, info["sink_size"], f"kept.{i}.sink_size")
+        keep = require_int(root / MANIFEST, info["keep"], f"kept.{i}.keep", 1)
         expected = layer_keep(windows[i] if i < len(windows) else None, sink, window)
         if (sink_size, keep) != expected:
-            raise _fail(root, f"kept.{i} is {(sink_size, keep)}, the model gives {expected}")
+            given = (sink_size, keep)
+            raise invalid(root / MANIFEST, f"kept.{i} is {given}, the model gives {expected}")
         result[i] = (sink_size, keep)
     return result
 
@@ -599,14 +462,14 @@ def _validate_files(
 ) -> dict[str, tuple[Path, int | None, str]]:
     """Each data file's confined path, declared size (None in version 1) and SHA-256."""
     if not isinstance(files, dict) or not set(_RESERVED_ROLES) <= files.keys():
-        raise _fail(root, "files must name the tensors and documents files")
+        raise invalid(root / MANIFEST, "files must name the tensors and documents files")
     if version < 2 and files.keys() != set(_RESERVED_ROLES):
-        raise _fail(root, "version 1 has no extra files")
+        raise invalid(root / MANIFEST, "version 1 has no extra files")
     result = {}
     for role, entry in files.items():
-        _require_str(root, role, "a file role", _EXTRA_NAME)
+        require_str(root / MANIFEST, role, "a file role", _EXTRA_NAME)
         fields = {"name", "sha256"} | ({"size"} if version >= 2 else set())
-        entry = _require_keys(root, entry, f"files.{role}", fields)
+        entry = require_keys(root / MANIFEST, entry, f"files.{role}", fields)
         name = entry["name"]
         match = _DATA_FILE.fullmatch(name) if isinstance(name, str) else None
         extension = "safetensors" if role == "tensors" else "json"
@@ -615,9 +478,10 @@ def _validate_files(
                 f"{root}: refusing file name {name!r:.200} for {role} in the manifest (not "
                 f"a {role}-<id>.{extension} file of this directory)"
             )
-        size = _require_int(root, entry["size"], f"files.{role}.size") if version >= 2 else None
-        digest = _require_str(root, entry["sha256"], f"files.{role}.sha256", _HEX64)
-        result[role] = (_confined(root, name), size, digest)
+        path = root / MANIFEST
+        size = require_int(path, entry["size"], f"files.{role}.size") if version >= 2 else None
+        digest = require_str(path, entry["sha256"], f"files.{role}.sha256", HEX64)
+        result[role] = (confined(root, name), size, digest)
     return result
 
 
@@ -639,7 +503,7 @@ def _check_file(
 ) -> None:
     """Refuse a missing, irregular, wrongly sized or damaged data file; sizes are checked
     before the file is read."""
-    actual = _regular_file_size(path)
+    actual = regular_file_size(path)
     if actual is None:
         raise EncodedContextError(f"{root} is incomplete: {path.name} is missing")
     if size is not None and actual != size:
@@ -665,7 +529,7 @@ def _read_json_file(path: Path, *, constants: bool = False) -> Any:
         data = path.read_bytes()
     except OSError as error:
         raise EncodedContextError(f"cannot read {path}: {error}") from error
-    return _parse_json(data, path, constants=constants)
+    return parse_json(data, path, constants=constants)
 
 
 def _check_documents(root: Path, documents: Any, count: int) -> None:
@@ -702,6 +566,36 @@ def _read_tensors(
         if isinstance(error, EncodedContextError):
             raise
         raise EncodedContextError(f"{root} is damaged: {error}") from error
+
+
+_FINITE_FILES: set[tuple[str, int, int, int]] = set()
+"""Tensors files already found finite in this process: (SHA-256, inode, size, mtime)."""
+_FINITE_BLOCK = 1 << 24
+"""Elements checked at once, so a memory-mapped file is read a block at a time."""
+
+
+def _require_finite(root: Path, layout: _Layout, tensors: Mapping[str, torch.Tensor]) -> None:
+    """Refuse keys or kept windows that hold NaN or infinity: a file crafted with fixed
+    checksums would otherwise load and recall garbage. Each tensors file is checked once per
+    process, remembered by its declared SHA-256 and its inode, size and modification time."""
+    path, _, digest = layout.files["tensors"]
+    try:
+        info = path.stat()
+    except OSError as error:
+        raise EncodedContextError(f"cannot read {path}: {error}") from error
+    seen = (digest, info.st_ino, info.st_size, info.st_mtime_ns)
+    if seen in _FINITE_FILES:
+        return
+    for name, tensor in tensors.items():
+        if name in _INT_FIELDS:
+            continue
+        flat = tensor.reshape(-1)
+        for start in range(0, flat.numel(), _FINITE_BLOCK):
+            if not bool(torch.isfinite(flat[start : start + _FINITE_BLOCK]).all()):
+                raise EncodedContextError(
+                    f"{root}: tensor {name!r} holds NaN or infinite values (damaged or crafted)"
+                )
+    _FINITE_FILES.add(seen)
 
 
 _NUMPY_DTYPES = {
@@ -806,12 +700,6 @@ def _record(
         tokens=_tokens(root, documents, tensors, engine),
         keys=placed(tensors["keys"]),
         kept=kept,
-        layer=layout.layer,
-        sink=layout.sink,
-        window=layout.window,
-        model_name=engine.name,
-        fingerprint=engine.fingerprint,
-        tokenizer_name=engine.tokenizer_name,
-        tokenizer_sha256=engine.tokenizer_sha256,
+        identity=replace(engine.identity, sink=layout.sink, window=layout.window),
         query_position=layout.query_position,
     )

@@ -43,20 +43,28 @@ import json
 import os
 import re
 import shutil
+import stat
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
-from . import fileio, persistence
+from . import fileio, persistence, store_index
 from .budget import resolve_budget
 from .context import TokenizedContext
 from .engine import ILRe
-from .errors import EmptyInputError, EncodedContextError, ILReError
+from .errors import (
+    ConfigError,
+    DirectoryError,
+    EmptyInputError,
+    EncodedContextError,
+    ILReError,
+    UnknownDocumentError,
+)
 from .inputs import as_documents
 from .prefilter import KeyIndex, Prefilter, candidate_attention
 from .recall import (
@@ -68,12 +76,19 @@ from .recall import (
 )
 from .results import RecallResult
 from .selection import select_within_budget, whole_documents
+from .store_index import SOURCES, IndexReport, content_sha256
+from .store_manifest import (
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST,
+    commit_manifest,
+    new_manifest,
+    read_manifest,
+    shard_directory,
+)
 from .tokenization import sink_token_id, tokenize_each
 
-FORMAT = "ilre-corpus-store"
-FORMAT_VERSION = 1
-MANIFEST = "store.json"
-_SHARD = re.compile(r"shard-[0-9a-f]{12}")
+__all__ = ["FORMAT", "FORMAT_VERSION", "MANIFEST", "CorpusStore", "IndexReport", "write_shard"]
 _PENDING = re.compile(r"pending-[0-9a-f]{12}")
 
 
@@ -123,6 +138,7 @@ class CorpusStore:
         self.engine = engine
         self._manifest = manifest
         self._loaded: dict[str, _Loaded] = {}
+        self._sources: dict[str, list[tuple[str, str] | None]] = {}
         self._prior: tuple[tuple, torch.Tensor] | None = None
         self._masks: tuple[tuple, _Masks] | None = None
         self._index: tuple[tuple, KeyIndex] | None = None
@@ -132,32 +148,22 @@ class CorpusStore:
 
     @classmethod
     def create(cls, directory: str | os.PathLike[str], engine: ILRe) -> CorpusStore:
-        """An empty store in `directory` (created if needed); refuses one that holds a store."""
-        root = Path(directory)
-        root.mkdir(parents=True, exist_ok=True)
+        """An empty store in `directory` (created if needed); refuses one that holds a store
+        (`DirectoryError`, also when `directory` is a file or cannot be created)."""
+        _require_engine(engine)
+        root = persistence.make_directory(directory)
         with fileio.exclusive_directory_lock(root):
-            if (root / MANIFEST).exists():
-                raise ILReError(f"{root} already holds a corpus store: open it instead")
-            position = _query_position(engine)
-            manifest = {
-                "format": FORMAT,
-                "format_version": FORMAT_VERSION,
-                "model_name": engine.name,
-                "model_fingerprint": engine.fingerprint,
-                "layer": engine.layer,
-                "tokenizer_sha256": engine.tokenizer_sha256,
-                "query_position": position,
-                "next_document": 0,
-                "shards": [],
-                "deleted": [],
-            }
-            _commit(root, manifest)
+            if os.path.lexists(root / MANIFEST):
+                raise DirectoryError(f"{root} already holds a corpus store: open it instead")
+            manifest = new_manifest(engine.identity, _query_position(engine))
+            commit_manifest(root, manifest)
         return cls(root, engine, manifest)
 
     @classmethod
     def open(cls, directory: str | os.PathLike[str], engine: ILRe) -> CorpusStore:
         """The store in `directory`; `EncodedContextError` when it is missing, damaged, or
         was encoded by another model, layer or tokenizer."""
+        _require_engine(engine)
         root = Path(directory)
         return cls(root, engine, _read_manifest(root, engine))
 
@@ -186,13 +192,19 @@ class CorpusStore:
         return sum(s.tokens for s in self._shards)
 
     def document(self, document_id: int) -> tuple[str, dict[str, Any]]:
-        """A live document's text and metadata."""
+        """A live document's text and metadata; `UnknownDocumentError` (a `KeyError`) for
+        an id the store does not hold live."""
+        document_id = _document_id(document_id, "document_id")
         for shard in self._shards:
             index = document_id - shard.first_document
             if 0 <= index < shard.documents and document_id not in self.deleted:
                 loaded = self._load(shard)
                 return loaded.tokens.documents[index], loaded.metadata[index]
-        raise KeyError(f"no live document {document_id} in {self.directory}")
+        raise UnknownDocumentError(f"no live document {document_id} in {self.directory}")
+
+    def source_ids(self) -> dict[str, int]:
+        """The caller's id of each live document indexed by `index`, and its document id."""
+        return {source: found[0] for source, found in self._live_sources(self._manifest).items()}
 
     # -- changes ------------------------------------------------------------------------------
 
@@ -210,70 +222,183 @@ class CorpusStore:
         pending = write_shard(self.directory, self.engine, documents, metadata, progress=progress)
         return self.commit([pending])[0]
 
+    def index(
+        self,
+        documents: str | Sequence[str],
+        metadata: Sequence[Mapping[str, Any]] | None = None,
+        *,
+        ids: Sequence[str],
+        cleanup: Literal["full"] | None = None,
+        progress: bool | None = None,
+    ) -> IndexReport:
+        """Bring the store up to date with `documents`, each under its caller's id in `ids`
+        (a source path, say; distinct strings), in one atomic commit under the store's lock.
+
+        A document whose id the store holds with the same text and metadata is skipped (not
+        encoded); one whose content changed is replaced (its old id deleted, the new content
+        encoded); a new id is added. With ``cleanup="full"``, every live document indexed
+        under an id not in `ids` is deleted; documents of `add` (no id) are never touched.
+        Re-indexing unchanged documents encodes nothing and commits nothing.
+
+        `metadata` and `progress` are as for `add`. Returns what was done, by document id
+        (`IndexReport`; ``str()`` of it is a one-line summary)."""
+        texts = as_documents(documents)
+        payload = _metadata_payload(metadata, len(texts))
+        sources = store_index.checked_ids(ids, len(texts))
+        if cleanup not in (None, "full"):
+            raise ConfigError(f'cleanup must be None or "full", got {cleanup!r:.40}')
+        digests = [content_sha256(t, m) for t, m in zip(texts, payload, strict=True)]
+        with fileio.exclusive_directory_lock(self.directory):
+            manifest = _read_manifest(self.directory, self.engine)
+            work = store_index.plan(
+                self._live_sources(manifest), sources, digests, cleanup == "full"
+            )
+            new_ids: list[int] = []
+            if work.encode:
+                pending = write_shard(
+                    self.directory,
+                    self.engine,
+                    [texts[i] for i in work.encode],
+                    [payload[i] for i in work.encode],
+                    progress=progress,
+                    sources=[(sources[i], digests[i]) for i in work.encode],
+                )
+                new_ids = self._take_pending(manifest, [pending])[0]
+            gone = set(work.replaced.values()) | set(work.removed)
+            manifest["deleted"] = sorted(set(manifest["deleted"]) | gone)
+            if work.encode or gone:
+                commit_manifest(self.directory, manifest)
+            self._manifest = manifest
+        new_id = dict(zip(work.encode, new_ids, strict=True))
+        return IndexReport(
+            added=[new_id[p] for p in work.encode if p not in work.replaced],
+            updated=[new_id[p] for p in work.encode if p in work.replaced],
+            skipped=work.skipped,
+            deleted=work.removed,
+        )
+
     def commit(self, pending: Sequence[str]) -> list[list[int]]:
         """Make shards written by `write_shard` (their pending names) part of the store in one
         atomic commit, in order; each one's document ids. Writers elsewhere (other processes,
         a Ray cluster on a shared file system) write shards, one process commits them."""
+        if isinstance(pending, str) or not isinstance(pending, Sequence):
+            raise ConfigError("pending must be a list of the names write_shard returned")
         with fileio.exclusive_directory_lock(self.directory):
             manifest = _read_manifest(self.directory, self.engine)
-            ids = []
-            for name in pending:
-                if not _PENDING.fullmatch(name):
-                    raise ILReError(f"{name!r} is not a pending shard of write_shard")
-                source = self.directory / name
-                record, _ = persistence.read(source, self.engine, mapped=True)
-                if record.query_position != manifest["query_position"]:
-                    raise EncodedContextError(f"{source} places its queries elsewhere")
-                shard = "shard-" + name.removeprefix("pending-")
-                os.replace(source, self.directory / shard)
-                first, count = manifest["next_document"], len(record.documents)
-                manifest["shards"].append(
-                    {
-                        "name": shard,
-                        "first_document": first,
-                        "documents": count,
-                        "tokens": int(record.keys.shape[1]),
-                    }
-                )
-                manifest["next_document"] = first + count
-                ids.append(list(range(first, first + count)))
-            _commit(self.directory, manifest)
+            ids = self._take_pending(manifest, pending)
+            commit_manifest(self.directory, manifest)
             self._manifest = manifest
+        return ids
+
+    def _take_pending(self, manifest: dict[str, Any], pending: Sequence[str]) -> list[list[int]]:
+        """Move pending shards into the store and list them in `manifest` (not yet committed;
+        the caller holds the lock); each one's document ids."""
+        ids = []
+        for name in pending:
+            if not isinstance(name, str) or not _PENDING.fullmatch(name):
+                raise ILReError(f"{name!r:.80} is not a pending shard of write_shard")
+            source = shard_directory(self.directory, name)
+            record, _ = persistence.read(source, self.engine, mapped=True)
+            if record.query_position != manifest["query_position"]:
+                raise EncodedContextError(f"{source} places its queries elsewhere")
+            shard = "shard-" + name.removeprefix("pending-")
+            os.replace(source, self.directory / shard)
+            first, count = manifest["next_document"], len(record.documents)
+            manifest["shards"].append(
+                {
+                    "name": shard,
+                    "first_document": first,
+                    "documents": count,
+                    "tokens": int(record.keys.shape[1]),
+                }
+            )
+            manifest["next_document"] = first + count
+            ids.append(list(range(first, first + count)))
         return ids
 
     def discard_pending(self) -> list[str]:
         """Remove the shards written but never committed (a writer died, or its commit was
-        abandoned); their names. Call it when no writer is running."""
+        abandoned); their names. Call it when no writer is running. A symlink of a pending
+        name is removed, never followed."""
         with fileio.exclusive_directory_lock(self.directory):
             names = sorted(p.name for p in self.directory.iterdir() if _PENDING.fullmatch(p.name))
             for name in names:
-                shutil.rmtree(self.directory / name)
+                path = self.directory / name
+                if stat.S_ISDIR(os.lstat(path).st_mode):
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
         return names
 
     def delete(self, document_ids: Iterable[int]) -> None:
         """Delete documents: the committed manifest lists them, their shards stay as they are
-        and recall reads past them. Unknown or already deleted ids raise `KeyError`."""
+        and recall reads past them. An id the store does not hold live, or a value that is no
+        document id, raises `UnknownDocumentError` (a `KeyError`) and deletes nothing."""
+        if isinstance(document_ids, (str, bytes)) or not isinstance(document_ids, Iterable):
+            raise UnknownDocumentError(
+                f"document_ids must be a list of document ids, got {type(document_ids).__name__}"
+            )
+        wanted = {_document_id(value, "document_ids") for value in document_ids}
         with fileio.exclusive_directory_lock(self.directory):
             manifest = _read_manifest(self.directory, self.engine)
-            known = {
-                i
-                for s in manifest["shards"]
-                for i in range(s["first_document"], s["first_document"] + s["documents"])
-            }
             gone = set(manifest["deleted"])
-            wanted = set(document_ids)
-            missing = sorted(wanted - (known - gone))
+            missing = sorted(i for i in wanted if not 0 <= i < manifest["next_document"])
+            missing += sorted(wanted & gone)
             if missing:
-                raise KeyError(f"no live documents {missing[:10]} in {self.directory}")
+                raise UnknownDocumentError(f"no live documents {missing[:10]} in {self.directory}")
             manifest["deleted"] = sorted(gone | wanted)
-            _commit(self.directory, manifest)
+            commit_manifest(self.directory, manifest)
             self._manifest = manifest
 
     def check(self) -> None:
         """Every check of loading, each data file's SHA-256 included (recall maps the keys
         without reading them whole): `EncodedContextError` on any damage."""
         for shard in self._shards:
-            persistence.check_files(self.directory / shard.name, self.engine)
+            persistence.check_files(shard_directory(self.directory, shard.name), self.engine)
+            self._load(shard)
+            self._shard_sources(shard.name, shard.documents)
+
+    def copy_to(self, directory: str | os.PathLike[str]) -> CorpusStore:
+        """A copy of this store in `directory` (created if needed; a store there is replaced
+        by one atomic commit), opened with the same engine. Only the shards the manifest
+        names are copied, and of them only regular files: no symlink is followed or copied."""
+        target = persistence.make_directory(directory)
+        if target.resolve() == self.directory.resolve():
+            return self
+        with (
+            fileio.exclusive_directory_lock(self.directory),
+            fileio.exclusive_directory_lock(target),
+        ):
+            manifest = _read_manifest(self.directory, self.engine)
+            for entry in manifest["shards"]:
+                _copy_shard(shard_directory(self.directory, entry["name"]), target)
+            commit_manifest(target, manifest)
+        return CorpusStore.open(target, self.engine)
+
+    def _live_sources(self, manifest: Mapping[str, Any]) -> dict[str, tuple[int, str]]:
+        """Each live indexed document's id -> (document id, content digest)."""
+        deleted = set(manifest["deleted"])
+        found: dict[str, tuple[int, str]] = {}
+        for entry in manifest["shards"]:
+            sources = self._shard_sources(entry["name"], entry["documents"])
+            for offset, source in enumerate(sources):
+                document_id = entry["first_document"] + offset
+                if source is None or document_id in deleted:
+                    continue
+                if source[0] in found:
+                    raise EncodedContextError(
+                        f"{self.directory}: two live documents are indexed as {source[0]!r:.80}"
+                    )
+                found[source[0]] = (document_id, source[1])
+        return found
+
+    def _shard_sources(self, name: str, documents: int) -> list[tuple[str, str] | None]:
+        """A shard's ``sources`` payload, checked, read once (shards never change)."""
+        if name not in self._sources:
+            path = shard_directory(self.directory, name)
+            payload = persistence.read_extra(path, self.engine, SOURCES)
+            self._sources[name] = store_index.checked_sources(payload, documents, path)
+        return self._sources[name]
 
     # -- recall -------------------------------------------------------------------------------
 
@@ -394,19 +519,21 @@ class CorpusStore:
 
     def _load(self, shard: _Shard) -> _Loaded:
         if shard.name not in self._loaded:
-            record, extra = persistence.read(self.directory / shard.name, self.engine, mapped=True)
+            path = shard_directory(self.directory, shard.name)
+            record, extra = persistence.read(path, self.engine, mapped=True)
+            if (len(record.documents), int(record.keys.shape[1])) != (
+                shard.documents,
+                shard.tokens,
+            ):
+                raise EncodedContextError(f"{path} does not match {MANIFEST}")
+            metadata, counts = _checked_payloads(path, extra, shard.documents)
             ids = list(range(shard.first_document, shard.first_document + shard.documents))
-            counted = (len(record.documents), len(extra.get("metadata", ())))
-            if counted != (shard.documents, shard.documents):
-                raise EncodedContextError(
-                    f"{self.directory / shard.name} does not match {MANIFEST}"
-                )
             self._loaded[shard.name] = _Loaded(
                 keys=self._resident(record.keys),
                 tokens=TokenizedContext(documents=record.documents, **record.tokens),
                 document_ids=np.asarray(ids, dtype=np.int64),
-                metadata=extra["metadata"],
-                budget_counts=extra.get("budget_counts", {}),
+                metadata=metadata,
+                budget_counts=counts,
             )
         return self._loaded[shard.name]
 
@@ -600,6 +727,7 @@ def write_shard(
     progress: bool | None = None,
     tokenized: Sequence[TokenizedContext] | None = None,
     budget_counts: Mapping[str, Sequence[int]] | None = None,
+    sources: Sequence[tuple[str, str]] | None = None,
 ) -> str:
     """Encode `documents`, each its own stream, into a shard of the store in `directory`, not
     yet part of it: its name, for `CorpusStore.commit`. Needs no lock and no manifest, so any
@@ -611,13 +739,10 @@ def write_shard(
     ``tokenize_each(engine.tokenizer, documents)`` context, in order; `budget_counts`, each
     document's length in reader tokens under a counter's name (``{counter.name: [...]}``, as
     `TokenCounter` counts; recall counts again under any other name). Without them both
-    are computed here, with `engine.tokenizer` and `engine.counter`."""
+    are computed here, with `engine.tokenizer` and `engine.counter`. `sources`: each
+    document's id and content digest, as `CorpusStore.index` records them."""
     texts = as_documents(documents)
-    if metadata is None:
-        metadata = [{} for _ in texts]
-    if len(metadata) != len(texts):
-        raise ILReError(f"{len(texts)} documents but {len(metadata)} metadata entries")
-    payload = json.loads(json.dumps([dict(m) for m in metadata], default=str))
+    payload = _metadata_payload(metadata, len(texts))
     if tokenized is None:
         tokenized = tokenize_each(engine.tokenizer, texts)
     elif len(tokenized) != len(texts):
@@ -634,20 +759,90 @@ def write_shard(
         tokens=_concatenated(tokenized),
         keys=torch.cat(keys, dim=1),
         kept={},
-        layer=engine.layer,
-        sink=engine.config.sink,
-        window=engine.config.window,
-        model_name=engine.name,
-        fingerprint=engine.fingerprint,
-        tokenizer_name=engine.tokenizer_name,
-        tokenizer_sha256=engine.tokenizer_sha256,
+        identity=engine.identity,
         query_position=_query_position(engine),
     )
     name = f"pending-{uuid.uuid4().hex[:12]}"
     counts = {counter: [int(c) for c in values] for counter, values in budget_counts.items()}
-    extra = {"metadata": payload, "budget_counts": counts}
+    extra: dict[str, Any] = {"metadata": payload, "budget_counts": counts}
+    if sources is not None:
+        extra[SOURCES] = [[source, digest] for source, digest in sources]
     persistence.write(record, Path(directory) / name, extra=extra)
     return name
+
+
+def _require_engine(engine: Any) -> None:
+    if not isinstance(engine, ILRe):
+        raise ConfigError(f"engine must be an ILRe, got {type(engine).__name__}")
+
+
+def _document_id(value: Any, argument: str) -> int:
+    """`value` as a document id: an integer (a bool is none)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise UnknownDocumentError(
+            f"{argument} must hold integer document ids, got {value!r:.40} ({type(value).__name__})"
+        )
+    return int(value)
+
+
+def _metadata_payload(metadata: Any, count: int) -> list[dict[str, Any]]:
+    """`metadata` (None, or one mapping per document) as the JSON a shard stores: values JSON
+    cannot hold become their ``str``; `ConfigError` naming ``metadata`` otherwise."""
+    if metadata is None:
+        return [{} for _ in range(count)]
+    if isinstance(metadata, (str, bytes, Mapping)) or not isinstance(metadata, Sequence):
+        raise ConfigError(
+            f"metadata must be a list of mappings, one per document, got {type(metadata).__name__}"
+        )
+    if len(metadata) != count:
+        raise ConfigError(f"{count} documents but {len(metadata)} metadata entries")
+    for entry in metadata:
+        if not isinstance(entry, Mapping):
+            raise ConfigError(f"each metadata entry must be a mapping, got {entry!r:.40}")
+    try:
+        return json.loads(json.dumps([dict(m) for m in metadata], default=str))
+    except (TypeError, ValueError, RecursionError) as error:
+        raise ConfigError(f"metadata cannot be stored as JSON: {error}") from error
+
+
+def _checked_payloads(
+    path: Path, extra: Mapping[str, Any], documents: int
+) -> tuple[list[dict[str, Any]], dict[str, list[int]]]:
+    """A shard's metadata (a mapping per document) and budget counts (per counter name, a
+    non-negative count per document), or `EncodedContextError`."""
+    metadata = extra.get("metadata")
+    if (
+        not isinstance(metadata, list)
+        or len(metadata) != documents
+        or not all(isinstance(m, dict) for m in metadata)
+    ):
+        raise EncodedContextError(f"{path}: metadata must hold a mapping per document")
+    counts = extra.get("budget_counts", {})
+    valid = isinstance(counts, dict) and all(
+        isinstance(values, list)
+        and len(values) == documents
+        and all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in values)
+        for values in counts.values()
+    )
+    if not valid:
+        raise EncodedContextError(f"{path}: budget_counts must hold a count per document")
+    return metadata, counts
+
+
+def _copy_shard(source: Path, target_root: Path) -> None:
+    """Copy a shard's regular files (never a symlink) into `target_root` under the same name,
+    unless a directory of that name is there already (shard names are never reused)."""
+    destination = target_root / source.name
+    if os.path.lexists(destination):
+        shard_directory(target_root, source.name)  # a symlink there is refused, not trusted
+        return
+    scratch = target_root / f".copy-{uuid.uuid4().hex[:12]}"
+    scratch.mkdir()
+    for entry in source.iterdir():
+        if stat.S_ISREG(os.lstat(entry).st_mode):
+            shutil.copyfile(entry, scratch / entry.name, follow_symlinks=False)
+            fileio.fsync_file(scratch / entry.name)
+    os.replace(scratch, destination)
 
 
 def _query_position(engine: ILRe) -> int:
@@ -674,71 +869,10 @@ def _concatenated(parts: Sequence[TokenizedContext]) -> dict[str, np.ndarray]:
 # -- the manifest ---------------------------------------------------------------------------------
 
 
-def _commit(root: Path, manifest: dict[str, Any]) -> None:
-    """Replace the manifest atomically (the caller holds the directory's lock), then remove
-    shards it no longer names (left by a writer that died before committing)."""
-    manifest = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
-    manifest["manifest_sha256"] = persistence.manifest_digest(manifest)
-    scratch = root / f".{MANIFEST}.{uuid.uuid4().hex[:12]}"
-    fileio.write_synced(scratch, json.dumps(manifest, indent=1).encode("utf-8"))
-    os.replace(scratch, root / MANIFEST)
-    fileio.fsync_directory(root)
-    named = {entry["name"] for entry in manifest["shards"]}
-    for path in root.iterdir():
-        if path.is_dir() and _SHARD.fullmatch(path.name) and path.name not in named:
-            shutil.rmtree(path, ignore_errors=True)
-
-
-_KEYS = {
-    "format",
-    "format_version",
-    "model_name",
-    "model_fingerprint",
-    "layer",
-    "tokenizer_sha256",
-    "query_position",
-    "next_document",
-    "shards",
-    "deleted",
-    "manifest_sha256",
-}
-
-
 def _read_manifest(root: Path, engine: ILRe) -> dict[str, Any]:
-    path = root / MANIFEST
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError as error:
-        raise EncodedContextError(f"no corpus store at {root} (no {MANIFEST})") from error
-    except OSError as error:
-        raise EncodedContextError(f"cannot read {path}: {error}") from error
-    try:
-        manifest = json.loads(raw)
-    except ValueError as error:
-        raise EncodedContextError(f"{path} is damaged: {error}") from error
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise EncodedContextError(f"{root} does not hold an ILRe corpus store")
-    if manifest.get("format_version") != FORMAT_VERSION or set(manifest) != _KEYS:
-        raise EncodedContextError(f"{path} is invalid or of another format version")
-    if manifest["manifest_sha256"] != persistence.manifest_digest(manifest):
-        raise EncodedContextError(f"{path} is damaged (checksum mismatch)")
-    if (
-        manifest["model_fingerprint"] != engine.fingerprint
-        or manifest["layer"] != engine.layer
-        or manifest["tokenizer_sha256"] != engine.tokenizer_sha256
-    ):
-        raise EncodedContextError(
-            f"{root} was encoded by {manifest['model_name']!r:.80} at layer "
-            f"{manifest['layer']!r:.10} or with another tokenizer; this engine is "
-            f"{engine.name!r} at layer {engine.layer}"
-        )
-    expected = _query_position(engine)
-    if manifest["query_position"] != expected:
-        raise EncodedContextError(
-            f"{root} places its queries at {manifest['query_position']!r:.20}, this engine at "
-            f"{expected} (another max_query_tokens): encode it again"
-        )
+    """The store's checked manifest (`store_manifest.read_manifest`), each shard it names a
+    real directory of the store."""
+    manifest = read_manifest(root, engine.identity, _query_position(engine))
     for entry in manifest["shards"]:
-        if not isinstance(entry, dict) or not _SHARD.fullmatch(str(entry.get("name"))):
-            raise EncodedContextError(f"{path} names an invalid shard")
+        shard_directory(root, entry["name"])
     return manifest

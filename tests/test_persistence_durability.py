@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from ilre_engine import EncodedContext, EncodedContextError
-from ilre_engine.persistence import manifest_digest
+from ilre_engine.manifest import digest as manifest_digest
 from ilre_integrations._common import EncodedCorpus
 from tests.crafting import (
     TEXTS_A,
