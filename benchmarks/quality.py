@@ -10,7 +10,7 @@ LLM's tokens, cl100k_base, counted with the engine's `TokenCounter`), and its ou
 fit the budget (asserted). The metric is *answer recall in the compressed text*: a sample
 counts when every gold string of the task
 (`ilre_engine.calibration.families.ALL_FAMILIES`) appears in the output. ``--families``
-defaults to the nine published families (`ilre_engine.calibration.tasks.TASK_FAMILIES`);
+defaults to (and ``tasks`` names) the nine published families (`calibration.tasks`);
 ``hard`` names the seven of `ilre_engine.calibration.hard_tasks`, ``all`` all sixteen.
 Samples of a cell put the first needle at evenly spread depths; seeds are fixed.
 
@@ -311,9 +311,10 @@ def _same_settings(engine: ILRe, settings: dict) -> bool:
 
 
 def family_names(names: str) -> list[str]:
-    """Families named in a comma-separated list, where ``hard`` stands for the families of
-    `hard_tasks` and ``all`` for every family."""
-    groups = {"hard": list(HARD_FAMILIES), "all": list(ALL_FAMILIES)}
+    """Families named in a comma-separated list, where ``tasks`` stands for the nine
+    published families of `tasks`, ``hard`` for the seven of `hard_tasks` and ``all`` for
+    every family."""
+    groups = {"tasks": list(TASK_FAMILIES), "hard": list(HARD_FAMILIES), "all": list(ALL_FAMILIES)}
     return [f for name in names.split(",") for f in groups.get(name, [name])]
 
 
@@ -387,13 +388,14 @@ def run_peers(
     for size in sizes:
         started = time.perf_counter()
         chunks = pack_sentences(task.context, sentences, size)
+        tokens = [counter.count(task.context[a:b].strip()) for a, b in chunks]
         chunk_s = time.perf_counter() - started
         orders = rankers.orders(peers, task.context, chunks, task.query)
         for peer, (order, rank_s) in orders.items():
             for ratio in ratios:
                 started = time.perf_counter()
                 budget = resolve_budget(input_tokens, None, ratio)
-                output = pick_chunks(task.context, chunks, order, budget, counter.count)
+                output = pick_chunks(task.context, chunks, order, budget, counter.count, tokens)
                 seconds = chunk_s + rank_s + time.perf_counter() - started
                 record(sized(peer, size), ratio, output, seconds, chunks=len(chunks))
 
@@ -409,7 +411,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--families",
         default=",".join(TASK_FAMILIES),
-        help="comma-separated; 'hard': the hard_tasks families; 'all': every family",
+        help="comma-separated; 'tasks' / 'hard': the nine / seven families of tasks.py / "
+        "hard_tasks.py; 'all': every family",
     )
     parser.add_argument("--methods", default="all")
     parser.add_argument("--ablation-layers", default="5,11", help="layers of ilre_l<N>")
@@ -828,8 +831,9 @@ def markdown_table(records, families, lengths, methods, ratios) -> str:
     """One table per ratio: rows family x length and the total, columns methods (a chunk
     peer once, at its chosen size, then ``best peer``), cells kept/samples (note)."""
     names = list(dict.fromkeys(unsized(m)[0] for m in methods))
-    if any(name in PEERS for name in names):
-        names.append("best peer")
+    peer_columns = [i for i, name in enumerate(names) if name in PEERS]
+    if peer_columns:
+        names.insert(peer_columns[-1] + 1, "best peer")
     tables = []
     for ratio in ratios:
         cells = table_cells(records, ratio)

@@ -76,6 +76,8 @@ def test_picked_chunks_are_the_best_that_fit_as_counting_every_join_finds():
     for budget in (5, 17, 30, 61, 100, 1000):
         picked = pick_chunks(TEXT, chunks, order, budget, count_words)
         assert picked == every_join(chunks, order, budget)
+        tokens = [count_words(TEXT[a:b].strip()) for a, b in chunks]
+        assert pick_chunks(TEXT, chunks, order, budget, count_words, tokens) == picked
         assert count_words(picked) <= budget
 
 
