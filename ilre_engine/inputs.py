@@ -22,22 +22,30 @@ def as_documents(context: str | bytes | Sequence[str | bytes]) -> tuple[str, ...
         documents = tuple(context)
     if not documents:
         raise EmptyInputError("the context has no documents")
-    checked = []
-    for index, document in enumerate(documents):
-        if isinstance(document, bytes):
-            try:
-                document = document.decode("utf-8")
-            except UnicodeDecodeError as error:
-                raise InvalidDocumentError(
-                    f"document {index} is not valid UTF-8 at byte offset {error.start}"
-                ) from error
-        if not isinstance(document, str):
-            raise InvalidDocumentError(f"document {index} is a {type(document).__name__}, not text")
-        _check_encodable(document, f"document {index}")
-        checked.append(document)
+    checked = tuple(
+        decode_document(document, f"document {index}") for index, document in enumerate(documents)
+    )
     if not any(d.strip() for d in checked):
         raise EmptyInputError("the context is empty (only whitespace)")
-    return tuple(checked)
+    return checked
+
+
+def decode_document(document: str | bytes, name: str) -> str:
+    """One document as text, its bytes decoded as UTF-8; `InvalidDocumentError` naming it
+    (`name`: ``document 3``, or a file's path) when it is not text, not UTF-8 (with the byte
+    offset) or holds a lone surrogate (with the character offset). Empty text is returned:
+    whether that is an error depends on the other documents."""
+    if isinstance(document, bytes):
+        try:
+            document = document.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise InvalidDocumentError(
+                f"{name} is not valid UTF-8 at byte offset {error.start}"
+            ) from error
+    if not isinstance(document, str):
+        raise InvalidDocumentError(f"{name} is a {type(document).__name__}, not text")
+    _check_encodable(document, name)
+    return document
 
 
 def check_query(query: str) -> None:

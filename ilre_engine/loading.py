@@ -71,9 +71,29 @@ def resolve_model(
         digest = file_sha256(path)
         target = cache_root(cache_dir) / "models" / f"{path.stem}-{digest[:16]}"
         return ModelSource(str(_convert_gguf(path, target)), str(path), {})
-    if path.exists():
+    if not is_hub_id(model):
         return ModelSource(str(path), str(path), {})
     return ModelSource(str(model), str(model), hub_kwargs)
+
+
+def embedded_model_path(cache_dir: str | os.PathLike[str] | None = None) -> str:
+    """A local directory holding the embedded model (Gemma 3 270M) as a whole Hugging Face
+    causal LM, converted from its GGUF package on first call (then cached): what a reader LLM
+    loads with transformers, e.g. ``AutoModelForCausalLM.from_pretrained(path)``."""
+    return resolve_model(None, cache_dir).path
+
+
+def is_hub_id(model: str | os.PathLike[str] | None) -> bool:
+    """Whether `resolve_model` takes `model` for a Hugging Face id: not the embedded model,
+    not a ``.gguf`` file, not an existing path (a name too long to be a path is an id, which
+    the hub then refuses). Cheap: the command line asks before anything loads."""
+    if model is None or str(model) == EMBEDDED_MODEL:
+        return False
+    path = Path(model).expanduser()
+    try:
+        return path.suffix != ".gguf" and not path.exists()
+    except OSError:
+        return True
 
 
 def _embedded_model_dir(cache_dir: str | os.PathLike[str] | None) -> Path:

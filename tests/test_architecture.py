@@ -118,6 +118,29 @@ def test_only_tests_and_benchmarks_import_the_testing_package():
                 )
 
 
+def test_nothing_in_the_packages_imports_the_command_line():
+    """The command line is the top of the engine: it may import any module, none imports it."""
+    for name, deps in _graph().items():
+        if not name.startswith("ilre_engine.cli"):
+            assert not any(d.startswith("ilre_engine.cli") for d in deps), f"{name} imports cli"
+
+
+def test_the_command_line_modules_load_no_torch_until_a_command_runs():
+    """Help and usage errors answer without torch: every module of the cli package imports
+    only the standard library and light engine modules at its top (the rest at call time)."""
+    modules = sorted(_module_name(p) for p in (ROOT / "ilre_engine" / "cli").glob("*.py"))
+    modules.remove("ilre_engine.cli.__main__")  # runs the command line when imported
+    code = (
+        "import importlib, sys\n"
+        f"for name in {modules!r}:\n"
+        "    importlib.import_module(name)\n"
+        "heavy = {'torch', 'transformers', 'huggingface_hub', 'numpy'} & set(sys.modules)\n"
+        "assert not heavy, heavy\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 def test_the_checks_see_a_cycle(tmp_path, monkeypatch):
     """The cycle check is not vacuous: two modules importing each other are reported, even
     when one of the imports runs only at call time."""

@@ -7,6 +7,7 @@ import os
 import pty
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -191,7 +192,7 @@ def test_compress_on_a_terminal_says_it_reads_standard_input():
     assert "reading the documents from standard input" in lines[0] and "Ctrl-D" in lines[0]
     assert (
         process.returncode == 2
-        and lines[1] == "ilre: error: the context is empty (only whitespace)"
+        and lines[1] == "ilre: error: standard input is empty (only whitespace)"
     )
 
 
@@ -233,17 +234,140 @@ def test_index_then_query_a_corpus_store(tmp_path):
     (tmp_path / "image.png").write_bytes(b"\x89PNG")
     store = tmp_path / "store"
     done = run_cli("index", str(store), str(tmp_path))  # the folder: its two text files
-    assert done.returncode == 0 and "added documents 0-1 " in done.stderr, done.stderr[-2000:]
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "added 2, updated 0, skipped 0, deleted 0; 2 documents" in done.stderr
     done = run_cli("index", str(store), stdin="A third document, read from standard input.")
-    assert done.returncode == 0 and "3 documents" in done.stderr, done.stderr[-2000:]
+    assert done.returncode == 0 and "added 1, " in done.stderr, done.stderr[-2000:]
+    assert "; 3 documents" in done.stderr
     done = run_cli(
-        "query", str(store), "-q", "What combination was set?", "--budget", "25", "--json"
+        *("query", str(store), "-q", "What combination was set?", "--budget", "25", "--json"),
+        *("--tokenizer", "cl100k_base"),  # issue 26: query had no --tokenizer
     )
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout)
     assert "4-19-73" in result["text"] and result["output_tokens"] <= 25
     sources = {span["source"] for span in result["spans"]}
     assert str(needle) in sources and sources <= {str(needle), str(other), "<stdin>"}
+
+
+def index_summary(store: Path, *paths: Path | str, cleanup: bool = False) -> str:
+    """The summary line of ``ilre index STORE PATHS``, which must succeed."""
+    done = run_cli("index", str(store), *map(str, paths), *(["--cleanup", "full"] * cleanup))
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stderr.strip().splitlines()[-1]
+
+
+def test_index_again_changes_only_what_changed(tmp_path):
+    """Issue 26: indexing a folder twice added every document twice. A file is known by its
+    path: unchanged ones are skipped, changed ones replaced, and with --cleanup full the
+    documents of files that are gone are deleted."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for name, text in [("a", "Alpha holds the key."), ("b", "Beta holds the map."), ("c", "C.")]:
+        (docs / f"{name}.txt").write_text(text)
+    store = tmp_path / "store"
+    assert "added 3, updated 0, skipped 0, deleted 0; 3 documents" in index_summary(store, docs)
+    assert "added 0, updated 0, skipped 3, deleted 0; 3 documents" in index_summary(store, docs)
+    (docs / "b.txt").write_text("Beta now holds the compass.")
+    (docs / "c.txt").unlink()
+    assert "added 0, updated 1, skipped 1, deleted 0; 3 documents" in index_summary(store, docs)
+    line = index_summary(store, docs, cleanup=True)
+    assert "added 0, updated 0, skipped 2, deleted 1; 2 documents" in line
+    listed = run_cli("list", str(store), "--json")
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    rows = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert sorted(row["source"] for row in rows) == [str(docs / "a.txt"), str(docs / "b.txt")]
+    deleted = run_cli("delete", str(store), str(docs / "a.txt"))
+    assert deleted.returncode == 0 and "deleted 1; 1 documents" in deleted.stderr, deleted.stderr
+    stats = run_cli("stats", str(store), "--json")
+    assert stats.returncode == 0 and json.loads(stats.stdout)["documents"] == 1, stats.stderr
+
+
+@pytest.mark.parametrize("command", ["query", "list", "stats", "delete"])
+def test_a_missing_store_is_refused_before_any_model_loads(command, tmp_path):
+    """Issue 26: `ilre query` on a plain folder took 20 s to refuse it, the model loading
+    first. The refusal imports neither torch nor transformers."""
+    extra = {"query": ["-q", "x", "--budget", "5"], "delete": ["0"]}.get(command, [])
+    for store in (tmp_path, tmp_path / "missing"):
+        code = (
+            "import sys\n"
+            "from ilre_engine.cli import main\n"
+            f"status = main([{command!r}, {str(store)!r}, *{extra!r}])\n"
+            "print(status, 'torch' in sys.modules, 'transformers' in sys.modules)\n"
+        )
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert done.stdout.split() == ["2", "False", "False"], done.stderr[-2000:]
+        assert f"no corpus store at {store}: build one with `ilre index`" in done.stderr
+
+
+def test_a_damaged_store_is_refused_before_any_model_loads(tmp_path):
+    (tmp_path / "store.json").write_text('{"format": "something else"}')
+    code = (
+        "import sys\n"
+        "from ilre_engine.cli import main\n"
+        f"status = main(['index', {str(tmp_path)!r}, {str(SAMPLE)!r}])\n"
+        "print(status, 'torch' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.stdout.split() == ["2", "False"], done.stderr[-2000:]
+    assert "does not hold an ILRe corpus store" in done.stderr
+
+
+@pytest.mark.parametrize("command", ["compress", "index"])
+def test_a_file_that_is_not_utf8_is_named_by_its_path(command, tmp_path):
+    """Issue 26: it was named by its index ("document 7")."""
+    essay = tmp_path / "essay.txt"
+    essay.write_text("Plain text.")
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("Caf\u00e9 au lait".encode("latin-1"))
+    if command == "index":  # a folder, as the issue's newcomer indexed it
+        args = [str(tmp_path / "store"), str(tmp_path)]
+    else:
+        args = ["-q", "q", "--budget", "5", str(essay), str(latin1)]
+    assert_refused(run_cli(command, *args), f"{latin1} is not valid UTF-8 at byte offset 3")
+
+
+def test_empty_files_are_refused_alone_and_skipped_among_others(tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("  \n")
+    assert_refused(run_cli("compress", "-q", "q", "--budget", "5", str(empty)), f"{empty} is empty")
+    assert_refused(run_cli("index", str(tmp_path / "s"), str(empty)), f"{empty} is empty")
+    (tmp_path / "essay.txt").write_text("The essay has words.")
+    done = run_cli("index", str(tmp_path / "s"), str(tmp_path))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"ilre: warning: skipped {empty}: empty (only whitespace)" in done.stderr
+    assert "added 1, updated 0, skipped 0, deleted 0; 1 documents" in done.stderr
+
+
+def test_a_terminal_sees_the_model_load_and_quiet_silences_it(tmp_path):
+    """Issue 26: a long command printed nothing until it ended. On a terminal it says what it
+    is doing; --quiet, or standard error not a terminal, keeps standard error to results."""
+
+    def stderr_of(*extra: str) -> str:
+        controller, terminal = pty.openpty()
+        try:
+            process = subprocess.Popen(
+                [*CLI, "compress", "-q", QUESTION, "--ratio", "1", *extra, str(SAMPLE)],
+                stdout=subprocess.DEVNULL,
+                stderr=terminal,
+            )
+            os.close(terminal)
+            chunks = []
+            while True:
+                try:
+                    chunk = os.read(controller, 4096)
+                except OSError:  # the terminal closed: the process ended
+                    break
+                if not chunk:
+                    break
+                chunks.append(chunk)
+            assert process.wait(timeout=600) == 0
+        finally:
+            os.close(controller)
+        return b"".join(chunks).decode(errors="replace")
+
+    assert "[ilre] loading gemma3-270m" in stderr_of()
+    assert "loading" not in stderr_of("--quiet")
 
 
 def test_query_refuses_a_directory_without_a_store_at_once(tmp_path):

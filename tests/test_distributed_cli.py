@@ -3,7 +3,6 @@ builds in one process, and it refuses what it cannot do as ``ilre index`` does."
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import numpy as np
@@ -12,7 +11,8 @@ import torch
 from transformers import AutoModel
 
 from ilre_engine import ILRe, persistence
-from ilre_engine.cli import _store_engine, main
+from ilre_engine.cli import main
+from ilre_engine.cli.ray_driver import driver_engine
 from ilre_engine.loading import default_dtype, resolve_model
 from ilre_engine.store import CorpusStore
 from tests.tiny_models import worded_config
@@ -59,19 +59,20 @@ def test_index_on_ray_builds_the_store_index_builds(model, tmp_path, monkeypatch
         (tmp_path / "docs" / f"{i}.txt").write_text(text)
     common = ["docs", "--model", str(model), "--device", "cpu"]
     status, alone = _index(capsys, "alone", *common)
-    assert status == 0 and "documents 0-4 to alone: 5 documents, " in alone, alone
+    assert status == 0 and "alone: added 5, updated 0, skipped 0, deleted 0; 5 documents" in alone
     status, on_ray = _index(
         capsys, "on-ray", *common, "--ray", "local", "--actors", "1", "--batch-size", "2"
     )
     assert status == 0, on_ray
     # The same summary, after whatever Ray logs (its warnings, Ray Data's progress).
-    assert on_ray.splitlines()[-1] == alone.strip().replace("to alone:", "to on-ray:")
+    assert on_ray.splitlines()[-1] == alone.strip().replace("alone:", "on-ray:")
 
     engine = ILRe.from_pretrained(str(model), device="cpu")
     one, many = (CorpusStore.open(tmp_path / name, engine) for name in ("alone", "on-ray"))
     assert len(one._manifest["shards"]) == 1 and len(many._manifest["shards"]) == 3
     for i in range(5):
-        assert many.document(i) == one.document(i) == (DOCUMENTS[i], {"source": f"docs/{i}.txt"})
+        source = str(tmp_path / "docs" / f"{i}.txt")  # the file's id: its absolute path
+        assert many.document(i) == one.document(i) == (DOCUMENTS[i], {"source": source})
     # Each document is its own stream: the keys of the batches' shards, one after another,
     # are the keys of the one shard, bit for bit, and so are the tokens.
     (record, extra), batches = next(_shards(one)), list(_shards(many))
@@ -125,6 +126,6 @@ def test_the_driver_loads_in_the_dtype_the_actors_get(device):
     one `ilre index` loads the embedded model in here for CPU actors (bfloat16 where the CPU
     multiplies it natively), bfloat16 for CUDA actors. A store made without `--ray` on this
     machine can so be extended with it."""
-    driver = _store_engine(argparse.Namespace(model=None, device=None), driver_for=device)
+    driver = driver_engine(None, device)
     expected = default_dtype(torch.device(device), resolve_model(None))
     assert driver.device.type == "cpu" and driver.model.dtype == expected

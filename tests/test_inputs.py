@@ -16,7 +16,7 @@ from ilre_engine.errors import (
     ILReError,
     InvalidDocumentError,
 )
-from ilre_engine.inputs import as_documents, check_query
+from ilre_engine.inputs import as_documents, check_query, decode_document
 from tests.tiny_models import build_models, random_context, tiny_configs, tiny_engine
 
 
@@ -31,6 +31,23 @@ def test_lone_surrogates_are_refused_in_documents_and_queries():
         as_documents(["fine", "bad \udcff text"])
     with pytest.raises(InvalidDocumentError, match="the query holds a lone surrogate"):
         check_query("what \ud800?")
+
+
+def test_a_document_is_named_in_its_refusals():
+    """A caller that knows a document's name (the command line: its file's path) gets it in
+    the refusal, with the byte offset; empty text is returned, for the caller to judge."""
+    latin1 = "Caf\u00e9 au lait".encode("latin-1")
+    with pytest.raises(
+        InvalidDocumentError, match=r"^docs/latin1\.txt is not valid UTF-8 at byte offset 3$"
+    ):
+        decode_document(latin1, "docs/latin1.txt")
+    with pytest.raises(
+        InvalidDocumentError, match=r"^document 1 is not valid UTF-8 at byte offset 3$"
+    ):
+        as_documents(["fine", latin1])
+    with pytest.raises(InvalidDocumentError, match=r"notes\.md is a int, not text"):
+        decode_document(7, "notes.md")
+    assert decode_document(b" \n", "empty.txt") == " \n"
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,47 @@
+"""``ilre delete``: delete documents from a corpus store, by id or by source."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from ..errors import ILReError
+from . import parser
+from .output import summary
+from .store_files import live_document_ids, open_store, read_store_manifest
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    command = parser.add_command(
+        commands,
+        "delete",
+        "delete documents from a corpus store",
+        "Delete documents from a corpus store, named by the id `ilre list` shows or by\n"
+        "their source (a file's path, as `ilre index` was given it or absolute). Nothing\n"
+        "is deleted unless every one is found.",
+    )
+    parser.add_store(command)
+    command.add_argument(
+        "documents", nargs="+", metavar="ID|SOURCE", help="document ids or sources"
+    )
+    parser.add_model(command)
+    parser.add_device(command)
+    parser.add_quiet(command)
+
+
+def run(args: argparse.Namespace) -> int:
+    live = set(live_document_ids(read_store_manifest(args.store)))
+    store = open_store(args)
+    sources = store.source_ids()
+    chosen: set[int] = set()
+    for name in args.documents:
+        source = name if name in sources else os.path.abspath(name)
+        if name.isdigit() and int(name) in live:
+            chosen.add(int(name))
+        elif source in sources:
+            chosen.add(sources[source])
+        else:
+            raise ILReError(f"no live document {name!r} in {args.store} (see `ilre list`)")
+    store.delete(sorted(chosen))
+    summary(f"{args.store}: deleted {len(chosen)}; {len(store)} documents")
+    return 0

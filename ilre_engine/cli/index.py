@@ -1,0 +1,105 @@
+"""``ilre index``: bring a corpus store up to date with files, re-runnably.
+
+A document's identity in the store is its file's absolute path (``<stdin>`` for standard
+input) plus its content: indexing again skips unchanged files without encoding them,
+replaces changed ones, and with ``--cleanup full`` deletes the documents whose file is no
+longer among those indexed (LangChain's indexing API calls this full cleanup)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from ..errors import ILReError
+from . import parser, ray_driver
+from .model import load_engine
+from .output import shows_progress, summary, warn
+from .preflight import preflight
+from .reading import MAX_INPUT_BYTES, STDIN, TEXT_SUFFIXES, Document, expand, read_documents
+from .store_files import check_store_path, holds_store
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    command = parser.add_command(
+        commands,
+        "index",
+        "bring a corpus store up to date with documents on disk",
+        "Encode documents, one per file, into a corpus store (created if needed), each\n"
+        "known by its file's absolute path, kept as its metadata 'source'. Run again,\n"
+        "unchanged files are skipped, changed ones replaced, and with\n"
+        "--cleanup full the documents of files not given are deleted. Empty files are\n"
+        "skipped with a warning. `ilre query` recalls from the store.",
+    )
+    parser.add_store(command)
+    command.add_argument(
+        "files",
+        nargs="*",
+        type=Path,
+        metavar="PATH",
+        help=f"documents, one per file; a directory adds its files ({', '.join(TEXT_SUFFIXES)}, "
+        f"recursively, hidden ones skipped); default: standard input (known as {STDIN}); at "
+        f"most {MAX_INPUT_BYTES // 2**20} MiB in all per call",
+    )
+    command.add_argument(
+        "--cleanup",
+        choices=["full"],
+        help="full: also delete the store's documents whose path is not among these",
+    )
+    parser.add_model(command)
+    parser.add_device(
+        command, "; with --ray the actors' (default: cuda with --gpus-per-actor, else cpu)"
+    )
+    parser.add_quiet(command)
+    ray_driver.add_arguments(command)
+
+
+def source_id(document: Document) -> str:
+    """A document's id in the store: its file's absolute path, the same from any working
+    directory (not resolved through symbolic links: the path the user names)."""
+    return document.source if document.source == STDIN else os.path.abspath(document.source)
+
+
+def run(args: argparse.Namespace) -> int:
+    check_store_path(args.store)
+    exists = holds_store(args.store)  # a damaged manifest: said before the model loads
+    ray_options = ray_driver.ray_options(args)  # refused before reading input or loading
+    if ray_options is not None and args.cleanup is not None:
+        raise ILReError("--cleanup does not work with --ray yet: index without --ray")
+    documents = read_documents(expand(args.files), "index")
+    for document in documents:
+        if document.is_empty:
+            warn(f"skipped {document.source}: empty (only whitespace)")
+    documents = [d for d in documents if not d.is_empty]
+    if ray_options is None:
+        preflight(args.model, args.device)
+        engine = load_engine(args, device=args.device)
+    else:
+        ray = ray_driver.import_ray()
+        engine = ray_driver.driver_engine(args.model, ray_options.device)
+    from ..store import CorpusStore
+
+    store = (CorpusStore.open if exists else CorpusStore.create)(args.store, engine)
+    texts = [d.text for d in documents]
+    ids = [source_id(d) for d in documents]
+    # The source is the id: the path as typed would make the same file, indexed from
+    # another directory, a changed document (the content digest covers the metadata).
+    metadata = [{"source": i} for i in ids]
+    if ray_options is None:
+        report = store.index(
+            texts,
+            metadata,
+            ids=ids,
+            cleanup=args.cleanup,
+            progress=shows_progress(args),
+        )
+        counts = (len(report.added), len(report.updated), len(report.skipped))
+        deleted = len(report.deleted)
+    else:
+        added = ray_driver.encode_on_ray(ray, ray_options, args.model, store, texts, metadata)
+        counts, deleted = (len(added), 0, 0), 0
+    summary(
+        f"{args.store}: added {counts[0]}, updated {counts[1]}, skipped {counts[2]}, "
+        f"deleted {deleted}; {len(store)} documents, {store.num_tokens:,} model tokens"
+    )
+    return 0

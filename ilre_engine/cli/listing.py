@@ -1,0 +1,46 @@
+"""``ilre list``: a corpus store's live documents, each with its id, size and source."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from . import parser
+from .output import print_result
+from .store_files import live_document_ids, open_store, read_store_manifest
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    command = parser.add_command(
+        commands,
+        "list",
+        "list a corpus store's documents",
+        "Print a corpus store's live documents: the id `ilre query --json` reports, the\n"
+        "document's length in budget tokens, and its source (the id `ilre index` knows it\n"
+        "by, its file's absolute path).",
+    )
+    parser.add_store(command)
+    command.add_argument("--json", action="store_true", help="print one JSON object a line")
+    parser.add_tokenizer(command)
+    parser.add_model(command)
+    parser.add_device(command)
+    parser.add_quiet(command)
+
+
+def run(args: argparse.Namespace) -> int:
+    ids = live_document_ids(read_store_manifest(args.store))
+    store = open_store(args)
+    sources = {document: source for source, document in store.source_ids().items()}
+    counter = store.engine.counter
+    rows = []
+    for document in ids:
+        text, metadata = store.document(document)
+        source = sources.get(document, metadata.get("source"))
+        rows.append({"id": document, "tokens": counter.count(text), "source": source})
+    if args.json:
+        print_result("\n".join(json.dumps(row, ensure_ascii=False) for row in rows) or "")
+    else:
+        lines = [f"{'id':>6}  {'tokens':>8}  source"]
+        lines += [f"{row['id']:>6}  {row['tokens']:>8}  {row['source'] or '-'}" for row in rows]
+        print_result("\n".join(lines))
+    return 0

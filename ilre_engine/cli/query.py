@@ -1,0 +1,58 @@
+"""``ilre query``: the parts of a corpus store's documents that a query needs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from . import parser
+from .model import load_engine
+from .output import print_result, summary
+from .preflight import preflight
+from .store_files import read_store_manifest
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    command = parser.add_command(
+        commands,
+        "query",
+        "keep what a query needs from a corpus store",
+        "Print the parts of a store's documents that a query needs, within a budget.",
+    )
+    parser.add_store(command, "the store's directory (from `ilre index`)")
+    parser.add_query_and_budget(command, "the store")
+    command.add_argument(
+        "--json", action="store_true", help="print the result as JSON, with each span's source"
+    )
+    parser.add_tokenizer(command)
+    parser.add_model(command)
+    parser.add_device(command)
+    parser.add_quiet(command)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..budget import resolve_budget
+    from ..inputs import check_query
+
+    check_query(args.query)
+    resolve_budget(1, args.budget, args.ratio)
+    read_store_manifest(args.store)  # no store there: said before the model loads
+    preflight(args.model, args.device)
+    engine = load_engine(args, device=args.device, budget_tokenizer=args.tokenizer)
+    from ..store import CorpusStore
+
+    store = CorpusStore.open(args.store, engine)
+    result = store.recall(args.query, budget_tokens=args.budget, ratio=args.ratio)
+    if args.json:
+        data = result.to_dict()
+        for span in data["spans"]:
+            span["source"] = store.document(span["document"])[1].get("source")
+        print_result(json.dumps(data, ensure_ascii=False))
+    else:
+        print_result(result.text)
+        summary(
+            f"{result.input_tokens} -> {result.output_tokens} tokens "
+            f"({len(result.spans)} spans from {len({s.document for s in result.spans})} "
+            f"of {len(store)} documents, budget {result.budget_tokens})"
+        )
+    return 0
