@@ -112,7 +112,7 @@ ABLATIONS: dict[str, dict] = {
     "ilre_p1": {"recall_passes": 1},
     "ilre_p2": {"recall_passes": 2},
     # Per-head weights of the embedded model's four query heads at layer 5 (pass-1 ranks on
-    # seed 0's 4k/8k tasks favoured head 1, then head 2; benchmarks/README.md, "Per-head
+    # seed 0's 4k/8k tasks favoured head 1, then head 2; docs/lab-notes.md, "Per-head
     # weights"): only for an engine with four query heads.
     "ilre_hw": {"head_weights": (0.0, 2.0, 1.0, 0.0)},
     "ilre_hw_soft": {"head_weights": (0.5, 2.0, 1.0, 0.5)},
@@ -156,7 +156,7 @@ def all_methods(layers: Sequence[int], window_layer: int | None) -> list[str]:
 
 QUICK_FLOOR = 1.0
 """`--quick` fails when ILRe's niah_single recall at 5% falls below this share (measured:
-every quick sample recalled; see benchmarks/README.md)."""
+every quick sample recalled; see docs/lab-notes.md)."""
 
 
 # -- other methods -----------------------------------------------------------------------------
@@ -385,7 +385,7 @@ def run_peers(
 ) -> None:
     """Every peer at every chunk size, at every ratio: records ``<peer>@<size>``, whose
     seconds are the packing's, the ranking's (an uncached embedding's) and the picking's."""
-    for size in sizes:
+    for size in sizes if peers else ():
         started = time.perf_counter()
         chunks = pack_sentences(task.context, sentences, size)
         tokens = [counter.count(task.context[a:b].strip()) for a, b in chunks]
@@ -555,6 +555,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     out = Path(args.out or dated_path("quality.json", device))
 
+    # The tuning samples first (only the chunk peers, at every size: they choose each one's
+    # size), so that a run stopped early still has them for its tables.
+    for length, family, sample, task in iter_tasks(
+        engine.tokenizer, lengths, families, args.select_samples if peers else 0, args.select_seed
+    ):
+        input_tokens = counter.count(task.context)
+        record = recorder(
+            report["records"], task, family, length, sample, input_tokens, counter, "select"
+        )
+        sentences = sentence_spans(task.context, counter.count)
+        run_peers(rankers, peers, sizes, task, sentences, ratios, input_tokens, counter, record)
+        print(f"tuning {family} {length} #{sample}", flush=True)
+        save_report(out, report)
+
     for length, family, sample, task in iter_tasks(
         engine.tokenizer, lengths, families, args.samples, args.seed
     ):
@@ -628,7 +642,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     cut_to_budget=raw_tokens > budget,
                 )
 
-        done = [r for r in records if r["sample"] == sample and r["family"] == family]
+        done = [r for r in reported(records) if r["sample"] == sample and r["family"] == family]
         done = [r for r in done if r["length"] == length]
         print(
             f"{family} {length} #{sample} depth {task.depth:.2f}: "
@@ -639,17 +653,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         save_report(out, report)
 
-    # The tuning samples: only the chunk peers, at every size, to choose each one's size.
-    for length, family, sample, task in iter_tasks(
-        engine.tokenizer, lengths, families, args.select_samples if peers else 0, args.select_seed
-    ):
-        input_tokens = counter.count(task.context)
-        record = recorder(
-            report["records"], task, family, length, sample, input_tokens, counter, "select"
-        )
-        sentences = sentence_spans(task.context, counter.count)
-        run_peers(rankers, peers, sizes, task, sentences, ratios, input_tokens, counter, record)
-        print(f"tuning {family} {length} #{sample}", flush=True)
     save_report(out, report)
     print()
     print(markdown_table(report["records"], families, lengths, methods, ratios))
@@ -738,6 +741,7 @@ def save_report(out: Path, report: dict) -> None:
     cells = ",\n".join(f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in summary.items())
     sizes = ",\n".join(f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in selection.items())
     meta = json.dumps(report["meta"], ensure_ascii=False)
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
         f'{{"meta": {meta},\n "summary": {{\n{cells}\n }},\n "selection": {{\n{sizes}\n }}}}\n'
     )

@@ -6,7 +6,7 @@ For each task of `quality.py` (same seeds), one JSON line: the rank (0 = best) o
 answer's best token under the engine's `token_scores`, and under the mean of the scaled
 logits ``q·k`` over heads and query tokens less that mean under the prior question (``raw``;
 ``z``: each query row z-scored over the keys first), averaged over windows of 1, 9 and 31
-tokens. benchmarks/README.md, "Raw logits instead of attention probabilities".
+tokens. docs/lab-notes.md, "Raw logits instead of attention probabilities".
 """
 
 from __future__ import annotations
