@@ -154,7 +154,7 @@ def test_quick_quality_benchmark(tmp_path):
         env=env,
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=1200,  # eight 4k/8k encodes on a shared 2-core machine
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "| family | tokens |" in run.stdout
