@@ -14,6 +14,7 @@ The schemas' key sets of both formats live here, so a field is added in one plac
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import os
 import re
@@ -29,8 +30,13 @@ from .errors import EncodedContextError
 MAX_COUNT = 1 << 40
 """Bound on any declared count, size, position or dimension: far beyond any real corpus."""
 DIGEST_KEY = "manifest_sha256"
+KEYED_DIGEST_KEY = "manifest_hmac"
+"""The optional keyed digest of a store's manifest (`keyed_digest`)."""
 HEX64 = re.compile(r"[0-9a-f]{64}")
 
+CONTEXT_MANIFEST = "manifest.json"
+CONTEXT_MANIFEST_MAX_BYTES = 1 << 20
+"""A saved context's manifest (`ilre_engine.persistence`): its name, and its size limit."""
 CONTEXT_KEYS_V1 = frozenset(
     {
         "format",
@@ -66,6 +72,7 @@ STORE_KEYS = frozenset(
         DIGEST_KEY,
     }
 )
+STORE_OPTIONAL_KEYS = frozenset({KEYED_DIGEST_KEY})
 SHARD_KEYS = frozenset({"name", "first_document", "documents", "tokens"})
 """A corpus store's ``store.json`` and each entry of its ``shards`` (`ilre_engine.store`)."""
 
@@ -210,6 +217,18 @@ def digest(manifest: Mapping[str, Any]) -> str:
     rest = {k: v for k, v in manifest.items() if k != DIGEST_KEY}
     canonical = json.dumps(rest, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return hashlib.sha256(canonical.encode("ascii")).hexdigest()
+
+
+def keyed_digest(manifest: Mapping[str, Any], key: bytes, bound: bytes = b"") -> str:
+    """HMAC-SHA256 under `key` of the canonical JSON of a manifest without its digests, then
+    `bound` (what else it vouches for: e.g. the digests of the files it names). Unlike
+    `digest`, only a holder of `key` can make one that matches: evidence of who wrote it."""
+    rest = {k: v for k, v in manifest.items() if k not in (DIGEST_KEY, KEYED_DIGEST_KEY)}
+    canonical = json.dumps(rest, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    mac = hmac.new(key, canonical.encode("ascii"), hashlib.sha256)
+    mac.update(b"\0")
+    mac.update(bound)
+    return mac.hexdigest()
 
 
 def commit(root: Path, name: str, manifest: Mapping[str, Any]) -> None:

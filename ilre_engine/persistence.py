@@ -56,13 +56,15 @@ from safetensors.torch import save_file
 
 from . import fileio
 from .architectures import ModelDims, layer_keep
-from .errors import DirectoryError, EncodedContextError
+from .errors import ConfigError, DirectoryError, EncodedContextError
 from .fileio import file_sha256, write_synced
 from .identity import EncodingIdentity
 from .manifest import (
     CONTEXT_KEYS_V1,
     CONTEXT_KEYS_V2,
     CONTEXT_KEYS_V3,
+    CONTEXT_MANIFEST,
+    CONTEXT_MANIFEST_MAX_BYTES,
     HEX64,
     confined,
     depth,
@@ -79,8 +81,8 @@ from .manifest import commit as manifest_commit
 
 FORMAT = "ilre-encoded-context"
 FORMAT_VERSION = 3
-MANIFEST = "manifest.json"
-MAX_MANIFEST_BYTES = 1 << 20
+MANIFEST = CONTEXT_MANIFEST
+MAX_MANIFEST_BYTES = CONTEXT_MANIFEST_MAX_BYTES
 """A manifest larger than this is refused unread."""
 MAX_JSON_DEPTH = 6
 """Deeper nesting of lists and objects is refused (a valid manifest nests 3 deep)."""
@@ -154,8 +156,8 @@ def write(
 
     Concurrent saves to one directory are serialised: the last one wins, each is complete.
     """
+    payloads = _encode_extras({} if extra is None else extra)
     root = make_directory(directory)
-    payloads = _encode_extras(extra or {})
     tensors = _tensors_of(record)
     with fileio.exclusive_directory_lock(root):
         previous_roles = _roles_in_manifest(root)
@@ -189,12 +191,18 @@ def make_directory(directory: str | os.PathLike[str]) -> Path:
 
 
 def _encode_extras(extra: Mapping[str, Any]) -> dict[str, bytes]:
-    """Each extra payload as UTF-8 JSON, checked before anything is written."""
+    """Each extra payload as UTF-8 JSON, checked before anything is written; `ConfigError`
+    naming ``extra`` otherwise."""
+    if not isinstance(extra, Mapping):
+        raise ConfigError(f"extra must be a mapping of payloads, got {type(extra).__name__}")
     payloads = {}
     for name, value in extra.items():
         if not isinstance(name, str) or not _EXTRA_NAME.fullmatch(name) or name in _RESERVED_ROLES:
-            raise ValueError(f"invalid extra payload name {name!r}")
-        payloads[name] = json.dumps(value, ensure_ascii=False).encode("utf-8")
+            raise ConfigError(f"invalid extra payload name {name!r:.40}")
+        try:
+            payloads[name] = json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except (TypeError, ValueError, RecursionError) as error:
+            raise ConfigError(f"extra payload {name!r} cannot be saved as JSON: {error}") from error
     return payloads
 
 

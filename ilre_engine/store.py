@@ -131,11 +131,18 @@ class CorpusStore:
     Create one with `CorpusStore.create(directory, engine)`, reopen it with
     `CorpusStore.open(directory, engine)`. Document ids are assigned in order by `add` and
     never reused.
+
+    Its manifest's SHA-256 reveals damage, not editing (docs/FORMAT.md): to know a store
+    copied from elsewhere is the one its writer made, create it with a `key` (bytes kept
+    secret) and open it with the same key, which every change then needs.
     """
 
-    def __init__(self, directory: Path, engine: ILRe, manifest: dict[str, Any]) -> None:
+    def __init__(
+        self, directory: Path, engine: ILRe, manifest: dict[str, Any], key: bytes | None = None
+    ) -> None:
         self.directory = directory
         self.engine = engine
+        self._key = key
         self._manifest = manifest
         self._loaded: dict[str, _Loaded] = {}
         self._sources: dict[str, list[tuple[str, str] | None]] = {}
@@ -147,25 +154,37 @@ class CorpusStore:
     # -- opening ------------------------------------------------------------------------------
 
     @classmethod
-    def create(cls, directory: str | os.PathLike[str], engine: ILRe) -> CorpusStore:
+    def create(
+        cls, directory: str | os.PathLike[str], engine: ILRe, *, key: bytes | None = None
+    ) -> CorpusStore:
         """An empty store in `directory` (created if needed); refuses one that holds a store
-        (`DirectoryError`, also when `directory` is a file or cannot be created)."""
+        (`DirectoryError`, also when `directory` is a file or cannot be created).
+
+        `key`: sign every commit of the manifest with an HMAC-SHA256 under it (covering each
+        shard's manifest, which names its files by SHA-256), so `open` with the key can tell
+        the store is its writer's."""
         _require_engine(engine)
+        key = _checked_key(key)
         root = persistence.make_directory(directory)
         with fileio.exclusive_directory_lock(root):
             if os.path.lexists(root / MANIFEST):
                 raise DirectoryError(f"{root} already holds a corpus store: open it instead")
             manifest = new_manifest(engine.identity, _query_position(engine))
-            commit_manifest(root, manifest)
-        return cls(root, engine, manifest)
+            commit_manifest(root, manifest, key)
+        return cls(root, engine, manifest, key)
 
     @classmethod
-    def open(cls, directory: str | os.PathLike[str], engine: ILRe) -> CorpusStore:
+    def open(
+        cls, directory: str | os.PathLike[str], engine: ILRe, *, key: bytes | None = None
+    ) -> CorpusStore:
         """The store in `directory`; `EncodedContextError` when it is missing, damaged, or
-        was encoded by another model, layer or tokenizer."""
+        was encoded by another model, layer or tokenizer, and with `key` (as given to
+        `create`) when its manifest was not signed with that key, or was changed since. Run
+        `check` once on a store copied from elsewhere: it reads every data file whole."""
         _require_engine(engine)
+        key = _checked_key(key)
         root = Path(directory)
-        return cls(root, engine, _read_manifest(root, engine))
+        return cls(root, engine, _read_manifest(root, engine, key), key)
 
     # -- what it holds ------------------------------------------------------------------------
 
@@ -249,7 +268,7 @@ class CorpusStore:
             raise ConfigError(f'cleanup must be None or "full", got {cleanup!r:.40}')
         digests = [content_sha256(t, m) for t, m in zip(texts, payload, strict=True)]
         with fileio.exclusive_directory_lock(self.directory):
-            manifest = _read_manifest(self.directory, self.engine)
+            manifest = _read_manifest(self.directory, self.engine, self._key)
             work = store_index.plan(
                 self._live_sources(manifest), sources, digests, cleanup == "full"
             )
@@ -267,7 +286,7 @@ class CorpusStore:
             gone = set(work.replaced.values()) | set(work.removed)
             manifest["deleted"] = sorted(set(manifest["deleted"]) | gone)
             if work.encode or gone:
-                commit_manifest(self.directory, manifest)
+                commit_manifest(self.directory, manifest, self._key)
             self._manifest = manifest
         new_id = dict(zip(work.encode, new_ids, strict=True))
         return IndexReport(
@@ -284,9 +303,9 @@ class CorpusStore:
         if isinstance(pending, str) or not isinstance(pending, Sequence):
             raise ConfigError("pending must be a list of the names write_shard returned")
         with fileio.exclusive_directory_lock(self.directory):
-            manifest = _read_manifest(self.directory, self.engine)
+            manifest = _read_manifest(self.directory, self.engine, self._key)
             ids = self._take_pending(manifest, pending)
-            commit_manifest(self.directory, manifest)
+            commit_manifest(self.directory, manifest, self._key)
             self._manifest = manifest
         return ids
 
@@ -340,14 +359,14 @@ class CorpusStore:
             )
         wanted = {_document_id(value, "document_ids") for value in document_ids}
         with fileio.exclusive_directory_lock(self.directory):
-            manifest = _read_manifest(self.directory, self.engine)
+            manifest = _read_manifest(self.directory, self.engine, self._key)
             gone = set(manifest["deleted"])
             missing = sorted(i for i in wanted if not 0 <= i < manifest["next_document"])
             missing += sorted(wanted & gone)
             if missing:
                 raise UnknownDocumentError(f"no live documents {missing[:10]} in {self.directory}")
             manifest["deleted"] = sorted(gone | wanted)
-            commit_manifest(self.directory, manifest)
+            commit_manifest(self.directory, manifest, self._key)
             self._manifest = manifest
 
     def check(self) -> None:
@@ -369,11 +388,11 @@ class CorpusStore:
             fileio.exclusive_directory_lock(self.directory),
             fileio.exclusive_directory_lock(target),
         ):
-            manifest = _read_manifest(self.directory, self.engine)
+            manifest = _read_manifest(self.directory, self.engine, self._key)
             for entry in manifest["shards"]:
                 _copy_shard(shard_directory(self.directory, entry["name"]), target)
-            commit_manifest(target, manifest)
-        return CorpusStore.open(target, self.engine)
+            commit_manifest(target, manifest, self._key)
+        return CorpusStore.open(target, self.engine, key=self._key)
 
     def _live_sources(self, manifest: Mapping[str, Any]) -> dict[str, tuple[int, str]]:
         """Each live indexed document's id -> (document id, content digest)."""
@@ -776,6 +795,12 @@ def _require_engine(engine: Any) -> None:
         raise ConfigError(f"engine must be an ILRe, got {type(engine).__name__}")
 
 
+def _checked_key(key: Any) -> bytes | None:
+    if key is not None and (not isinstance(key, (bytes, bytearray)) or not key):
+        raise ConfigError(f"key must be non-empty bytes, got {type(key).__name__}")
+    return None if key is None else bytes(key)
+
+
 def _document_id(value: Any, argument: str) -> int:
     """`value` as a document id: an integer (a bool is none)."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
@@ -869,10 +894,10 @@ def _concatenated(parts: Sequence[TokenizedContext]) -> dict[str, np.ndarray]:
 # -- the manifest ---------------------------------------------------------------------------------
 
 
-def _read_manifest(root: Path, engine: ILRe) -> dict[str, Any]:
+def _read_manifest(root: Path, engine: ILRe, key: bytes | None) -> dict[str, Any]:
     """The store's checked manifest (`store_manifest.read_manifest`), each shard it names a
     real directory of the store."""
-    manifest = read_manifest(root, engine.identity, _query_position(engine))
+    manifest = read_manifest(root, engine.identity, _query_position(engine), key)
     for entry in manifest["shards"]:
         shard_directory(root, entry["name"])
     return manifest

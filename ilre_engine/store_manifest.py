@@ -15,6 +15,8 @@ real directory directly inside the store: a symlink is never followed (`shard_di
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import re
 import shutil
@@ -25,13 +27,19 @@ from typing import Any
 from .errors import EncodedContextError
 from .identity import EncodingIdentity
 from .manifest import (
+    CONTEXT_MANIFEST,
+    CONTEXT_MANIFEST_MAX_BYTES,
+    HEX64,
+    KEYED_DIGEST_KEY,
     MAX_COUNT,
     SHARD_KEYS,
     STORE_IDENTITY_KEYS,
     STORE_KEYS,
+    STORE_OPTIONAL_KEYS,
     commit,
     depth,
     invalid,
+    keyed_digest,
     parse_json,
     read_capped,
     require_digest,
@@ -64,13 +72,18 @@ def new_manifest(identity: EncodingIdentity, query_position: int) -> dict[str, A
     }
 
 
-def read_manifest(root: Path, identity: EncodingIdentity, query_position: int) -> dict[str, Any]:
+def read_manifest(
+    root: Path, identity: EncodingIdentity, query_position: int, key: bytes | None = None
+) -> dict[str, Any]:
     """The manifest of the store in `root`, checked against its schema, its digest, the
-    engine's `identity` and where the engine places a store's queries."""
+    engine's `identity` and where the engine places a store's queries; with `key`, also its
+    keyed digest (`require_authentic`)."""
     path = root / MANIFEST
     absent = f"no corpus store at {root} (no {MANIFEST})"
     raw = read_capped(root, MANIFEST, MAX_MANIFEST_BYTES, absent)
     manifest = validate(parse_json(raw, path), path)
+    if key is not None:
+        require_authentic(root, manifest, key)
     EncodingIdentity.from_manifest(manifest, path).check(identity, root)
     if manifest["query_position"] != query_position:
         raise EncodedContextError(
@@ -92,9 +105,12 @@ def validate(manifest: Any, path: Path) -> dict[str, Any]:
         )
     if depth(manifest, _MAX_DEPTH) > _MAX_DEPTH:
         raise invalid(path, "nested too deep")
-    require_keys(path, manifest, "the manifest", STORE_KEYS)
+    optional = manifest.keys() & STORE_OPTIONAL_KEYS
+    require_keys(path, manifest, "the manifest", STORE_KEYS | optional)
     require_int(path, version, "format_version", FORMAT_VERSION, FORMAT_VERSION)
     require_digest(path, manifest)
+    if KEYED_DIGEST_KEY in manifest:
+        require_str(path, manifest[KEYED_DIGEST_KEY], KEYED_DIGEST_KEY, HEX64)
     require_int(path, manifest["query_position"], "query_position", 1)
     next_document = require_int(path, manifest["next_document"], "next_document")
     shards = manifest["shards"]
@@ -142,10 +158,41 @@ def shard_directory(root: Path, name: str) -> Path:
     return path
 
 
-def commit_manifest(root: Path, manifest: dict[str, Any]) -> None:
-    """Commit `manifest` atomically (the caller holds the store's lock), then remove the shard
-    directories it does not name (left by a writer that died before committing); symlinks
-    and anything else are left alone."""
+def require_authentic(root: Path, manifest: dict[str, Any], key: bytes) -> None:
+    """Refuse a store whose manifest has no keyed digest under `key`, or another one: it was
+    written without the key, or changed since. The digest covers the manifest and each
+    shard's own manifest, which names its data files by SHA-256 (`CorpusStore.check`
+    verifies those files whole; recall checks the memory-mapped keys' size only)."""
+    recorded = manifest.get(KEYED_DIGEST_KEY)
+    if recorded is None:
+        raise EncodedContextError(f"{root} is not authenticated: it was not written with a key")
+    if not hmac.compare_digest(recorded, keyed_digest(manifest, key, _shard_bound(root, manifest))):
+        raise EncodedContextError(
+            f"{root} fails authentication: it was changed, or written with another key"
+        )
+
+
+def _shard_bound(root: Path, manifest: dict[str, Any]) -> bytes:
+    """What a keyed digest vouches for beyond the manifest: each shard's manifest digest."""
+    lines = []
+    for entry in manifest["shards"]:
+        shard = shard_directory(root, entry["name"])
+        absent = f"{root} is incomplete: {shard.name} has no {CONTEXT_MANIFEST}"
+        data = read_capped(shard, CONTEXT_MANIFEST, CONTEXT_MANIFEST_MAX_BYTES, absent)
+        lines.append(f"{entry['name']} {hashlib.sha256(data).hexdigest()}\n")
+    return "".join(lines).encode("ascii")
+
+
+def commit_manifest(root: Path, manifest: dict[str, Any], key: bytes | None = None) -> None:
+    """Commit `manifest` atomically (the caller holds the store's lock), with its keyed
+    digest under `key` if given, then remove the shard directories it does not name (left by
+    a writer that died before committing); symlinks and anything else are left alone. A
+    store that has a keyed digest is never committed without one."""
+    if key is None and KEYED_DIGEST_KEY in manifest:
+        raise EncodedContextError(f"{root} is authenticated: open it with its key to change it")
+    if key is not None:
+        bound = _shard_bound(root, manifest)
+        manifest = {**manifest, KEYED_DIGEST_KEY: keyed_digest(manifest, key, bound)}
     commit(root, MANIFEST, manifest)
     named = {entry["name"] for entry in manifest["shards"]}
     for path in root.iterdir():

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from ilre_engine import EncodedContext, EncodedContextError
+from ilre_engine.errors import ConfigError
 from ilre_engine.manifest import digest as manifest_digest
 from ilre_integrations._common import EncodedCorpus
 from tests.crafting import (
@@ -304,5 +305,10 @@ def test_extra_payloads_are_saved_and_checked_with_the_context(tiny, contents, t
     notes.write_text('{"k": [1, 3]}')
     with pytest.raises(EncodedContextError, match="damaged"):
         EncodedContext.load_with_extra(tmp_path, tiny)
-    with pytest.raises(ValueError, match="invalid extra payload name"):
+    with pytest.raises(ConfigError, match="invalid extra payload name"):
         encoded.save(tmp_path, extra={"../x": 1})
+    with pytest.raises(ConfigError, match="extra"):
+        encoded.save(tmp_path / "new", extra=[("notes", 1)])
+    with pytest.raises(ConfigError, match="cannot be saved as JSON"):
+        encoded.save(tmp_path / "new", extra={"notes": {1, 2}})
+    assert not (tmp_path / "new").exists()

@@ -33,6 +33,7 @@ from tests.crafting import (
     replace_tensors,
     write_manifest,
 )
+from tests.manifest_edits import edited as structurally_edited
 
 pytestmark = pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisWarning")
 FUZZ = settings(
@@ -277,6 +278,16 @@ def random_tensor(seed: int, shape: tuple[int, ...], dtype: torch.dtype) -> torc
     if not dtype.is_floating_point:
         values = np.clip(np.round(values), -128, 127) if dtype != torch.bool else values > 0
     return torch.from_numpy(np.asarray(values)).to(dtype)
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzzed_manifest_structure(tiny, base, data):
+    """One edit anywhere in the manifest (a value of another type or range, a key removed or
+    added, a list element duplicated, dropped or swapped), its digest fixed."""
+    directory = fresh_copy(base)
+    write_manifest(directory, data.draw(structurally_edited(read_manifest(directory))))
+    check_load(tiny, directory, "manifest structure")
 
 
 @st.composite

@@ -358,3 +358,41 @@ def test_writers_only_write_what_they_are_given(tiny, copy):
     """`write_shard` refuses bad metadata as `add` does (it is what `encode_corpus` calls)."""
     with pytest.raises(ILReError, match="metadata"):
         write_shard(copy, tiny, ["a", "b"], [{}, None])
+
+
+# -- tamper evidence: a keyed digest, on request ----------------------------------------------
+
+
+def test_a_keyed_store_tells_its_writers_copy_from_an_edited_one(tiny, tmp_path):
+    key = b"a secret the writer keeps"
+    store = CorpusStore.create(tmp_path / "s", tiny, key=key)
+    store.add(DOCUMENTS[:2])
+    store.add(DOCUMENTS[2:3])
+    assert len(CorpusStore.open(store.directory, tiny, key=key)) == 3
+    assert len(CorpusStore.open(store.directory, tiny)) == 3  # readable without the key
+    with pytest.raises(EncodedContextError, match="authenticated"):
+        CorpusStore.open(store.directory, tiny).delete([0])  # but not changed
+    with pytest.raises(EncodedContextError, match="authentication"):
+        CorpusStore.open(store.directory, tiny, key=b"another key")
+    with pytest.raises(ILReError, match="key"):
+        CorpusStore.open(store.directory, tiny, key="a secret the writer keeps")
+
+    edited_copy = tmp_path / "edited"
+    shutil.copytree(store.directory, edited_copy)
+    manifest = read(edited_copy)
+    manifest["deleted"] = [1]
+    seal(edited_copy, manifest)  # the unkeyed digest fixed: only the keyed one tells
+    CorpusStore.open(edited_copy, tiny)
+    with pytest.raises(EncodedContextError, match="authentication"):
+        CorpusStore.open(edited_copy, tiny, key=key)
+
+    shard = store.directory / shard_names(store.directory)[1]
+    tensors = read_tensors(shard)
+    replace_tensors(shard, {**tensors, "keys": tensors["keys"] * 2})  # its checksums fixed
+    with pytest.raises(EncodedContextError, match="authentication"):
+        CorpusStore.open(store.directory, tiny, key=key)
+
+
+def test_an_unkeyed_store_opened_with_a_key_is_refused(tiny, copy):
+    with pytest.raises(EncodedContextError, match="not authenticated"):
+        CorpusStore.open(copy, tiny, key=b"k")
