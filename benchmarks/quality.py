@@ -3,7 +3,7 @@
     python benchmarks/quality.py                        # every method: long, see the README
     python benchmarks/quality.py --quick                # CI smoke: asserts ILRe's floor
     python benchmarks/quality.py --lengths 8000 --families niah_single,essay_qa --samples 5
-    python benchmarks/quality.py --families hard --samples 10   # the seven families of hard_tasks
+    python benchmarks/quality.py --families hard --samples 10   # the families of hard_tasks
 
 Every method gets the same context, query and budget (a share of the context in the reader
 LLM's tokens, cl100k_base, counted with the engine's `TokenCounter`), and its output must
@@ -11,7 +11,8 @@ fit the budget (asserted). The metric is *answer recall in the compressed text*:
 counts when every gold string of the task
 (`ilre_engine.calibration.families.ALL_FAMILIES`) appears in the output. ``--families``
 defaults to (and ``tasks`` names) the nine published families (`calibration.tasks`);
-``hard`` names the seven of `ilre_engine.calibration.hard_tasks`, ``all`` all sixteen.
+``hard`` and ``spread`` name those of `calibration.hard_tasks` and `spread_tasks`, ``all``
+every family.
 Samples of a cell put the first needle at evenly spread depths; seeds are fixed.
 
 Methods:
@@ -102,6 +103,7 @@ from results_folder import dated_path
 from ilre_engine import GAP_MARKER, Hybrid, ILRe, resolve_budget
 from ilre_engine.calibration.families import ALL_FAMILIES
 from ilre_engine.calibration.hard_tasks import HARD_FAMILIES
+from ilre_engine.calibration.spread_tasks import SPREAD_FAMILIES
 from ilre_engine.calibration.tasks import TASK_FAMILIES, RetrievalTask, haystack
 
 ABLATIONS: dict[str, dict] = {
@@ -311,10 +313,15 @@ def _same_settings(engine: ILRe, settings: dict) -> bool:
 
 
 def family_names(names: str) -> list[str]:
-    """Families named in a comma-separated list, where ``tasks`` stands for the nine
-    published families of `tasks`, ``hard`` for the seven of `hard_tasks` and ``all`` for
-    every family."""
-    groups = {"tasks": list(TASK_FAMILIES), "hard": list(HARD_FAMILIES), "all": list(ALL_FAMILIES)}
+    """Families named in a comma-separated list, where ``tasks``, ``hard`` and ``spread``
+    stand for the families of `tasks` (the nine published ones), `hard_tasks` and
+    `spread_tasks`, and ``all`` for every family."""
+    groups = {
+        "tasks": list(TASK_FAMILIES),
+        "hard": list(HARD_FAMILIES),
+        "spread": list(SPREAD_FAMILIES),
+        "all": list(ALL_FAMILIES),
+    }
     return [f for name in names.split(",") for f in groups.get(name, [name])]
 
 
@@ -411,8 +418,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--families",
         default=",".join(TASK_FAMILIES),
-        help="comma-separated; 'tasks' / 'hard': the nine / seven families of tasks.py / "
-        "hard_tasks.py; 'all': every family",
+        help="comma-separated; 'tasks' / 'hard' / 'spread': the families of tasks.py / "
+        "hard_tasks.py / spread_tasks.py; 'all': every family",
     )
     parser.add_argument("--methods", default="all")
     parser.add_argument("--ablation-layers", default="5,11", help="layers of ilre_l<N>")
