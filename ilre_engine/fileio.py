@@ -10,6 +10,8 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from .errors import DirectoryError
+
 try:  # POSIX
     import fcntl
 except ImportError:  # pragma: no cover - Windows
@@ -68,12 +70,16 @@ def exclusive_directory_lock(directory: Path) -> Iterator[None]:
     """Hold an exclusive lock on `directory` against other writers, in this process and in
     others: ``flock`` on the directory itself (nothing is created in it, so the lock never
     needs cleaning up). Where ``flock`` is missing (Windows) or the file system refuses it,
-    only the writers of this process are serialised. Blocks until the lock is free."""
+    only the writers of this process are serialised. Blocks until the lock is free.
+    `DirectoryError` when `directory` cannot be opened (it is gone, or not readable)."""
     with _process_lock(directory):
         if fcntl is None:  # pragma: no cover - Windows
             yield
             return
-        descriptor = os.open(directory, os.O_RDONLY)
+        try:
+            descriptor = os.open(directory, os.O_RDONLY)
+        except OSError as error:
+            raise DirectoryError(f"cannot lock {directory}: {error.strerror}") from error
         try:
             try:
                 fcntl.flock(descriptor, fcntl.LOCK_EX)

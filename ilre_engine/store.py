@@ -760,6 +760,8 @@ def write_shard(
     `TokenCounter` counts; recall counts again under any other name). Without them both
     are computed here, with `engine.tokenizer` and `engine.counter`. `sources`: each
     document's id and content digest, as `CorpusStore.index` records them."""
+    if not Path(directory).is_dir():
+        raise DirectoryError(f"{directory} is not a directory: create the store first")
     texts = as_documents(documents)
     payload = _metadata_payload(metadata, len(texts))
     if tokenized is None:

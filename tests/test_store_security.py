@@ -300,6 +300,16 @@ def test_an_engine_that_is_none_is_refused(copy):
         CorpusStore.open(copy, None)
 
 
+def test_a_store_whose_directory_is_gone_is_refused_in_one_line(tiny, copy):
+    store = CorpusStore.open(copy, tiny)
+    shutil.rmtree(copy)
+    for change in (lambda: store.delete([0]), lambda: store.add(["one more"])):
+        with pytest.raises(ILReError) as raised:
+            change()
+        assert "\n" not in str(raised.value)
+    assert not copy.exists()  # nothing recreated
+
+
 def test_a_symlinked_pending_shard_is_removed_not_followed(tiny, copy, base):
     target = outside_of(base) / shard_names(outside_of(base))[0]
     (copy / "pending-0123456789ab").symlink_to(target)
