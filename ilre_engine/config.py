@@ -41,7 +41,7 @@ class ILReConfig:
             budget gives way to its finer units; a word is never cut.
         recall_passes: how many times a recall scores the context. 1 scores it for the
             question alone. Each further pass asks again with the text the passes so far
-            attend to most put before the question (`ilre_engine.engine.SEED_TOKENS` budget
+            attend to most put before the question (`ilre_engine.scoring.SEED_TOKENS` budget
             tokens per earlier pass, cut to fit ``max_query_tokens``), so a statement that
             names what the question's answer names is found (a chain of assignments, a fact
             split over sentences); the selection ranks by the mean of every pass's scores.

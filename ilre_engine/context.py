@@ -110,6 +110,26 @@ class KeptKV:
 
 
 @dataclass
+class RecallCache:
+    """What recalls over one source of keys keep for later ones (`ilre_engine.scoring`).
+
+    All of it follows from the text and the keys, so it is never saved, and a source whose
+    keys change starts a new one.
+
+    Attributes:
+        units: the selection's unit ids and layouts by granularity (`ilre_engine.selection`).
+        embeddings: a `Hybrid`'s passage embeddings by passage size (`ilre_engine.hybrid`).
+        priors: the prior question's head scores by query template and prior question.
+        input_tokens: the whole text counted in each budget tokenizer, by its name.
+    """
+
+    units: dict[str, np.ndarray] = field(default_factory=dict)
+    embeddings: dict[str, np.ndarray] = field(default_factory=dict)
+    priors: dict[str, torch.Tensor] = field(default_factory=dict)
+    input_tokens: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
 class EncodedContext:
     """A context read up to the retrieval layer; reusable for any number of queries.
 
@@ -132,14 +152,7 @@ class EncodedContext:
     kept: dict[int, KeptKV]
     identity: EncodingIdentity
     query_position: int | None = None
-    input_token_counts: dict[str, int] = field(default_factory=dict, repr=False)
-    prior_scores: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
-    unit_cache: dict[str, np.ndarray] = field(
-        default_factory=dict, repr=False, init=False, compare=False
-    )
-    unit_embeddings: dict[str, np.ndarray] = field(
-        default_factory=dict, repr=False, init=False, compare=False
-    )
+    cache: RecallCache = field(default_factory=RecallCache, repr=False, init=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.query_position is None:

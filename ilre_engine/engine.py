@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -33,7 +33,7 @@ from .errors import (
 from .fp8 import quantize_trunk, require_fp8
 from .hybrid import Hybrid
 from .identity import EncodingIdentity
-from .inputs import as_documents, check_query
+from .inputs import as_documents
 from .loading import (
     ModelSource,
     ProfileChoice,
@@ -44,23 +44,16 @@ from .loading import (
 )
 from .memory import MemoryEstimate, available_bytes, check_memory, estimate_encode_bytes
 from .profiles import Profile
-from .recall import head_scores, pool_scores, remove_prior
 from .results import RecallResult
+from .scoring import ContextKeys, RecallPipeline
 from .segments import Segment, plan_segments, query_position
-from .selection import select_within_budget, whole_documents
 from .streaming import StreamObserver, StreamState
-from .tokenization import cut_to_tokens, tokenize_documents, tokenizer_identity
+from .tokenization import tokenize_documents, tokenizer_identity
 
 CPU_BATCH_DOCUMENTS = 16
 GPU_BATCH_DOCUMENTS = 64
 """Documents read side by side when `ILReConfig.batch_documents` is None
 (`ILRe.batch_documents`)."""
-
-SEED_TOKENS = 16
-"""Budget tokens of seed text per earlier pass in a further recall pass
-(`ILReConfig.recall_passes`): about one sentence. Measured on variable tracking, a seed of
-one sentence found the next link of the chain better than two or four sentences, whose
-extra text draws attention of its own."""
 
 
 def _default_device() -> torch.device:
@@ -292,7 +285,7 @@ class ILRe:
             end_aligned: place a context that fits the window so that it ends where the
                 query begins past the window, as every segment of a longer one does: the
                 documents of a `CorpusStore` are read this way, so that one query pass
-                (`standalone_query_states`) serves them all.
+                (read on its own, `scoring.QueryStream`) serves them all.
         """
         cfg = self.config
         self._check_capacity(len(tokens))
@@ -607,7 +600,24 @@ class ILRe:
 
     # -- recall ---------------------------------------------------------------------------
 
-    @torch.inference_mode()
+    @property
+    def pipeline(self) -> RecallPipeline:
+        """The recall pipeline (`ilre_engine.scoring`) with this engine's model and its
+        current settings: what `recall` runs over one context and a `CorpusStore` over its
+        documents."""
+        return RecallPipeline(
+            self.model, self.layer, self.tokenizer, self.config, self.counter, self.hybrid
+        )
+
+    def _keys(self, encoded: EncodedContext) -> ContextKeys:
+        self._check_compatible(encoded)
+        return ContextKeys(encoded, self.config.score_block)
+
+    def query_ids(self, query: str) -> tuple[list[int], int]:
+        """The model tokens of `query` phrased by `ILReConfig.query_template`, and how many of
+        them are the template's lead-in (`RecallPipeline.query_ids`)."""
+        return self.pipeline.query_ids(query)
+
     def query_states(
         self,
         encoded: EncodedContext,
@@ -621,205 +631,21 @@ class ILRe:
         Args:
             observer: receives the query states of the early layers it names.
         """
-        state = StreamState(
-            self.layer,
-            encoded.sink,
-            encoded.window,
-            kept=encoded.kept,
-            update=False,
-            observer=observer,
-        )
-        return self._query_pass(state, encoded.query_position, query_ids)
+        stream = ContextKeys(encoded, self.config.score_block).query_stream()
+        return self.pipeline.query_states(stream, query_ids, observer=observer)
 
-    @torch.inference_mode()
-    def standalone_query_states(
-        self, query_ids: Sequence[int], position: int
-    ) -> tuple[torch.Tensor, float]:
-        """`query_states` for query tokens read on their own (no context before them) at
-        positions from `position`: the one query pass of a `CorpusStore`."""
-        cfg = self.config
-        state = StreamState(self.layer, cfg.sink, cfg.window, update=False)
-        return self._query_pass(state, position, query_ids)
-
-    def _query_pass(
-        self, state: StreamState, start: int, query_ids: Sequence[int]
-    ) -> tuple[torch.Tensor, float]:
-        limit = self.max_positions
-        if limit is not None and start + len(query_ids) > limit:
-            raise ContextTooLongError(
-                f"the query ({len(query_ids):,} model tokens) at position {start:,} reaches "
-                f"past the model's window of {limit:,} positions "
-                "(ILReConfig(max_query_tokens=...) sets the room kept for it)"
-            )
-        state.start, state.length = start, len(query_ids)
-        ids = torch.as_tensor(query_ids, dtype=torch.long, device=self.device)
-        streaming.run_chunk(self.model, ids[None], state)
-        return state.queries, state.scaling
-
-    def query_ids(self, query: str) -> tuple[list[int], int]:
-        """The model tokens of `query` phrased by `query_template`, and how many of them are
-        the template's lead-in: the tokens that lie wholly before the query's first character
-        (a token that merges the lead-in's last space into the query's first word is the
-        query's)."""
-        check_query(query)
-        if self.tokenizer is None:
-            raise ILReError(
-                "this engine has no tokenizer: give one, or pass query token ids to "
-                "scores_for_ids with ILReConfig(prior_query=None)"
-            )
-        ids, lead_in = self._template_ids(query)
-        if len(ids) > self.config.max_query_tokens:
-            raise ContextTooLongError(
-                f"the query is {len(ids):,} model tokens with its template, over the limit of "
-                f"{self.config.max_query_tokens:,} (ILReConfig(max_query_tokens=...))"
-            )
-        return ids, lead_in
-
-    def _template_ids(self, query: str) -> tuple[list[int], int]:
-        """`query_ids` unchecked."""
-        prefix = self.config.query_template.split("{query}", 1)[0]
-        text = self.config.query_template.format(query=query)
-        encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        ids = encoded["input_ids"]
-        lead_in = sum(1 for _, end in encoded["offset_mapping"] if end <= len(prefix))
-        return ids, min(lead_in, len(ids) - 1)
-
-    def token_scores(self, encoded: EncodedContext, query: str) -> np.ndarray:
-        """``(L,)`` recall score of every context token for `query`: the scores `recall`
-        selects by, over `ILReConfig.recall_passes` passes."""
-        return self._recall_scores(encoded, query, *self.query_ids(query))
-
-    def _recall_scores(
-        self, encoded: EncodedContext, query: str, query_ids: Sequence[int], lead_in: int
-    ) -> np.ndarray:
-        """`multi_pass_scores` of `encoded`, each pass scored by `scores_for_ids`, mixed with
-        the sentence-embedding prior when the engine has a `hybrid`."""
-        scores = self.multi_pass_scores(
-            encoded.tokens,
-            query,
-            (query_ids, lead_in),
-            functools.partial(self.scores_for_ids, encoded),
-            query_position=encoded.query_position,
-            unit_cache=encoded.unit_cache,
-        )
-        return self.with_hybrid_prior(
-            encoded.tokens, query, scores, encoded.unit_cache, encoded.unit_embeddings
-        )
-
-    def with_hybrid_prior(
-        self,
-        tokens: TokenizedContext,
-        query: str,
-        scores: np.ndarray,
-        unit_cache: dict[str, np.ndarray],
-        embeddings: dict[str, np.ndarray],
-    ) -> np.ndarray:
-        """`scores` over `tokens` mixed with the sentence-embedding prior for `query` when the
-        engine has a `hybrid`, else as they are: one context's, or a `CorpusStore`'s.
-        `unit_cache` and `embeddings` keep the units and the passages' embeddings of
-        `tokens` for later queries (`Hybrid.token_prior`)."""
-        if self.hybrid is None:
-            return scores
-        prior = self.hybrid.token_prior(tokens, query, unit_cache, embeddings)
-        return self.hybrid.combine(scores, prior)
-
-    def multi_pass_scores(
-        self,
-        tokens: TokenizedContext,
-        query: str,
-        first: tuple[Sequence[int], int],
-        scores_for_ids: Callable[[Sequence[int], int], torch.Tensor],
-        *,
-        query_position: int,
-        unit_cache: dict[str, np.ndarray] | None = None,
-    ) -> np.ndarray:
-        """The mean of `ILReConfig.recall_passes` passes' scores over `tokens`: the first for
-        `query` (`first`: its `query_ids`), each further one for the best text of the passes
-        so far (`SEED_TOKENS` budget tokens per pass) on a line before the question. A chain
-        link or the other half of a split fact shares no word with the question but does
-        with what the question finds. `scores_for_ids(ids, lead_in)` scores one pass (one
-        context, or a corpus store); `query_position` is where the query starts."""
-        passes = [scores_for_ids(*first)]
-        for done in range(1, self.config.recall_passes):
-            scores = torch.stack(passes).mean(0).cpu().numpy()
-            _, seed = select_within_budget(
-                tokens,
-                scores,
-                done * SEED_TOKENS,
-                self.counter.count,
-                self.config.granularity,
-                unit_cache,
-            )
-            follow_up = self.follow_up_ids(seed, query, query_position)
-            if follow_up is None:  # the question leaves no room for a seed
-                break
-            passes.append(scores_for_ids(*follow_up))
-        return torch.stack(passes).mean(0).cpu().numpy()
-
-    def follow_up_ids(
-        self, seed: str, query: str, query_position: int
-    ) -> tuple[list[int], int] | None:
-        """`query_ids` of `seed` on a line before `query`, the seed's end cut so that the
-        whole query fits `max_query_tokens` and, from `query_position`, the model's window;
-        None when no part of the seed fits."""
-        limit = self.config.max_query_tokens
-        if self.max_positions is not None:
-            limit = min(limit, self.max_positions - query_position)
-        while seed:
-            ids, lead_in = self._template_ids(f"{seed}\n{query}")
-            excess = len(ids) - limit
-            if excess <= 0:
-                return ids, lead_in
-            # Tokens may merge across the line break, so cut and count again.
-            kept = len(self.tokenizer(seed, add_special_tokens=False)["input_ids"]) - excess
-            seed = cut_to_tokens(self.tokenizer, seed, kept)
-        return None
-
-    @torch.inference_mode()
-    def head_scores_for_ids(
-        self, encoded: EncodedContext, query_ids: Sequence[int], lead_in: int = 0
-    ) -> torch.Tensor:
-        """``(query_heads, L)`` attention of each head to each context token, averaged over
-        the query tokens after the first `lead_in`: the template's lead-in ("Question:") is
-        read but does not vote, since it attends to document starts whatever is asked."""
-        queries, scaling = self.query_states(encoded, query_ids)
-        doc_ids = torch.from_numpy(encoded.tokens.doc_ids).to(self.device)
-        return head_scores(
-            queries[:, min(lead_in, len(query_ids) - 1) :],
-            encoded.keys,
-            scaling,
-            doc_ids,
-            self.config.score_block,
-        )
-
-    @torch.inference_mode()
     def scores_for_ids(
         self, encoded: EncodedContext, query_ids: Sequence[int], lead_in: int = 0
     ) -> torch.Tensor:
-        """`token_scores` for query token ids, on the device: head scores, over the prior
+        """One pass's scores for query token ids, on the device: head scores, over the prior
         when `ILReConfig.prior_query` is set, pooled, normalised to sum 1 over the context
-        (so scores lie in [0, 1] and compare within one recall)."""
-        cfg = self.config
-        heads = self.head_scores_for_ids(encoded, query_ids, lead_in)
-        if cfg.prior_query is not None:
-            heads = remove_prior(heads, self._prior(encoded))
-        doc_ids = torch.from_numpy(encoded.tokens.doc_ids).to(self.device)
-        pooled = pool_scores(
-            heads,
-            cfg.kernel_sizes,
-            segments=doc_ids,
-            allocation=cfg.kernel_allocation,
-            head_weights=cfg.head_weights,
-        )
-        return pooled / pooled.sum().clamp_min(1e-30)
+        (`RecallPipeline.pass_scores`)."""
+        return self.pipeline.pass_scores(self._keys(encoded), query_ids, lead_in)
 
-    def _prior(self, encoded: EncodedContext) -> torch.Tensor:
-        """The head scores of `prior_query`, computed once per context and template."""
-        key = f"{self.config.query_template}|{self.config.prior_query}"
-        if key not in encoded.prior_scores:
-            ids, lead_in = self.query_ids(self.config.prior_query)
-            encoded.prior_scores[key] = self.head_scores_for_ids(encoded, ids, lead_in)
-        return encoded.prior_scores[key]
+    def token_scores(self, encoded: EncodedContext, query: str) -> np.ndarray:
+        """``(L,)`` recall score of every context token for `query`: the scores `recall`
+        selects by, over `ILReConfig.recall_passes` passes (`RecallPipeline.token_scores`)."""
+        return self.pipeline.token_scores(self._keys(encoded), query)
 
     def recall(
         self,
@@ -834,25 +660,9 @@ class ILRe:
         Give exactly one of `budget_tokens` (reader-LLM tokens, counted with the engine's
         budget tokenizer) or `ratio` (a fraction of the context's tokens, in (0, 1]).
         """
-        self._check_compatible(encoded)
-        # Tokenised once, before anything else: refuses an empty, invalid or too long query
-        # even when the budget covers the whole context.
-        query_ids, lead_in = self.query_ids(query)
-        input_tokens = self.input_tokens(encoded)
-        budget = resolve_budget(input_tokens, budget_tokens, ratio)
-        if input_tokens <= budget:
-            spans, text = whole_documents(encoded.documents)
-            return RecallResult(text, spans, input_tokens, input_tokens, budget, True)
-        scores = self._recall_scores(encoded, query, query_ids, lead_in)
-        spans, text = select_within_budget(
-            encoded.tokens,
-            scores,
-            budget,
-            self.counter.count,
-            self.config.granularity,
-            encoded.unit_cache,
+        return self.pipeline.recall(
+            self._keys(encoded), query, budget_tokens=budget_tokens, ratio=ratio
         )
-        return RecallResult(text, tuple(spans), input_tokens, self.counter.count(text), budget)
 
     def compress(
         self,
@@ -871,7 +681,4 @@ class ILRe:
     def input_tokens(self, encoded: EncodedContext) -> int:
         """The whole context in budget tokens, documents joined as `RecallResult.text` joins
         spans."""
-        counts = encoded.input_token_counts
-        if self.counter.name not in counts:
-            counts[self.counter.name] = self.counter.count(whole_documents(encoded.documents)[1])
-        return counts[self.counter.name]
+        return ContextKeys(encoded, self.config.score_block).input_tokens(self.counter)

@@ -80,8 +80,8 @@ class Hybrid:
         each passage's cosine similarity to the query (see `chunk_tokens`), shared evenly by
         its tokens (0 outside the documents).
 
-        `units`: a context's cache of `unit_ids` by granularity (`EncodedContext.unit_cache`);
-        `embeddings`: its cache of passage embeddings (`EncodedContext.unit_embeddings`), so
+        `units`: a context's cache of `unit_ids` by granularity (`RecallCache.units`);
+        `embeddings`: its cache of passage embeddings (`RecallCache.embeddings`), so
         a context's passages are embedded once for any number of queries.
         """
         if "sentence" not in units:

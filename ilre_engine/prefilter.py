@@ -193,7 +193,7 @@ def candidate_attention(
     candidates: Sequence[np.ndarray],
     tail_sample: int,
 ) -> list[torch.Tensor]:
-    """What `store._store_attention` returns, with each key head's probabilities computed only
+    """What `recall.sharded_attention` returns, with each key head's probabilities computed only
     for its `candidates` (`KeyIndex.candidates`: positions in all shards' keys taken as one
     sequence) and every sink (in the softmax, ``masks[i][0]``, but not scoring,
     ``masks[i][1]``); every other token scores 0.

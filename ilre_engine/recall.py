@@ -162,3 +162,45 @@ def pool_scores(
     weights = torch.tensor(head_weights, dtype=pooled.dtype, device=pooled.device)
     weights = weights.repeat(len(pooled) // count)
     return (weights[:, None] * pooled).sum(0) / weights.sum()
+
+
+def sharded_attention(
+    queries: torch.Tensor,
+    shard_keys: Sequence[torch.Tensor],
+    masks: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    scaling: float,
+    block: int,
+) -> list[torch.Tensor]:
+    """`attention_scores` over the keys of many shards as one context: per shard,
+    ``(query_heads, L_shard)`` float32 attention averaged over query tokens, with the keys
+    outside `masks[i][0]` left out of the softmax and the tokens outside `masks[i][1]` zeroed.
+    Keys go to the queries' device one block at a time (a corpus store's shards are
+    memory-mapped on the host)."""
+    query_heads, query_len, head_dim = queries.shape
+    kv_heads = shard_keys[0].shape[0]
+    grouped = queries.reshape(kv_heads, query_heads // kv_heads * query_len, head_dim)
+    blocks = [
+        (index, start)
+        for index, keys in enumerate(shard_keys)
+        for start in range(0, keys.shape[1], block)
+    ]
+
+    # Most shards hold no deleted document: their blocks need no mask.
+    hiding = [not bool(in_softmax.all()) for in_softmax, _ in masks]
+
+    def logit_blocks() -> Iterator[torch.Tensor]:
+        for index, start in blocks:
+            part = shard_keys[index][:, start : start + block].to(grouped.device, grouped.dtype)
+            logits = grouped_logits(grouped, part, scaling)
+            if hiding[index]:
+                visible = masks[index][0][start : start + block]
+                logits.masked_fill_(~visible[:, None], -torch.inf)
+            yield logits
+
+    scores = [torch.zeros(query_heads, keys.shape[1], device=grouped.device) for keys in shard_keys]
+    for (index, start), probabilities in zip(blocks, blockwise_softmax(logit_blocks), strict=True):
+        width = probabilities.shape[1]
+        scores[index][:, start : start + width] = mean_over_queries(probabilities, query_len)
+    for index, (_, scoring) in enumerate(masks):
+        scores[index][:, ~scoring] = 0.0
+    return scores

@@ -4,7 +4,7 @@ Every document is its own stream (`ILRe.encode_tokens(..., end_aligned=True)`): 
 the position where the query begins, or is read in window-bounded segments that all end
 there (`ilre_engine.segments`). So documents encode independently, a corpus has no length
 limit, and one query pass serves every document: the query is read on its own after the
-sink token (`ILRe.standalone_query_states`), and every key of every document lies at a
+sink token (`_StoreKeys.query_stream`), and every key of every document lies at a
 distance from it that the model was trained on, as if the question followed that document.
 
 On disk::
@@ -22,10 +22,11 @@ lock. Shards are memory-mapped: recall reads the keys block by block, so a store
 memory works (its tokens, texts and per-token scores are held in memory during a recall). On
 a GPU, the keys of each shard move to the device when first read, while they fit.
 
-Recall is exact: the softmax of each query head runs over every key of every live document
-(two passes over blocks, as `recall.attention_scores` does), then the prior, pooling within
-documents, further recall passes (`ILReConfig.recall_passes`, each over the whole store) and
-budgeted selection of whole units, as `ILRe.recall` does for one context. Opt-in, a
+Recall is the engine's own pipeline (`ilre_engine.scoring`), the store a source of keys for
+it like one encoded context: exact, the softmax of each query head runs over every key of
+every live document (`recall.sharded_attention`), then the prior, pooling within documents,
+further recall passes (`ILReConfig.recall_passes`, each over the whole store) and budgeted
+selection of whole units. Opt-in, a
 `Prefilter` narrows each pass's softmax to the candidates of an index of the keys
 (`ilre_engine.prefilter`, FAISS), for stores where reading every key is too slow. An
 engine with a `Hybrid` mixes in its sentence-embedding prior, as for one context: the
@@ -38,15 +39,14 @@ commits, pending shards) besides recall over many shards; the shards themselves 
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import re
 import shutil
 import stat
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -54,8 +54,8 @@ import numpy as np
 import torch
 
 from . import fileio, persistence, store_index
-from .budget import resolve_budget
-from .context import TokenizedContext
+from .budget import TokenCounter
+from .context import RecallCache, TokenizedContext
 from .engine import ILRe
 from .errors import (
     ConfigError,
@@ -67,15 +67,9 @@ from .errors import (
 )
 from .inputs import as_documents
 from .prefilter import KeyIndex, Prefilter, candidate_attention
-from .recall import (
-    blockwise_softmax,
-    grouped_logits,
-    mean_over_queries,
-    pool_scores,
-    remove_prior,
-)
+from .recall import sharded_attention
 from .results import RecallResult
-from .selection import select_within_budget, whole_documents
+from .scoring import QueryStream
 from .store_index import SOURCES, IndexReport, content_sha256
 from .store_manifest import (
     FORMAT,
@@ -146,10 +140,7 @@ class CorpusStore:
         self._manifest = manifest
         self._loaded: dict[str, _Loaded] = {}
         self._sources: dict[str, list[tuple[str, str] | None]] = {}
-        self._prior: tuple[tuple, torch.Tensor] | None = None
-        self._masks: tuple[tuple, _Masks] | None = None
-        self._index: tuple[tuple, KeyIndex] | None = None
-        self._combined: tuple[tuple, TokenizedContext, np.ndarray, dict, dict] | None = None
+        self._cache: _StateCache | None = None
 
     # -- opening ------------------------------------------------------------------------------
 
@@ -444,24 +435,11 @@ class CorpusStore:
         the candidates come back). On this project's CPU, over 1M tokens of real text, k=256
         and nprobe=16 kept 96% of the exact recall's text and every needle, in a third of
         the time (benchmarks/README.md, "Approximate prefilter (FAISS)")."""
-        engine = self.engine
-        query_ids, lead_in = engine.query_ids(query)
-        shards = [self._load(shard) for shard in self._shards]
-        if not len(self):
-            raise EmptyInputError(f"the store at {self.directory} holds no documents")
-        context, live, units, embeddings = self._context(shards)
-        input_tokens = self._input_tokens(shards, live)
-        budget = resolve_budget(input_tokens, budget_tokens, ratio)
-        if input_tokens <= budget:
-            spans, text = whole_documents(context.documents)  # deleted ones are empty here
-            return RecallResult(text, spans, input_tokens, input_tokens, budget, True)
-        scores = self._pass_scores(
-            shards, context, units, embeddings, query, query_ids, lead_in, prefilter
+        pipeline = self.engine.pipeline
+        pipeline.query_ids(query)  # a bad query is refused before any shard is read
+        return pipeline.recall(
+            self._keys(prefilter), query, budget_tokens=budget_tokens, ratio=ratio
         )
-        spans, text = select_within_budget(
-            context, scores, budget, engine.counter.count, engine.config.granularity, units
-        )
-        return RecallResult(text, tuple(spans), input_tokens, engine.counter.count(text), budget)
 
     def token_scores(
         self, query: str, *, prefilter: Prefilter | None = None
@@ -469,72 +447,24 @@ class CorpusStore:
         """Per live document (by store id), the recall score of each of its model tokens for
         `query` (the mean of the passes' pooled scores, each normalised to sum 1 over the
         store); `prefilter` as for `recall`."""
-        query_ids, lead_in = self.engine.query_ids(query)
+        pipeline = self.engine.pipeline
+        first = pipeline.query_ids(query)
+        keys = self._keys(prefilter)
+        scores = pipeline.token_scores(keys, query, first)
+        doc_ids = keys.tokens.doc_ids
+        return {int(i): scores[doc_ids == i] for i in np.flatnonzero(keys.cache_state.live)}
+
+    def _keys(self, prefilter: Prefilter | None) -> _StoreKeys:
+        """The live documents as one source of keys for the recall pipeline."""
         shards = [self._load(shard) for shard in self._shards]
         if not len(self):
             raise EmptyInputError(f"the store at {self.directory} holds no documents")
-        context, live, units, embeddings = self._context(shards)
-        scores = self._pass_scores(
-            shards, context, units, embeddings, query, query_ids, lead_in, prefilter
-        )
-        return {int(i): scores[context.doc_ids == i] for i in np.flatnonzero(live)}
-
-    def _pass_scores(
-        self,
-        shards: Sequence[_Loaded],
-        context: TokenizedContext,
-        units: dict[str, np.ndarray],
-        embeddings: dict[str, np.ndarray],
-        query: str,
-        query_ids: Sequence[int],
-        lead_in: int,
-        prefilter: Prefilter | None,
-    ) -> np.ndarray:
-        """``(L,)`` scores over `ILReConfig.recall_passes` passes, as for one context
-        (`ILRe.multi_pass_scores`), each pass over every shard; mixed with the engine's
-        `Hybrid` prior when it has one (`units` and `embeddings`: the context's caches,
-        `_context`)."""
-        scores = self.engine.multi_pass_scores(
-            context,
-            query,
-            (query_ids, lead_in),
-            functools.partial(self._scores, shards, context, prefilter=prefilter),
-            query_position=self._manifest["query_position"],
-            unit_cache=units,
-        )
-        return self.engine.with_hybrid_prior(context, query, scores, units, embeddings)
-
-    def _scores(
-        self,
-        shards: Sequence[_Loaded],
-        context: TokenizedContext,
-        query_ids: Sequence[int],
-        lead_in: int,
-        prefilter: Prefilter | None = None,
-    ) -> torch.Tensor:
-        """``(L,)`` pooled token scores over all shards, as `ILRe.scores_for_ids` computes them
-        for one context; tokens of deleted documents are not part of the context at all. The
-        prior's scores are exact whether or not this pass is prefiltered."""
-        cfg = self.engine.config
-        masks = self._token_masks(shards, context)
-        heads = torch.cat(
-            self._head_scores(shards, masks.shards, query_ids, lead_in, prefilter), dim=1
-        )
-        if cfg.prior_query is not None:
-            prior = self._prior_scores(shards, masks.shards)
-            if masks.present is None:
-                heads = remove_prior(heads, prior)
-            else:
-                present = masks.present
-                heads[:, present] = remove_prior(heads[:, present], prior[:, present])
-        pooled = pool_scores(
-            heads,
-            cfg.kernel_sizes,
-            segments=masks.doc_ids,
-            allocation=cfg.kernel_allocation,
-            head_weights=cfg.head_weights,
-        )
-        return pooled / pooled.sum().clamp_min(1e-30)
+        if self._cache is None or self._cache.state != self._state:
+            self._cache = None  # free the old caches (a prefilter's index) before the next
+            context, live = self._combine(shards)
+            masks = self._token_masks(shards, context)
+            self._cache = _StateCache(self._state, context, live, masks)
+        return _StoreKeys(self, shards, self._cache, prefilter)
 
     def _load(self, shard: _Shard) -> _Loaded:
         if shard.name not in self._loaded:
@@ -568,19 +498,9 @@ class CorpusStore:
             return keys
         return keys.to(device)
 
-    def _context(
-        self, shards: Sequence[_Loaded]
-    ) -> tuple[TokenizedContext, np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
-        """All shards' tokens as one context whose documents are indexed by store id (deleted
-        documents' tokens belong to none), which store ids are live, the selection's cache of
-        its units and a `Hybrid`'s cache of its passages' embeddings; kept until the store
-        changes."""
-        key = self._state
-        if self._combined is None or self._combined[0] != key:
-            self._combined = (key, *self._combine(shards), {}, {})
-        return self._combined[1:]
-
     def _combine(self, shards: Sequence[_Loaded]) -> tuple[TokenizedContext, np.ndarray]:
+        """All shards' tokens as one context whose documents are indexed by store id (deleted
+        documents' tokens belong to none), and which store ids are live."""
         documents: list[str] = [""] * self._manifest["next_document"]
         live = np.zeros(len(documents), dtype=bool)
         doc_ids = []
@@ -616,56 +536,12 @@ class CorpusStore:
             total += sum(c for c, i in zip(counts, loaded.document_ids, strict=True) if live[i])
         return total
 
-    def _head_scores(
-        self,
-        shards: Sequence[_Loaded],
-        masks: Sequence[tuple[torch.Tensor, torch.Tensor]],
-        query_ids: Sequence[int],
-        lead_in: int,
-        prefilter: Prefilter | None = None,
-    ) -> list[torch.Tensor]:
-        """Per shard, ``(query_heads, L_shard)`` attention of each head to each token over the
-        whole store (one softmax over every live key, or over `prefilter`'s candidates), the
-        tokens of no live document zeroed."""
-        engine = self.engine
-        sink = sink_token_id(engine.tokenizer)
-        ids = ([sink] if sink is not None else []) + list(query_ids)
-        lead_in += 1 if sink is not None else 0
-        position = self._manifest["query_position"] - (1 if sink is not None else 0)
-        queries, scaling = engine.standalone_query_states(ids, position)
-        queries = queries[:, min(lead_in, len(ids) - 1) :]
-        keys = [s.keys for s in shards]
-        if prefilter is not None:
-            index = self._key_index(keys, masks, prefilter)
-            found = index.candidates(queries, prefilter)
-            return candidate_attention(queries, keys, masks, scaling, found, prefilter.tail_sample)
-        return _store_attention(queries, keys, masks, scaling, engine.config.score_block)
-
-    def _key_index(
-        self,
-        keys: Sequence[torch.Tensor],
-        masks: Sequence[tuple[torch.Tensor, torch.Tensor]],
-        prefilter: Prefilter,
-    ) -> KeyIndex:
-        """The index of the keys that can score (no sink, no deleted document's), built for
-        `prefilter`'s lists and storage and kept until the store changes."""
-        key = (self._state, prefilter.lists, prefilter.float16)
-        if self._index is None or self._index[0] != key:
-            self._index = None  # free the old index before building the next
-            self._index = (key, KeyIndex(keys, [scoring for _, scoring in masks], prefilter))
-        return self._index[1]
-
     def _token_masks(self, shards: Sequence[_Loaded], context: TokenizedContext) -> _Masks:
-        """Which tokens take part in recall, per shard and in all, on the engine's device;
-        kept until the store changes (every pass of every recall reads them)."""
-        key = self._state
-        if self._masks is None or self._masks[0] != key:
-            per_shard = [self._live_tokens(loaded) for loaded in shards]
-            present = torch.cat([in_softmax for in_softmax, _ in per_shard])
-            doc_ids = torch.from_numpy(context.doc_ids).to(self.engine.device)
-            masks = _Masks(per_shard, None if bool(present.all()) else present, doc_ids)
-            self._masks = (key, masks)
-        return self._masks[1]
+        """Which tokens take part in recall, per shard and in all, on the engine's device."""
+        per_shard = [self._live_tokens(loaded) for loaded in shards]
+        present = torch.cat([in_softmax for in_softmax, _ in per_shard])
+        doc_ids = torch.from_numpy(context.doc_ids).to(self.engine.device)
+        return _Masks(per_shard, None if bool(present.all()) else present, doc_ids)
 
     def _live_tokens(self, loaded: _Loaded) -> tuple[torch.Tensor, torch.Tensor]:
         """(tokens in the softmax, tokens that can score): a live document's sink takes part
@@ -684,57 +560,80 @@ class CorpusStore:
             torch.from_numpy((local >= 0) & ~deleted).to(device),
         )
 
-    def _prior_scores(
-        self, shards: Sequence[_Loaded], masks: Sequence[tuple[torch.Tensor, torch.Tensor]]
-    ) -> torch.Tensor:
-        """``(query_heads, L)``: the prior question's head scores over the store, cached until
-        the store changes."""
-        key = self._state
-        if self._prior is None or self._prior[0] != key:
-            ids, lead_in = self.engine.query_ids(self.engine.config.prior_query)
-            self._prior = (key, torch.cat(self._head_scores(shards, masks, ids, lead_in), dim=1))
-        return self._prior[1]
+
+@dataclass
+class _StateCache:
+    """What recalls keep while the store's shards and deleted documents stay as they are
+    (`state`): all shards' tokens as one context, the live store ids, the token masks, the
+    recall pipeline's cache, and a prefilter's index by its lists and storage."""
+
+    state: tuple
+    context: TokenizedContext
+    live: np.ndarray
+    masks: _Masks
+    recall: RecallCache = field(default_factory=RecallCache)
+    index: tuple[tuple, KeyIndex] | None = None
 
 
-def _store_attention(
-    queries: torch.Tensor,
-    shard_keys: Sequence[torch.Tensor],
-    masks: Sequence[tuple[torch.Tensor, torch.Tensor]],
-    scaling: float,
-    block: int,
-) -> list[torch.Tensor]:
-    """`recall.attention_scores` over the keys of many shards as one context: per shard,
-    ``(query_heads, L_shard)`` float32 attention averaged over query tokens, with the keys
-    outside `masks[i][0]` left out of the softmax and the tokens outside `masks[i][1]` zeroed.
-    Keys go to the queries' device one block at a time."""
-    query_heads, query_len, head_dim = queries.shape
-    kv_heads = shard_keys[0].shape[0]
-    grouped = queries.reshape(kv_heads, query_heads // kv_heads * query_len, head_dim)
-    blocks = [
-        (index, start)
-        for index, keys in enumerate(shard_keys)
-        for start in range(0, keys.shape[1], block)
-    ]
+@dataclass(frozen=True)
+class _StoreKeys:
+    """A store's live documents as one `scoring.KeySource`: a question is read on its own
+    after the sink token, at the position every document ends at, and attends to the keys
+    of every shard in one softmax (or to a `Prefilter`'s candidates)."""
 
-    # Most shards hold no deleted document: their blocks need no mask.
-    hiding = [not bool(in_softmax.all()) for in_softmax, _ in masks]
+    store: CorpusStore
+    shards: list[_Loaded]
+    cache_state: _StateCache
+    prefilter: Prefilter | None
 
-    def logit_blocks() -> Iterator[torch.Tensor]:
-        for index, start in blocks:
-            part = shard_keys[index][:, start : start + block].to(grouped.device, grouped.dtype)
-            logits = grouped_logits(grouped, part, scaling)
-            if hiding[index]:
-                visible = masks[index][0][start : start + block]
-                logits.masked_fill_(~visible[:, None], -torch.inf)
-            yield logits
+    @property
+    def tokens(self) -> TokenizedContext:
+        return self.cache_state.context
 
-    scores = [torch.zeros(query_heads, keys.shape[1], device=grouped.device) for keys in shard_keys]
-    for (index, start), probabilities in zip(blocks, blockwise_softmax(logit_blocks), strict=True):
-        width = probabilities.shape[1]
-        scores[index][:, start : start + width] = mean_over_queries(probabilities, query_len)
-    for index, (_, scoring) in enumerate(masks):
-        scores[index][:, ~scoring] = 0.0
-    return scores
+    @property
+    def cache(self) -> RecallCache:
+        return self.cache_state.recall
+
+    def query_stream(self) -> QueryStream:
+        engine = self.store.engine
+        sink = sink_token_id(engine.tokenizer)
+        return QueryStream(
+            self.store._manifest["query_position"],
+            engine.config.sink,
+            engine.config.window,
+            prefix=() if sink is None else (sink,),
+        )
+
+    def segments(self) -> torch.Tensor:
+        return self.cache_state.masks.doc_ids
+
+    def in_softmax(self) -> torch.Tensor | None:
+        return self.cache_state.masks.present
+
+    def attention(self, queries: torch.Tensor, scaling: float, *, exact: bool) -> torch.Tensor:
+        keys = [s.keys for s in self.shards]
+        masks = self.cache_state.masks.shards
+        if self.prefilter is None or exact:
+            block = self.store.engine.config.score_block
+            return torch.cat(sharded_attention(queries, keys, masks, scaling, block), dim=1)
+        found = self._key_index(keys, masks).candidates(queries, self.prefilter)
+        tail = self.prefilter.tail_sample
+        return torch.cat(candidate_attention(queries, keys, masks, scaling, found, tail), dim=1)
+
+    def input_tokens(self, counter: TokenCounter) -> int:
+        return self.store._input_tokens(self.shards, self.cache_state.live)
+
+    def _key_index(
+        self, keys: Sequence[torch.Tensor], masks: Sequence[tuple[torch.Tensor, torch.Tensor]]
+    ) -> KeyIndex:
+        """The index of the keys that can score (no sink, no deleted document's), built for
+        the prefilter's lists and storage and kept while the store stays as it is."""
+        prefilter, cache = self.prefilter, self.cache_state
+        key = (prefilter.lists, prefilter.float16)
+        if cache.index is None or cache.index[0] != key:
+            cache.index = None  # free the old index before building the next
+            cache.index = (key, KeyIndex(keys, [scoring for _, scoring in masks], prefilter))
+        return cache.index[1]
 
 
 def write_shard(

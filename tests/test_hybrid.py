@@ -65,13 +65,13 @@ def test_a_store_recalls_with_its_engines_hybrid(engine, essays, tmp_path):
     store = CorpusStore.open(tmp_path, _with(engine, Hybrid()))
     recalled = store.recall(PARAPHRASE, ratio=0.05)
     assert ANSWER in recalled.text
-    cache = store._combined[4]
+    cache = store._cache.recall.embeddings
     (embedded,) = cache.values()  # the passages, embedded once for later recalls
     assert store.recall(PARAPHRASE, ratio=0.05) == recalled
     assert next(iter(cache.values())) is embedded
     store.add(["A short note on something else entirely."])  # the store changed: again
     assert ANSWER in store.recall(PARAPHRASE, ratio=0.05).text
-    (grown,) = store._combined[4].values()
+    (grown,) = store._cache.recall.embeddings.values()
     assert len(grown) > len(embedded)
     question = "What did the author say about tablets?"
     off = CorpusStore.open(tmp_path, _with(engine, Hybrid(weight=0))).token_scores(question)
@@ -104,18 +104,18 @@ def test_output_fits_the_budget_and_keeps_whole_spans(engine, essays):
         assert {span.document for span in result.spans} <= {0, 1}
         assert all(0 <= s.start < s.end <= len(documents[s.document]) for s in result.spans)
     # Passages never cross a document, and their embeddings are cached per context.
-    passages = passage_ids(encoded.tokens, encoded.unit_cache["sentence"], 128)
+    passages = passage_ids(encoded.tokens, encoded.cache.units["sentence"], 128)
     inside = passages >= 0
     for passage in np.unique(passages[inside]):
         assert len(np.unique(encoded.tokens.doc_ids[passages == passage])) == 1
-    assert list(encoded.unit_embeddings) == ["chunk_tokens=128"]
-    assert len(encoded.unit_embeddings["chunk_tokens=128"]) == passages.max() + 1
+    assert list(encoded.cache.embeddings) == ["chunk_tokens=128"]
+    assert len(encoded.cache.embeddings["chunk_tokens=128"]) == passages.max() + 1
 
 
 def test_prior_sums_to_one_over_the_documents(engine, essays):
     _, encoded = essays
     prior = Hybrid().token_prior(
-        encoded.tokens, PARAPHRASE, encoded.unit_cache, encoded.unit_embeddings
+        encoded.tokens, PARAPHRASE, encoded.cache.units, encoded.cache.embeddings
     )
     assert math.isclose(prior.sum(), 1.0, rel_tol=1e-6)
     assert (prior[encoded.tokens.doc_ids < 0] == 0).all()

@@ -88,18 +88,18 @@ def test_kept_share_is_the_share_of_the_exact_recalls_characters_kept():
 def test_deleted_documents_are_never_candidates(filled):
     settings = Prefilter(k=100_000, nprobe=100_000, lists=2)
     filled.token_scores(QUESTION, prefilter=settings)
-    before = filled._index[1]
+    before = filled._cache.index[1]
     filled.token_scores(QUESTION, prefilter=settings)
-    assert filled._index[1] is before  # kept while the store is unchanged
+    assert filled._cache.index[1] is before  # kept while the store is unchanged
     filled.delete([1, 4])
     scores = filled.token_scores(QUESTION, prefilter=settings)
-    assert sorted(scores) == [0, 2, 3, 5, 6] and filled._index[1] is not before
+    assert sorted(scores) == [0, 2, 3, 5, 6] and filled._cache.index[1] is not before
     shards = [filled._load(shard) for shard in filled._shards]
-    context, *_ = filled._context(shards)
+    context = filled._keys(None).tokens
     owners = context.doc_ids
     kv_heads, _, head_dim = shards[0].keys.shape
     probe = torch.randn(kv_heads, 50, head_dim)
-    for positions in filled._index[1].candidates(probe, settings):
+    for positions in filled._cache.index[1].candidates(probe, settings):
         assert len(positions) and not np.isin(owners[positions], [-1, 1, 4]).any()
     result = filled.recall(QUESTION, budget_tokens=40, prefilter=settings)
     assert {s.document for s in result.spans} <= {0, 2, 3, 5, 6}

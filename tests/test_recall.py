@@ -7,8 +7,7 @@ import torch
 
 from ilre_engine import ILReConfig
 from ilre_engine.errors import ConfigError
-from ilre_engine.recall import attention_scores, pool_scores
-from ilre_engine.store import _store_attention
+from ilre_engine.recall import attention_scores, pool_scores, sharded_attention
 
 
 def reference(queries: torch.Tensor, keys: torch.Tensor, scaling: float) -> torch.Tensor:
@@ -40,7 +39,7 @@ def test_a_store_of_shards_attends_as_one_context_and_masks_what_it_must():
     shards = [keys[:, :40], keys[:, 40:]]
     everything = [(torch.ones(40, dtype=torch.bool), torch.ones(40, dtype=torch.bool))] * 2
     everything[1] = (torch.ones(50, dtype=torch.bool), torch.ones(50, dtype=torch.bool))
-    joined = torch.cat(_store_attention(queries, shards, everything, 0.5, block=16), dim=1)
+    joined = torch.cat(sharded_attention(queries, shards, everything, 0.5, block=16), dim=1)
     assert torch.allclose(joined, attention_scores(queries, keys, 0.5), rtol=1e-5, atol=1e-7)
 
     # Keys 10..19 of the first shard leave the softmax; key 5 stays in it but never scores.
@@ -49,7 +48,7 @@ def test_a_store_of_shards_attends_as_one_context_and_masks_what_it_must():
     scoring = in_softmax.clone()
     scoring[5] = False
     masks = [(in_softmax, scoring), everything[1]]
-    masked = torch.cat(_store_attention(queries, shards, masks, 0.5, block=16), dim=1)
+    masked = torch.cat(sharded_attention(queries, shards, masks, 0.5, block=16), dim=1)
     kept = torch.cat([torch.arange(10), torch.arange(20, 90)])
     expected = torch.zeros(4, 90)
     expected[:, kept] = reference(queries, keys[:, kept], 0.5)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from ilre_engine import ILRe, ILReConfig
-from ilre_engine.engine import SEED_TOKENS
+from ilre_engine.scoring import SEED_TOKENS, RecallPipeline
 from ilre_engine.selection import select_within_budget
 from ilre_engine.tokenization import cut_to_tokens
 from tests.tiny_models import build_models, char_tokenizer, tiny_configs
@@ -75,19 +75,19 @@ def test_more_passes_keep_the_budget_and_are_deterministic(trunk, context, passe
     assert not np.allclose(engine.token_scores(encoded, QUESTION), single)
 
 
-def test_the_seed_is_cut_to_the_query_limits_and_the_question_kept_whole(trunk, context):
+def test_the_seed_is_cut_to_the_query_limits_and_the_question_kept_whole(
+    trunk, context, monkeypatch
+):
     base = engine_for(trunk, recall_passes=3)
     question_tokens = len(base.query_ids(QUESTION)[0])
     asked: list[list[int]] = []
+    query_states = RecallPipeline.query_states
 
-    def record(engine: ILRe) -> None:
-        query_states = engine.query_states
+    def spy(pipeline, stream, query_ids, observer=None):
+        asked.append(list(query_ids))
+        return query_states(pipeline, stream, query_ids, observer=observer)
 
-        def spy(encoded, query_ids, observer=None):
-            asked.append(list(query_ids))
-            return query_states(encoded, query_ids, observer=observer)
-
-        engine.query_states = spy
+    monkeypatch.setattr(RecallPipeline, "query_states", spy)
 
     # Room for five seed tokens: under max_query_tokens, then under the position limit.
     by_query = engine_for(trunk, recall_passes=3, max_query_tokens=question_tokens + 6)
@@ -99,7 +99,6 @@ def test_the_seed_is_cut_to_the_query_limits_and_the_question_kept_whole(trunk, 
     tail = base.tokenizer(f"\n{QUESTION}", add_special_tokens=False)["input_ids"]
     for engine, context_ in ((by_query, encoded), (by_position, late)):
         asked.clear()
-        record(engine)
         engine.recall(context_, QUESTION, budget_tokens=20)
         follow_ups = [ids for ids in asked if len(ids) > question_tokens]
         assert len(follow_ups) == 2  # passes 2 and 3 each got a seed

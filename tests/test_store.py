@@ -226,18 +226,18 @@ def test_a_needle_among_many_documents_is_found(engine, tmp_path):
 def test_a_store_recalls_in_as_many_passes_as_the_engine(filled, tiny):
     """Two passes by default, as for one context: the second asks with the first pass's best
     text before the question, and the scores are the mean of both passes."""
-    from ilre_engine.engine import SEED_TOKENS
+    from ilre_engine.scoring import SEED_TOKENS
     from ilre_engine.selection import select_within_budget
 
     assert tiny.config.recall_passes == 2
-    shards = [filled._load(shard) for shard in filled._shards]
-    context, *_ = filled._context(shards)
-    first = filled._scores(shards, context, *tiny.query_ids(QUESTION)).cpu().numpy()
+    pipeline, keys = tiny.pipeline, filled._keys(None)
+    context = keys.tokens
+    first = pipeline.pass_scores(keys, *tiny.query_ids(QUESTION)).cpu().numpy()
     _, seed = select_within_budget(
         context, first, SEED_TOKENS, tiny.counter.count, tiny.config.granularity
     )
-    follow_up = tiny.follow_up_ids(seed, QUESTION, filled._manifest["query_position"])
-    second = filled._scores(shards, context, *follow_up).cpu().numpy()
+    follow_up = pipeline.follow_up_ids(seed, QUESTION, filled._manifest["query_position"])
+    second = pipeline.pass_scores(keys, *follow_up).cpu().numpy()
     assert not np.allclose(first, second)  # the second pass asks something else
     scores = filled.token_scores(QUESTION)
     for document, kept in scores.items():

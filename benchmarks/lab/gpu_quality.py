@@ -20,7 +20,7 @@ writes results in `quality.py`'s format, for `quality.py --combine`.
 Two recall passes (the engine's default, `ILReConfig.recall_passes`) take two trips, since
 the second pass's query holds text the first pass chose and the pack holds only the
 embedding rows of ids known in advance: `follow` picks each task's seed from the first
-pass's scores and builds the follow-up query exactly as `ILRe.multi_pass_scores` does (the
+pass's scores and builds the follow-up query exactly as `RecallPipeline.token_scores` does (the
 engine's own `select_within_budget` and `follow_up_ids`), then repacks the trunk with their
 ids; `run --follow` scores the follow-up queries (default variant only); `score` ranks by
 the mean of both passes, as the engine does. Scores travel as float16 of ``score * L``
@@ -192,6 +192,7 @@ def _config(raw: dict):
 def run(args) -> None:
     from ilre_engine import ILRe
     from ilre_engine.context import TokenizedContext
+    from ilre_engine.scoring import ContextKeys
 
     pack, out = args.pack, args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -223,9 +224,10 @@ def run(args) -> None:
         if variant in prior_ids:
             # The prior's head scores, computed once per encoding (as the engine caches them).
             key_ = f"{engine.config.query_template}|{engine.config.prior_query}"
-            if key_ not in encoded.prior_scores:
-                encoded.prior_scores[key_] = engine.head_scores_for_ids(
-                    encoded, *prior_ids[variant]
+            if key_ not in encoded.cache.priors:
+                keys = ContextKeys(encoded, engine.config.score_block)
+                encoded.cache.priors[key_] = engine.pipeline.head_scores(
+                    keys, *prior_ids[variant], exact=True
                 )
         if follow is not None:
             query, lead_in = follow[name].tolist(), follow_lead_in[name]
@@ -284,9 +286,9 @@ def load_scores(gpu: Path) -> tuple[dict[str, np.ndarray], dict]:
 
 def follow(args) -> None:
     """The follow-up query of every task whose first pass left room for one, as the engine
-    builds it (`ILRe.multi_pass_scores`), into the pack; the trunk repacked with their ids."""
+    builds it (`RecallPipeline.token_scores`), into the pack; the trunk repacked with their ids."""
     from ilre_engine import ILRe
-    from ilre_engine.engine import SEED_TOKENS
+    from ilre_engine.scoring import SEED_TOKENS
     from ilre_engine.selection import select_within_budget
     from ilre_engine.tokenization import tokenize_documents
 
@@ -305,7 +307,7 @@ def follow(args) -> None:
             engine.config.granularity,
         )
         last = engine.plan_segments(len(tokens))[-1]  # where the query began, as encoded
-        follow_up = engine.follow_up_ids(seed, task.query, last.end_position)
+        follow_up = engine.pipeline.follow_up_ids(seed, task.query, last.end_position)
         if follow_up is not None:
             queries[name] = np.asarray(follow_up[0], dtype=np.int32)
             lead_ins[name] = follow_up[1]
