@@ -7,8 +7,9 @@ import os
 
 from ..errors import ILReError
 from . import parser
+from .model import open_store
 from .output import summary
-from .store_files import live_document_ids, open_store, read_store_manifest
+from .store_files import live_document_ids, read_store_manifest
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:

@@ -6,8 +6,9 @@ import argparse
 import json
 
 from . import parser
+from .model import open_store
 from .output import print_result
-from .store_files import live_document_ids, open_store, read_store_manifest
+from .store_files import live_document_ids, read_store_manifest
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -29,7 +30,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     ids = live_document_ids(read_store_manifest(args.store))
-    store = open_store(args)
+    store = open_store(args, budget_tokenizer=args.tokenizer)
     sources = {document: source for source, document in store.source_ids().items()}
     counter = store.engine.counter
     rows = []

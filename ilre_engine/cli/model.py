@@ -1,5 +1,6 @@
-"""Loading the engine at the command line: after `preflight`, with what transformers, gguf
-and the file system raise on a model that cannot be loaded turned into one error line."""
+"""Loading the engine at the command line, and opening a store with it: after the checks
+that need no model, with what transformers, gguf and the file system raise on a model that
+cannot be loaded turned into one error line."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from typing import Any
 from ..errors import ILReError, UnsupportedModelError
 from .output import note, one_line
 from .parser import EMBEDDED
+from .preflight import preflight
+from .store_files import read_store_manifest
 
 
 @contextmanager
@@ -37,3 +40,15 @@ def load_engine(args: argparse.Namespace, **settings: Any) -> Any:
     note(args, f"loading {args.model or EMBEDDED} ...")
     with model_errors(args.model):
         return ILRe.from_pretrained(args.model, **settings)
+
+
+def open_store(args: argparse.Namespace, **settings: Any) -> Any:
+    """The `CorpusStore` at ``args.store``, opened with ``args.model`` on ``args.device``
+    (`settings`: more of `ILRe.from_pretrained`'s); a path that holds no store, or a damaged
+    one, is refused before the model loads."""
+    read_store_manifest(args.store)
+    preflight(args.model, args.device)
+    engine = load_engine(args, device=args.device, **settings)
+    from ..store import CorpusStore
+
+    return CorpusStore.open(args.store, engine)

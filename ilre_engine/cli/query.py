@@ -6,10 +6,8 @@ import argparse
 import json
 
 from . import parser
-from .model import load_engine
+from .model import open_store
 from .output import print_result, summary
-from .preflight import preflight
-from .store_files import read_store_manifest
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -36,12 +34,7 @@ def run(args: argparse.Namespace) -> int:
 
     check_query(args.query)
     resolve_budget(1, args.budget, args.ratio)
-    read_store_manifest(args.store)  # no store there: said before the model loads
-    preflight(args.model, args.device)
-    engine = load_engine(args, device=args.device, budget_tokenizer=args.tokenizer)
-    from ..store import CorpusStore
-
-    store = CorpusStore.open(args.store, engine)
+    store = open_store(args, budget_tokenizer=args.tokenizer)
     result = store.recall(args.query, budget_tokens=args.budget, ratio=args.ratio)
     if args.json:
         data = result.to_dict()

@@ -5,7 +5,6 @@ imports no torch)."""
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Any
 
@@ -50,17 +49,3 @@ def live_document_ids(manifest: dict[str, Any]) -> list[int]:
         for i in range(shard["first_document"], shard["first_document"] + shard["documents"])
         if i not in deleted
     ]
-
-
-def open_store(args: argparse.Namespace) -> Any:
-    """The `CorpusStore` at ``args.store``, opened with ``args.model`` on ``args.device``:
-    a missing store is refused before the model loads."""
-    from .model import load_engine
-    from .preflight import preflight
-
-    read_store_manifest(args.store)
-    preflight(args.model, args.device)
-    engine = load_engine(args, device=args.device)
-    from ..store import CorpusStore
-
-    return CorpusStore.open(args.store, engine)
