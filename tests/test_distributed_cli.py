@@ -104,6 +104,7 @@ def test_index_on_ray_builds_the_store_index_builds(model, tmp_path, monkeypatch
         (["--ray", "local", "--device", "cuda"], "needs --gpus-per-actor > 0"),
         (["--ray", "local", "--gpus-per-actor", "1", "--device", "cpu"], "reserves GPUs"),
         (["--ray", "local", "--device", "gpu7"], "unknown device 'gpu7'"),
+        (["--ray", "local", "--cleanup", "full"], "--cleanup does not work with --ray"),
     ],
 )
 def test_index_refuses_ray_options_it_cannot_use(args, message, tmp_path, capsys):
