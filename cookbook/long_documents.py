@@ -47,9 +47,9 @@ def reader():
     from langchain_huggingface import HuggingFacePipeline
     from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
-    from ilre_engine.loading import resolve_model
+    from ilre_engine import embedded_model_path
 
-    path = resolve_model(None).path
+    path = embedded_model_path()
     generate = pipeline(
         "text-generation",
         model=AutoModelForCausalLM.from_pretrained(path),
@@ -76,8 +76,7 @@ def main() -> None:
     from langchain_core.output_parsers import StrOutputParser
     from langchain_core.prompts import PromptTemplate
     from langchain_core.runnables import RunnablePassthrough
-
-    from ilre_integrations.langchain import ILReRetriever
+    from langchain_ilre import ILReRetriever
 
     scratch = Path(tempfile.mkdtemp(prefix="ilre-"))
     expected = None

@@ -36,6 +36,7 @@ _LAZY = {
     "Span": "results",
     "TokenCounter": "budget",
     "TokenizedContext": "context",
+    "embedded_model_path": "loading",
     "join_spans": "selection",
     "resolve_budget": "budget",
 }
@@ -46,7 +47,7 @@ if TYPE_CHECKING:
     from .context import EncodedContext, TokenizedContext
     from .engine import ILRe
     from .hybrid import Hybrid
-    from .loading import EMBEDDED_MODEL
+    from .loading import EMBEDDED_MODEL, embedded_model_path
     from .prefilter import Prefilter
     from .results import RecallResult, Span
     from .selection import GAP_MARKER, join_spans
@@ -87,6 +88,7 @@ __all__ = [
     "TokenCounter",
     "TokenizedContext",
     "UnsupportedModelError",
+    "embedded_model_path",
     "join_spans",
     "resolve_budget",
 ]

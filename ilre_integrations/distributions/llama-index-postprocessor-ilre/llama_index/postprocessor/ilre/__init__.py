@@ -1,9 +1,6 @@
-"""LlamaHub package for ILRe: re-exports `ilre_integrations.llama_index.ILRePostprocessor`.
+"""LlamaIndex node postprocessor of ILRe: `ILRePostprocessor` compresses retrieved nodes to
+the spans the question attends to most (in-model token recall), within one token budget."""
 
-No logic here: ``from llama_index.postprocessor.ilre import ILRePostprocessor`` gives
-the very class.
-"""
-
-from ilre_integrations.llama_index import ILRePostprocessor
+from llama_index.postprocessor.ilre.base import ILRePostprocessor
 
 __all__ = ["ILRePostprocessor"]

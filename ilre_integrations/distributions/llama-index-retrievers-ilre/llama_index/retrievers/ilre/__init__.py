@@ -1,9 +1,6 @@
-"""LlamaHub package for ILRe: re-exports `ilre_integrations.llama_index.ILReRetriever`.
+"""LlamaIndex retriever of ILRe: `ILReRetriever` reads whole documents once and recalls
+budgeted spans of them for every query (in-model token recall), without an embedding index."""
 
-No logic here: ``from llama_index.retrievers.ilre import ILReRetriever`` gives
-the very class.
-"""
-
-from ilre_integrations.llama_index import ILReRetriever
+from llama_index.retrievers.ilre.base import ILReRetriever
 
 __all__ = ["ILReRetriever"]
