@@ -19,6 +19,9 @@ from .preflight import preflight
 from .reading import MAX_INPUT_BYTES, STDIN, TEXT_SUFFIXES, Document, expand, read_documents
 from .store_files import check_store_path, holds_store
 
+_OUTCOMES = ("added", "updated", "skipped", "deleted")
+"""What ``ilre index`` did to each document, in the order its summary line counts them."""
+
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
     command = parser.add_command(
@@ -87,19 +90,12 @@ def run(args: argparse.Namespace) -> int:
     metadata = [{"source": i} for i in ids]
     if ray_options is None:
         report = store.index(
-            texts,
-            metadata,
-            ids=ids,
-            cleanup=args.cleanup,
-            progress=shows_progress(args),
+            texts, metadata, ids=ids, cleanup=args.cleanup, progress=shows_progress(args)
         )
-        counts = (len(report.added), len(report.updated), len(report.skipped))
-        deleted = len(report.deleted)
+        done = [report.added, report.updated, report.skipped, report.deleted]
     else:
-        added = ray_driver.encode_on_ray(ray, ray_options, args.model, store, texts, metadata)
-        counts, deleted = (len(added), 0, 0), 0
-    summary(
-        f"{args.store}: added {counts[0]}, updated {counts[1]}, skipped {counts[2]}, "
-        f"deleted {deleted}; {len(store)} documents, {store.num_tokens:,} model tokens"
-    )
+        done = [ray_driver.encode_on_ray(ray, ray_options, args.model, store, texts, metadata)]
+        done += [[], [], []]  # added, without the identities that would skip or replace
+    counts = ", ".join(f"{what} {len(which)}" for what, which in zip(_OUTCOMES, done, strict=True))
+    summary(f"{args.store}: {counts}; {len(store)} documents, {store.num_tokens:,} model tokens")
     return 0
