@@ -36,9 +36,11 @@ class ILReConfig:
         max_query_tokens: the longest query, in model tokens with its template, a recall
             accepts (the query pass costs about quadratically in it). A context read in
             segments keeps this many positions of the model's window for the query.
-        granularity: the units a selection is made of: ``"sentence"``, ``"clause"`` or
-            ``"word"`` (`ilre_engine.selection`). A unit that does not fit what is left of the
-            budget gives way to its finer units; a word is never cut.
+        granularity: the units a selection is made of: ``"passage"`` (a paragraph's
+            sentences packed up to 128 model tokens, ranked as chunk retrieval ranks chunks),
+            ``"sentence"`` (or a list run), ``"clause"`` or ``"word"``
+            (`ilre_engine.selection`). A unit that does not fit what is left of the budget
+            gives way to its finer units; a word, a name or a number is never cut.
         recall_passes: how many times a recall scores the context. 1 scores it for the
             question alone. Each further pass asks again with the text the passes so far
             attend to most put before the question (`ilre_engine.scoring.SEED_TOKENS` budget
@@ -98,9 +100,10 @@ class ILReConfig:
             raise ConfigError(
                 f"kernel_allocation must be 'heads' or 'average', got {self.kernel_allocation!r}"
             )
-        if self.granularity not in ("word", "clause", "sentence"):
+        if self.granularity not in ("word", "clause", "sentence", "passage"):
             raise ConfigError(
-                f"granularity must be 'word', 'clause' or 'sentence', got {self.granularity!r}"
+                "granularity must be 'word', 'clause', 'sentence' or 'passage', "
+                f"got {self.granularity!r}"
             )
         if self.head_weights is not None:
             weights = _numbers(self, "head_weights", (int, float))

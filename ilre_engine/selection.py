@@ -15,55 +15,96 @@ been counted with the budget tokenizer: the budget always holds.
 from __future__ import annotations
 
 import heapq
-import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
 from .context import TokenizedContext
 from .results import Span
 from .tokenization import WHITE_SPACE
+from .units import UnitEnds, phrase_starts, unit_ends
 
 GAP_MARKER = " … "
 """Joins two spans of `RecallResult.text` that are not adjacent in the source."""
 
-GRANULARITIES = ("word", "clause", "sentence")
-"""Units a selection is made of, finest first."""
+GRANULARITIES = ("word", "clause", "sentence", "passage")
+"""Units a selection is made of, finest first: words (names, dates and numbers whole),
+clauses, sentences (or list runs), and passages (`PASSAGE_TOKENS`)."""
 
-# A sentence ends after terminal punctuation (and closing quotes or brackets) followed by
-# white space, at a line break, or after a CJK full stop; a clause also at , ; : and dashes.
-_SENTENCE_END = re.compile(r"[.!?…]+[\"'”’)\]]*(?=\s)|\n|[。！？]")
-_CLAUSE_END = re.compile(r"[.!?…,;:]+[\"'”’)\]]*(?=\s)|\s[—–-]+(?=\s)|\n|[。！？，；：]")
-_PATTERNS = {"sentence": _SENTENCE_END, "clause": _CLAUSE_END}
+PASSAGE_TOKENS = 128
+"""The longest passage: consecutive sentence units of one paragraph packed up to this many
+model tokens (a longer sentence is a passage of its own); a selection of passages ranks
+them as chunk retrieval ranks its chunks, by ILRe's scores."""
 
 
 def unit_ids(context: TokenizedContext, granularity: str) -> np.ndarray:
     """``(L,)`` id of the unit each token belongs to (-1 outside the documents); ids increase
-    along the context. A token belongs to the unit of its first non-space character."""
+    along the context. A token belongs to the unit of its first non-space character. Where
+    units end follows the text's structure (`ilre_engine.units`)."""
     if granularity not in GRANULARITIES:
         raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
-    if granularity == "word":
-        return np.where(context.doc_ids >= 0, context.word_ids, -1)
-    pattern = _PATTERNS[granularity]
     ids = np.full(len(context), -1, dtype=np.int64)
     first_unit = 0
-    # Each document's tokens, found in one sort rather than one scan per document.
+    for document, members in _document_tokens(context):
+        text = context.documents[document]
+        starts = _first_visible(text, context.offsets[members])
+        if granularity == "word":
+            local = _phrase_ids(text, context.word_ids[members], starts, context.offsets[members])
+        elif granularity == "passage":
+            local = _passage_ids(unit_ends(text), starts)
+        else:
+            ends = unit_ends(text)
+            bounds = ends.sentence if granularity == "sentence" else ends.clause
+            local = np.searchsorted(bounds, starts, side="right")
+        # Unit ids count only the units that hold tokens, so they stay dense.
+        _, dense = np.unique(local, return_inverse=True)
+        ids[members] = first_unit + dense
+        first_unit += int(dense.max()) + 1
+    return ids
+
+
+def _document_tokens(context: TokenizedContext) -> Iterator[tuple[int, np.ndarray]]:
+    """Each document that holds tokens, with its tokens' positions in context order (found
+    in one sort rather than one scan per document)."""
     tokens = np.flatnonzero(context.doc_ids >= 0)
     order = np.argsort(context.doc_ids[tokens], kind="stable")
     tokens, owners = tokens[order], context.doc_ids[tokens[order]]
     present = np.unique(owners)
     bounds = np.searchsorted(owners, np.r_[present, len(context.documents)])
     for document, begin, end in zip(present.tolist(), bounds[:-1], bounds[1:], strict=True):
-        members = tokens[begin:end]
-        text = context.documents[document]
-        ends = np.fromiter((m.end() for m in pattern.finditer(text)), dtype=np.int64)
-        starts = _first_visible(text, context.offsets[members])
-        local = np.searchsorted(ends, starts, side="right")
-        # Unit ids count only the units that hold tokens, so they stay dense.
-        _, dense = np.unique(local, return_inverse=True)
-        ids[members] = first_unit + dense
-        first_unit += int(dense.max()) + 1
-    return ids
+        yield document, tokens[begin:end]
+
+
+def _passage_ids(ends: UnitEnds, starts: np.ndarray) -> np.ndarray:
+    """Each token's passage among one document's tokens (`starts`: their first visible
+    characters): its paragraph's sentence units packed up to `PASSAGE_TOKENS` tokens."""
+    _, sentences = np.unique(
+        np.searchsorted(ends.sentence, starts, side="right"), return_inverse=True
+    )
+    paragraph = np.searchsorted(ends.paragraph, starts, side="right")
+    sizes = np.bincount(sentences)
+    first_token = np.searchsorted(sentences, np.arange(len(sizes)))
+    of_sentence = np.empty(len(sizes), dtype=np.int64)
+    passage, filled, previous = -1, 0, None
+    for sentence, (size, owner) in enumerate(
+        zip(sizes.tolist(), paragraph[first_token].tolist(), strict=True)
+    ):
+        if owner != previous or (filled and filled + size > PASSAGE_TOKENS):
+            passage, filled, previous = passage + 1, 0, owner
+        of_sentence[sentence] = passage
+        filled += size
+    return of_sentence[sentences]
+
+
+def _phrase_ids(
+    text: str, word_ids: np.ndarray, starts: np.ndarray, offsets: np.ndarray
+) -> np.ndarray:
+    """Each token's word unit among one document's tokens: its word, joined with the words
+    around it that make one name, date or number (`units.phrase_starts`)."""
+    first = np.flatnonzero(np.diff(word_ids, prepend=word_ids[0] - 1))
+    last = np.r_[first[1:], len(word_ids)] - 1
+    begins = phrase_starts(text, starts[first], offsets[last, 1])
+    return np.repeat(np.cumsum(begins), np.diff(np.r_[first, len(word_ids)]))
 
 
 def _first_visible(text: str, offsets: np.ndarray) -> np.ndarray:
