@@ -242,7 +242,8 @@ class CorpusStore:
         progress: bool | None = None,
     ) -> IndexReport:
         """Bring the store up to date with `documents`, each under its caller's id in `ids`
-        (a source path, say; distinct strings), in one atomic commit under the store's lock.
+        (a source path, say; distinct strings), in one atomic commit under the store's lock
+        (held while the new documents encode: other writers to the store wait).
 
         A document whose id the store holds with the same text and metadata is skipped (not
         encoded); one whose content changed is replaced (its old id deleted, the new content
