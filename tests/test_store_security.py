@@ -30,7 +30,7 @@ from tests.crafting import (
     replace_tensors,
 )
 from tests.manifest_edits import edited
-from tests.test_store import DOCUMENTS, _tiny
+from tests.test_store import DOCUMENTS, QUESTION, _tiny
 
 pytestmark = pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisWarning")
 OUTCOMES: collections.Counter[str] = collections.Counter()
@@ -339,7 +339,8 @@ def test_a_pending_shard_with_bad_names_is_refused(tiny, copy):
 def test_any_edit_of_store_json_is_refused_or_a_smaller_store(tiny, base, data):
     """One edit anywhere in ``store.json`` (digest fixed): `open`, every live document and
     `check` either refuse with `EncodedContextError` or serve a subset of the documents, as
-    they were; nothing outside the store's directory is opened."""
+    they were, and recall from them alone; nothing outside the store's directory is
+    opened."""
     work = Path(tempfile.mkdtemp(dir=base.parent))
     directory = work / "store"
     shutil.copytree(base, directory, symlinks=True)
@@ -356,6 +357,9 @@ def test_any_edit_of_store_json_is_refused_or_a_smaller_store(tiny, base, data):
             else:
                 assert len(store) == len(served) <= 5
                 assert all(original[i] == document for i, document in served.items())
+                if served:
+                    spans = store.recall(QUESTION, budget_tokens=20).spans
+                    assert {span.document for span in spans} <= served.keys()
                 OUTCOMES["a valid store"] += 1
         inside = str(directory.resolve()) + os.sep
         strays = [p for p in opened if p.startswith(str(base.parent)) and not p.startswith(inside)]
