@@ -16,7 +16,6 @@ import copy
 import inspect
 import json
 import os
-import shutil
 import textwrap
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -386,8 +385,7 @@ class EncodedCorpus:
         once the new corpus is committed."""
         root = Path(directory)
         if self.store is not None:
-            if not root.exists() or not root.samefile(self.store.directory):
-                shutil.copytree(self.store.directory, root, dirs_exist_ok=True)
+            self.store.copy_to(root)  # its own files only, no symlink followed
             return root
         if self.encoded is None:
             raise errors.EncodedContextError("the corpus is empty: nothing to save")
