@@ -117,13 +117,7 @@ def write_shard(store: CorpusStore, engine: ILRe, tokens: int, seed: int) -> str
         },
         keys=torch.randn(1, length, 256, dtype=engine.model.dtype),
         kept={},
-        layer=engine.layer,
-        sink=engine.config.sink,
-        window=engine.config.window,
-        model_name=engine.name,
-        fingerprint=engine.fingerprint,
-        tokenizer_name=engine.tokenizer_name,
-        tokenizer_sha256=engine.tokenizer_sha256,
+        identity=engine.identity,
         query_position=engine.plan_segments(1, end_aligned=True)[0].position + 1,
     )
     counts = {engine.counter.name: [engine.counter.count(text)] * count}
