@@ -12,7 +12,7 @@ import functools
 import os
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -116,7 +116,7 @@ class ILRe:
         compile: bool = False,
         fp8: bool = False,
         profile: ProfileChoice = None,
-        hybrid: Hybrid | None = None,
+        hybrid: Hybrid | Literal["profile"] | None = "profile",
         **hub_kwargs: Any,
     ) -> ILRe:
         """Load an engine.
@@ -143,10 +143,13 @@ class ILRe:
             profile: the calibration profile (`ilre_engine.profiles`): None finds the one
                 that matches the model (the user's, then the shipped ones), a `Profile` or
                 a path uses that one, False uses none.
-            hybrid: opt-in, not the paper's method: mix a sentence-embedding prior into the
-                scores of `recall`, `compress` and `token_scores` (`ilre_engine.hybrid.Hybrid`;
-                needs the ``hybrid`` extra); a `CorpusStore` recalls without it. None, the
-                default, recalls by the model's attention alone.
+            hybrid: the sentence-embedding prior mixed into the scores of `recall`,
+                `compress`, `token_scores` and a `CorpusStore`'s recall
+                (`ilre_engine.hybrid.Hybrid`). ``"profile"``, the default, uses the weight
+                the model's calibration profile measured (`Profile.hybrid_weight`): the
+                embedded model's is shipped; a model without a profile, or whose profile
+                measured 0, recalls by its attention alone. None recalls by the model's
+                attention alone: the paper's method. A `Hybrid` sets the prior yourself.
             hub_kwargs: passed to transformers' ``from_pretrained`` (revision, token, ...).
         """
         device = torch.device(device) if device is not None else _default_device()
@@ -172,6 +175,9 @@ class ILRe:
                 kernel_sizes=applied.kernel_sizes,
                 kernel_allocation=applied.kernel_allocation,
             )
+        if hybrid == "profile":
+            weight = applied.hybrid_weight if applied is not None else 0.0
+            hybrid = Hybrid(weight=weight) if weight > 0 else None
         engine = cls(
             trunk,
             tokenizer,

@@ -62,6 +62,10 @@ class Profile:
         created: ISO date and time of the run; ilre_version: the package that made it.
         kernel_allocation: how the chosen kernels pool the heads (`ILReConfig`); ``"heads"``
             in profiles written before it was measured.
+        hybrid_weight: the weight of the sentence-embedding prior (`ilre_engine.hybrid`)
+            that recalled best at the chosen layer (`calibration.calibrate_hybrid`); 0 where
+            the model alone did, and in profiles written before it was measured.
+        hybrid_recall: the answer recall measured at each candidate weight (as a string).
     """
 
     model_name: str
@@ -78,6 +82,8 @@ class Profile:
     ilre_version: str = ""
     seconds: float = 0.0
     kernel_allocation: str = "heads"
+    hybrid_weight: float = 0.0
+    hybrid_recall: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> str:
         data = {"format": FORMAT, "format_version": FORMAT_VERSION, **asdict(self)}

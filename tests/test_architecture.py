@@ -118,6 +118,31 @@ def test_only_tests_and_benchmarks_import_the_testing_package():
                 )
 
 
+RECALL_STEPS = (
+    "ilre_engine.recall.remove_prior",
+    "ilre_engine.recall.pool_scores",
+    "ilre_engine.recall.head_scores",
+    "ilre_engine.selection.select_within_budget",
+    "ilre_engine.streaming.run_chunk",
+)
+"""The steps of a recall that `ilre_engine.scoring` runs once for every source of keys."""
+
+
+def test_one_recall_path_for_a_context_and_a_corpus_store():
+    """The engine, the corpus store and the integrations recall through `scoring` alone:
+    none of them runs a step of the pipeline itself (calibration, which sweeps every layer
+    at once, does), and the store never imports the engine's recall."""
+    graph = _graph()
+    for module in ("ilre_engine.engine", "ilre_engine.store", "ilre_engine.prefilter"):
+        steps = sorted(graph[module] & set(RECALL_STEPS))
+        assert not steps, f"{module} runs {steps} itself instead of scoring"
+    for module, deps in graph.items():
+        if module.startswith("ilre_integrations"):
+            assert not deps & set(RECALL_STEPS), f"{module} runs recall steps"
+    assert "ilre_engine.scoring" in graph["ilre_engine.engine"]
+    assert "ilre_engine.scoring" in graph["ilre_engine.store"]
+
+
 def test_nothing_in_the_packages_imports_the_command_line():
     """The command line is the top of the engine: it may import any module, none imports it."""
     for name, deps in _graph().items():

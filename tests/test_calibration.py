@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from ilre_engine import ILRe, ILReError
-from ilre_engine.calibration import observe_layers
+from ilre_engine.calibration import HYBRID_WEIGHTS, observe_layers
 from ilre_engine.loading import cache_root
 from ilre_engine.profiles import SHIPPED, Profile, config_sha256, user_profile_path
 from tests.tiny_models import build_models, random_context, tiny_configs, tiny_engine
@@ -99,6 +99,12 @@ def test_cli_calibrates_and_writes_a_profile(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     profile = Profile.load(out)
     assert profile.model_name == "gemma3-270m" and 3 <= profile.layer <= 6
+    # The prior's weight is measured at the chosen layer: the smallest of the best.
+    assert set(profile.hybrid_recall) == {str(w) for w in HYBRID_WEIGHTS}
+    best = max(profile.hybrid_recall.values())
+    assert profile.hybrid_weight == min(
+        w for w in HYBRID_WEIGHTS if profile.hybrid_recall[str(w)] >= best
+    )
     assert set(profile.recall) == {"3", "4", "5", "6"}
     assert all(
         0.0 <= v <= 1.0 for by_kernels in profile.recall.values() for v in by_kernels.values()

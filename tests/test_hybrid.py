@@ -155,3 +155,21 @@ def test_a_missing_extra_is_named(engine, monkeypatch):
             _with(engine, Hybrid()).compress("One sentence. Another one.", PARAPHRASE, ratio=0.5)
     finally:
         _load_model.cache_clear()
+
+
+def test_the_default_engine_mixes_the_prior_in_at_its_profiles_weight():
+    """`from_pretrained()` takes the prior's weight from the calibration profile; a profile
+    that measured 0, or ``hybrid=None``, recalls by the model's attention alone."""
+    import dataclasses
+
+    from ilre_engine.profiles import SHIPPED, Profile
+
+    shipped = Profile.load(SHIPPED / "gemma3-270m.json")
+    weighted = dataclasses.replace(shipped, hybrid_weight=0.2)
+    assert ILRe.from_pretrained(profile=weighted).hybrid == Hybrid(weight=0.2)
+    assert ILRe.from_pretrained(profile=weighted, hybrid=None).hybrid is None
+    unweighted = dataclasses.replace(shipped, hybrid_weight=0.0)
+    assert ILRe.from_pretrained(profile=unweighted).hybrid is None
+    assert ILRe.from_pretrained().hybrid == (
+        Hybrid(weight=shipped.hybrid_weight) if shipped.hybrid_weight > 0 else None
+    )

@@ -6,8 +6,12 @@
 - `hard_tasks`: further families aimed at observed weaknesses (long unbroken answers, numbers
   in words, paraphrased and split facts, counts, long chains, more essay questions);
   `families.ALL_FAMILIES` merges both registries (`tasks` does not import `hard_tasks`).
+- `hybrid_search`: `calibrate_hybrid` measures the weight of the sentence-embedding prior at
+  the chosen layer (`calibrate` runs it last; the profile carries the weight).
+- `metric`: answer recall, the measure of both.
 """
 
+from .hybrid_search import HYBRID_FAMILIES, HYBRID_WEIGHTS, calibrate_hybrid
 from .layer_search import (
     CALIBRATION_FAMILIES,
     KERNEL_CANDIDATES,
@@ -18,8 +22,11 @@ from .layer_search import (
 
 __all__ = [
     "CALIBRATION_FAMILIES",
+    "HYBRID_FAMILIES",
+    "HYBRID_WEIGHTS",
     "KERNEL_CANDIDATES",
     "CalibrationSettings",
     "calibrate",
+    "calibrate_hybrid",
     "observe_layers",
 ]

@@ -21,11 +21,10 @@ each set of several kernels tried both dealt over heads and averaged over every 
 from __future__ import annotations
 
 import datetime
-import math
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -41,6 +40,8 @@ from ..profiles import Profile, config_sha256
 from ..recall import head_scores, pool_scores, remove_prior
 from ..tokenization import tokenize_documents
 from .families import ALL_FAMILIES
+from .hybrid_search import HYBRID_WEIGHTS, calibrate_hybrid
+from .metric import answer_recall, answer_words_of
 from .tasks import RetrievalTask, haystack
 
 CALIBRATION_FAMILIES = (
@@ -106,8 +107,10 @@ def calibrate(
     device: str | torch.device | None = None,
     cache_dir: str | None = None,
     progress: bool = True,
+    hybrid_weights: Sequence[float] = HYBRID_WEIGHTS,
 ) -> Profile:
-    """Measure every candidate layer's recall on `model` and choose `l_R` and the kernels.
+    """Measure every candidate layer's recall on `model` and choose `l_R` and the kernels,
+    then the weight of the sentence-embedding prior at that layer (`calibrate_hybrid`).
 
     Args:
         model: as for `ILRe.from_pretrained` (None: the embedded model).
@@ -116,6 +119,7 @@ def calibrate(
         device: where to run (default: CUDA when available).
         cache_dir: the ILRe cache directory (converted models).
         progress: show a progress bar over samples.
+        hybrid_weights: the prior's candidate weights; empty: not measured (weight 0).
 
     Returns:
         The profile; save it with `Profile.save` (``ilre calibrate`` writes it where
@@ -187,6 +191,27 @@ def calibrate(
         }
         for layer in layers
     }
+    hybrid_weight, hybrid_recall = 0.0, {}
+    if hybrid_weights:
+        pooling = best_kernels[chosen]
+        at_layer = ILRe.from_pretrained(
+            model,
+            layer=chosen,
+            device=device,
+            config=replace(config, kernel_sizes=pooling[0], kernel_allocation=pooling[1]),
+            cache_dir=cache_dir,
+            profile=False,
+            hybrid=None,
+        )
+        hybrid_weight, hybrid_recall = calibrate_hybrid(
+            at_layer,
+            lengths=settings.lengths,
+            samples=settings.samples,
+            budgets=settings.budgets,
+            seed=settings.seed,
+            weights=hybrid_weights,
+            progress=progress,
+        )
     from .. import __version__
 
     return Profile(
@@ -195,6 +220,8 @@ def calibrate(
         layer=chosen,
         kernel_sizes=best_kernels[chosen][0],
         kernel_allocation=best_kernels[chosen][1],
+        hybrid_weight=hybrid_weight,
+        hybrid_recall=hybrid_recall,
         sink=config.sink,
         window=config.window,
         chunk_size=config.chunk_size,
@@ -300,13 +327,8 @@ def _layer_recall(
         keys, queries, priors, scaling = observe_layers(
             engine, tokens, query_ids, layers, prior_ids
         )
-    answer_words = _answer_words(tokens, task.answer_spans)
-    # The tokens of the answers' words: a word is kept when any of its tokens is selected.
-    members = np.flatnonzero(np.isin(tokens.word_ids, np.concatenate(answer_words)))
-    member_words = tokens.word_ids[members]
-    members_on_device = torch.from_numpy(members).to(engine.device)
+    answer_words = answer_words_of(tokens, task.answer_spans)
     doc_ids = torch.from_numpy(tokens.doc_ids).to(engine.device)
-    selectable = int((tokens.doc_ids >= 0).sum())
     results: dict[int, dict[Pooling, list[float]]] = {}
     for layer in layers:
         block = engine.config.score_block
@@ -319,29 +341,7 @@ def _layer_recall(
         results[layer] = {}
         for kernels, allocation in candidates:
             scores = pool_scores(heads, kernels, segments=doc_ids, allocation=allocation)
-            scores[doc_ids < 0] = -math.inf
-            # A token's rank: how many tokens score strictly higher. A word enters the
-            # selection with its best token; an answer once its last word has entered.
-            ranks = (scores[None, :] > scores[members_on_device][:, None]).sum(1).cpu().numpy()
-            word_rank = {w: ranks[member_words == w].min() for w in np.unique(member_words)}
-            answer_ranks = np.array([max(word_rank[w] for w in words) for words in answer_words])
-            results[layer][kernels, allocation] = [
-                float(np.mean(answer_ranks < max(1, math.floor(budget * selectable))))
-                for budget in settings.budgets
-            ]
+            results[layer][kernels, allocation] = answer_recall(
+                tokens, answer_words, scores, settings.budgets
+            )
     return results
-
-
-def _answer_words(
-    tokens: TokenizedContext, answer_spans: Sequence[tuple[int, int]]
-) -> list[np.ndarray]:
-    """Per answer, the ids of the words whose tokens overlap its characters (one document)."""
-    words = []
-    for start, end in answer_spans:
-        inside = (
-            (tokens.doc_ids == 0) & (tokens.offsets[:, 0] < end) & (tokens.offsets[:, 1] > start)
-        )
-        if not inside.any():
-            raise ILReError(f"no token covers the answer at characters {start}..{end}")
-        words.append(np.unique(tokens.word_ids[inside]))
-    return words

@@ -91,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"{layer:>5}  {detail['kernels']:<12}  {recall:.3f}{mark}")
     sys.stdout.flush()
     summary(
-        f"{profile.model_name}: layer {profile.layer}, kernels {kernels} "
-        f"({profile.seconds:.0f} s); profile written to {path}"
+        f"{profile.model_name}: layer {profile.layer}, kernels {kernels}, "
+        f"hybrid weight {profile.hybrid_weight:g} ({profile.seconds:.0f} s); "
+        f"profile written to {path}"
     )
     return 0

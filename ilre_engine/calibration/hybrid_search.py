@@ -1,0 +1,93 @@
+"""Choosing the weight of the sentence-embedding prior per model and layer: `calibrate_hybrid`.
+
+The prior (`ilre_engine.hybrid`) finds answers that share meaning but no words with the
+question, which a small model's early layer relates poorly; it also pulls the selection away
+from the chains and exact matches that the model's own attention follows. How much of it
+helps depends on the model and the layer, so it is measured like the layer: an engine's full
+recall scores (every pass, its layer and kernels) are mixed with the prior at each candidate
+weight, over tasks of both kinds, and scored by the same answer recall as `calibrate`. The
+chosen weight is the smallest of the best: 0 where the model alone recalls as well.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..engine import ILRe
+from ..hybrid import Hybrid
+from ..tokenization import tokenize_documents
+from .families import ALL_FAMILIES
+from .metric import answer_recall, answer_words_of
+from .tasks import haystack
+
+HYBRID_WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.5)
+"""Candidate weights of the prior."""
+
+HYBRID_FAMILIES = (
+    "niah_single",
+    "niah_multivalue",
+    "niah_paraphrase",
+    "variable_tracking",
+    "paraphrase_fact",
+    "essay_qa",
+    "prose_qa",
+    "two_hop_lookalike",
+)
+"""Tasks where the prior helps (paraphrased questions over prose) and where it can hurt
+(needles among look-alikes, chains the model follows through the text)."""
+
+
+def calibrate_hybrid(
+    engine: ILRe,
+    *,
+    lengths: Sequence[int] = (4000, 8000),
+    samples: int = 2,
+    budgets: Sequence[float] = (0.01, 0.02, 0.05),
+    seed: int = 0,
+    weights: Sequence[float] = HYBRID_WEIGHTS,
+    families: Sequence[str] = HYBRID_FAMILIES,
+    progress: bool = True,
+) -> tuple[float, dict[str, float]]:
+    """The prior's weight that recalls best with `engine` (its model, layer, kernels and
+    passes, without a hybrid of its own), and the answer recall at each weight (keyed by
+    the weight as a string), averaged over `samples` tasks per family and length (depths
+    spread evenly, seeded by `seed`) and over `budgets` (shares of the context's tokens),
+    as `layer_search.calibrate` measures layers."""
+    plain = ILRe(
+        engine.model,
+        engine.tokenizer,
+        layer=engine.layer,
+        name=engine.name,
+        config=engine.config,
+        profile=engine.profile,
+    )
+    prior_only = Hybrid(weight=1.0)
+    rng = random.Random(seed)
+    jobs = [
+        (length, family, (i + 0.5) / samples)
+        for length in lengths
+        for family in families
+        for i in range(samples)
+    ]
+    texts = {length: haystack(engine.tokenizer, length) for length in lengths}
+    recall: dict[float, list[float]] = {weight: [] for weight in weights}
+    for length, family, depth in tqdm(jobs, desc="ILRe hybrid weight", disable=not progress):
+        task = ALL_FAMILIES[family](texts[length], depth, rng)
+        encoded = plain.encode(task.context, progress=False)
+        scores = plain.token_scores(encoded, task.query)
+        cache = encoded.cache
+        prior = prior_only.token_prior(encoded.tokens, task.query, cache.units, cache.embeddings)
+        tokens = tokenize_documents(engine.tokenizer, [task.context])
+        words = answer_words_of(tokens, task.answer_spans)
+        for weight in weights:
+            mixed = torch.from_numpy((1 - weight) * scores + weight * prior)
+            recall[weight].extend(answer_recall(tokens, words, mixed, budgets))
+    means = {weight: float(np.mean(values)) for weight, values in recall.items()}
+    best = max(means.values())
+    chosen = min(weight for weight in weights if means[weight] >= best)
+    return chosen, {str(weight): value for weight, value in means.items()}
