@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import inspect
 import json
+import numbers
 import os
 import textwrap
 import threading
@@ -202,11 +203,11 @@ def one_scale(arrived: Sequence[Any], recalls: Sequence[DocumentRecall]) -> list
 
     `arrived` holds the score each input document arrived with (None where none), indexed
     as `DocumentRecall.index`. One scale for the whole list: when every input arrived with a
-    score, each document keeps its own (ILRe compresses after a retriever or reranker and
-    does not re-rank); otherwise each carries ILRe's, and keeps the one it arrived with, if
-    any, beside it.
+    score (a number), each document keeps its own (ILRe compresses after a retriever or
+    reranker and does not re-rank); otherwise each carries ILRe's, and keeps what it arrived
+    with, if anything, beside it.
     """
-    if all(score is not None for score in arrived):
+    if all(isinstance(s, numbers.Real) and not isinstance(s, bool) for s in arrived):
         return [(arrived[r.index], None) for r in recalls]
     return [(r.score, arrived[r.index]) for r in recalls]
 

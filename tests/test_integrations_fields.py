@@ -60,3 +60,22 @@ def test_a_ratio_is_a_finite_number_in_the_unit_interval(value):
 def test_a_token_list_or_a_count_both_count():
     assert TokenCounter(str.split).count("three short words") == 3
     assert TokenCounter(len).count("four") == 4
+
+
+def test_one_scale_per_list():
+    """Every input scored (a number): each keeps its own; else every output carries ILRe's
+    share, with what it arrived with kept beside it."""
+    recalls = [
+        _common.DocumentRecall(0, "a", (), 0.7, 1),
+        _common.DocumentRecall(2, "b", (), 0.3, 1),
+    ]
+    assert _common.one_scale([0.9, 0.1, 0.5], recalls) == [(0.9, None), (0.5, None)]
+    assert _common.one_scale([0.9, None, 0.5], recalls) == [(0.7, 0.9), (0.3, 0.5)]
+    assert _common.one_scale([0.9, 0.1, "high"], recalls) == [(0.7, 0.9), (0.3, "high")]
+    assert _common.one_scale([0.9, 0.1, True], recalls) == [(0.7, 0.9), (0.3, True)]
+
+
+def test_best_first_keeps_ties_in_order_and_caps():
+    assert _common.best_first([0.3, 0.9, 0.3, 0.5]) == [1, 3, 0, 2]
+    assert _common.best_first([0.3, 0.9, 0.3, 0.5], 2) == [1, 3]
+    assert _common.best_first([], 3) == []
