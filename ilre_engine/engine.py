@@ -146,7 +146,8 @@ class ILRe:
             hybrid: the sentence-embedding prior mixed into the scores of `recall`,
                 `compress`, `token_scores` and a `CorpusStore`'s recall
                 (`ilre_engine.hybrid.Hybrid`). ``"profile"``, the default, uses the weight
-                the model's calibration profile measured (`Profile.hybrid_weight`): the
+                the model's calibration profile measured (`Profile.hybrid_weight`, with its
+                passage size): the
                 embedded model's is shipped; a model without a profile, or whose profile
                 measured 0, recalls by its attention alone. None recalls by the model's
                 attention alone: the paper's method. A `Hybrid` sets the prior yourself.
@@ -176,8 +177,12 @@ class ILRe:
                 kernel_allocation=applied.kernel_allocation,
             )
         if hybrid == "profile":
-            weight = applied.hybrid_weight if applied is not None else 0.0
-            hybrid = Hybrid(weight=weight) if weight > 0 else None
+            weighted = applied is not None and applied.hybrid_weight > 0
+            hybrid = (
+                Hybrid(weight=applied.hybrid_weight, chunk_tokens=applied.hybrid_passage_tokens)
+                if weighted
+                else None
+            )
         engine = cls(
             trunk,
             tokenizer,

@@ -65,7 +65,9 @@ class Profile:
         hybrid_weight: the weight of the sentence-embedding prior (`ilre_engine.hybrid`)
             that recalled best at the chosen layer (`calibration.calibrate_hybrid`); 0 where
             the model alone did, and in profiles written before it was measured.
-        hybrid_recall: the answer recall measured at each candidate weight (as a string).
+        hybrid_passage_tokens: the prior's passage size (`Hybrid.chunk_tokens`) measured
+            with that weight.
+        hybrid_recall: the answer recall of each candidate, keyed ``"weight@passage_tokens"``.
     """
 
     model_name: str
@@ -83,6 +85,7 @@ class Profile:
     seconds: float = 0.0
     kernel_allocation: str = "heads"
     hybrid_weight: float = 0.0
+    hybrid_passage_tokens: int = 128
     hybrid_recall: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> str:

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from ilre_engine import ILRe, ILReError
-from ilre_engine.calibration import HYBRID_WEIGHTS, observe_layers
+from ilre_engine.calibration import HYBRID_PASSAGE_TOKENS, HYBRID_WEIGHTS, observe_layers
 from ilre_engine.loading import cache_root
 from ilre_engine.profiles import SHIPPED, Profile, config_sha256, user_profile_path
 from tests.tiny_models import build_models, random_context, tiny_configs, tiny_engine
@@ -99,11 +99,15 @@ def test_cli_calibrates_and_writes_a_profile(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     profile = Profile.load(out)
     assert profile.model_name == "gemma3-270m" and 3 <= profile.layer <= 6
-    # The prior's weight is measured at the chosen layer: the smallest of the best.
-    assert set(profile.hybrid_recall) == {str(w) for w in HYBRID_WEIGHTS}
+    # The prior's weight and passages are measured at the chosen layer: the smallest weight
+    # of the best.
+    candidates = {f"{w:g}@{s}" for w in HYBRID_WEIGHTS for s in HYBRID_PASSAGE_TOKENS}
+    assert set(profile.hybrid_recall) == candidates
     best = max(profile.hybrid_recall.values())
+    chosen = f"{profile.hybrid_weight:g}@{profile.hybrid_passage_tokens}"
+    assert profile.hybrid_recall[chosen] == best
     assert profile.hybrid_weight == min(
-        w for w in HYBRID_WEIGHTS if profile.hybrid_recall[str(w)] >= best
+        float(key.split("@")[0]) for key, value in profile.hybrid_recall.items() if value >= best
     )
     assert set(profile.recall) == {"3", "4", "5", "6"}
     assert all(

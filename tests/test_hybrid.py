@@ -165,11 +165,10 @@ def test_the_default_engine_mixes_the_prior_in_at_its_profiles_weight():
     from ilre_engine.profiles import SHIPPED, Profile
 
     shipped = Profile.load(SHIPPED / "gemma3-270m.json")
-    weighted = dataclasses.replace(shipped, hybrid_weight=0.2)
-    assert ILRe.from_pretrained(profile=weighted).hybrid == Hybrid(weight=0.2)
+    weighted = dataclasses.replace(shipped, hybrid_weight=0.2, hybrid_passage_tokens=64)
+    assert ILRe.from_pretrained(profile=weighted).hybrid == Hybrid(weight=0.2, chunk_tokens=64)
     assert ILRe.from_pretrained(profile=weighted, hybrid=None).hybrid is None
     unweighted = dataclasses.replace(shipped, hybrid_weight=0.0)
     assert ILRe.from_pretrained(profile=unweighted).hybrid is None
-    assert ILRe.from_pretrained().hybrid == (
-        Hybrid(weight=shipped.hybrid_weight) if shipped.hybrid_weight > 0 else None
-    )
+    expected = Hybrid(weight=shipped.hybrid_weight, chunk_tokens=shipped.hybrid_passage_tokens)
+    assert ILRe.from_pretrained().hybrid == (expected if shipped.hybrid_weight > 0 else None)

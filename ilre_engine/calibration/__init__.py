@@ -11,7 +11,13 @@
 - `metric`: answer recall, the measure of both.
 """
 
-from .hybrid_search import HYBRID_FAMILIES, HYBRID_WEIGHTS, calibrate_hybrid
+from .hybrid_search import (
+    HYBRID_FAMILIES,
+    HYBRID_PASSAGE_TOKENS,
+    HYBRID_WEIGHTS,
+    HybridChoice,
+    calibrate_hybrid,
+)
 from .layer_search import (
     CALIBRATION_FAMILIES,
     KERNEL_CANDIDATES,
@@ -23,9 +29,11 @@ from .layer_search import (
 __all__ = [
     "CALIBRATION_FAMILIES",
     "HYBRID_FAMILIES",
+    "HYBRID_PASSAGE_TOKENS",
     "HYBRID_WEIGHTS",
     "KERNEL_CANDIDATES",
     "CalibrationSettings",
+    "HybridChoice",
     "calibrate",
     "calibrate_hybrid",
     "observe_layers",

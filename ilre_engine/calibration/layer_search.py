@@ -35,6 +35,7 @@ from ..config import ILReConfig
 from ..context import TokenizedContext
 from ..engine import ILRe
 from ..errors import ILReError
+from ..hybrid import Hybrid
 from ..loading import load_config, resolve_model
 from ..profiles import Profile, config_sha256
 from ..recall import head_scores, pool_scores, remove_prior
@@ -191,7 +192,7 @@ def calibrate(
         }
         for layer in layers
     }
-    hybrid_weight, hybrid_recall = 0.0, {}
+    hybrid = None
     if hybrid_weights:
         pooling = best_kernels[chosen]
         at_layer = ILRe.from_pretrained(
@@ -203,7 +204,7 @@ def calibrate(
             profile=False,
             hybrid=None,
         )
-        hybrid_weight, hybrid_recall = calibrate_hybrid(
+        hybrid = calibrate_hybrid(
             at_layer,
             lengths=settings.lengths,
             samples=settings.samples,
@@ -220,8 +221,9 @@ def calibrate(
         layer=chosen,
         kernel_sizes=best_kernels[chosen][0],
         kernel_allocation=best_kernels[chosen][1],
-        hybrid_weight=hybrid_weight,
-        hybrid_recall=hybrid_recall,
+        hybrid_weight=hybrid.weight if hybrid else 0.0,
+        hybrid_passage_tokens=hybrid.passage_tokens if hybrid else Hybrid.chunk_tokens,
+        hybrid_recall=hybrid.recall if hybrid else {},
         sink=config.sink,
         window=config.window,
         chunk_size=config.chunk_size,

@@ -92,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
     sys.stdout.flush()
     summary(
         f"{profile.model_name}: layer {profile.layer}, kernels {kernels}, "
-        f"hybrid weight {profile.hybrid_weight:g} ({profile.seconds:.0f} s); "
+        f"hybrid weight {profile.hybrid_weight:g} over passages of "
+        f"{profile.hybrid_passage_tokens} tokens ({profile.seconds:.0f} s); "
         f"profile written to {path}"
     )
     return 0
