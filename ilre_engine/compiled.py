@@ -3,7 +3,7 @@
 In eager mode every RMSNorm, rotary embedding, activation and residual add is a chain of
 small element-wise kernels that each read and write the hidden states (the RMSNorm alone
 runs in float32 in five passes). On a GPU that traffic costs about as much as the attention
-(benchmarks/README.md, "Where the time goes"). Two things are compiled:
+(docs/lab-notes.md, "Where the time goes"). Two things are compiled:
 
 1. **The decoder layers**, each with `torch.compile` on the module: the model's own code
    runs, nothing is re-implemented, and each chain becomes one fused kernel while the matrix

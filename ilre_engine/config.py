@@ -48,7 +48,7 @@ class ILReConfig:
             names what the question's answer names is found (a chain of assignments, a fact
             split over sentences); the selection ranks by the mean of every pass's scores.
             Each pass costs one more query pass over the context's keys. The default, 2,
-            was chosen by measurement (benchmarks/README.md, "Two recall passes").
+            was chosen by measurement (docs/lab-notes.md, "Two recall passes").
         head_weights: one weight per query head of the retrieval layer: each head's pooled
             scores count by its weight in the average over heads (normalised to sum 1);
             None counts every head alike.
@@ -56,7 +56,7 @@ class ILReConfig:
             its own stream (`ILRe.document_keys`). Each forward step then reads a chunk of
             each, so a corpus of short documents is not bound by the host's per-step work.
             None: `ILRe.batch_documents` chooses by device, 64 on CUDA and 16 elsewhere
-            (benchmarks/README.md, "Documents side by side on the GPU: 64"), and a batch
+            (docs/lab-notes.md, "Documents side by side on the GPU: 64"), and a batch
             takes fewer where the device's free memory holds fewer; a count given here is
             read as given.
     """

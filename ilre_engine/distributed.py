@@ -167,7 +167,7 @@ def encode_corpus(
         batch_format="pyarrow",
         # One batch at a time per actor: two at once (max_concurrent_calls_per_actor=2 with
         # true multi-threading) ran 1.2x the single process on an H200 but wrote keys that
-        # differ from it (benchmarks/README.md, "Two batches at once in an actor").
+        # differ from it (docs/lab-notes.md, "Two batches at once in an actor").
         compute=ray.data.ActorPoolStrategy(size=num_actors),
         num_gpus=num_gpus_per_actor,
         num_cpus=num_cpus_per_actor,

@@ -1,7 +1,7 @@
 """Optional FP8 matrix products in the layers below the retrieval layer (`ILRe.fp8()`).
 
 On a GPU about 78% of a compiled encode is the bf16 matrix products of the layers below
-`l_R` (benchmarks/README.md, "Where the time goes"). Tensor cores of compute capability 8.9
+`l_R` (docs/lab-notes.md, "Where the time goes"). Tensor cores of compute capability 8.9
 and newer (Ada, Hopper) multiply ``float8_e4m3fn`` operands at up to twice the bf16 rate.
 `Fp8Linear` replaces each `torch.nn.Linear` of decoder layers ``0..l_R-1`` (the attention's
 q/k/v/o and the MLP's projections) with one `torch._scaled_mm` (cuBLAS / CUTLASS, as

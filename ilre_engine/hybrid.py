@@ -38,7 +38,7 @@ class Hybrid:
             exactly as they are, 1 ranks by the prior alone. 0.3 was chosen on all sixteen
             task families at 4k and 8k tokens, where it lost least elsewhere; a larger share
             finds more paraphrased answers and loses more of the chains that ILRe follows
-            through the text (benchmarks/README.md, "Hybrid with a sentence-embedding prior").
+            through the text (docs/lab-notes.md, "Hybrid with a sentence-embedding prior").
         temperature: of the softmax over the passages' cosine similarities to the question:
             lower makes the prior favour its best few passages more sharply. 0.05 puts a
             factor of about 400 between a passage at cosine 0.6 and one at 0.3.

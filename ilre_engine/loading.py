@@ -182,7 +182,7 @@ def default_dtype(device: torch.device, source: ModelSource) -> torch.dtype:
     float32 else.
 
     On such a CPU the embedded model's encode runs about 3x faster in bfloat16, with recall
-    quality unchanged (benchmarks/README.md, "CPU speed"). A CPU without those instructions
+    quality unchanged (docs/lab-notes.md, "CPU speed"). A CPU without those instructions
     emulates bfloat16 products, slower than float32. Other models stay float32 on the CPU:
     their recall in bfloat16 is not measured there, and tests compare their streaming
     prefill with their own float32 forward.

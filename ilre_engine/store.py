@@ -435,7 +435,7 @@ class CorpusStore:
         changes; it lives on the host, also for a GPU engine (the query rows go to the host,
         the candidates come back). On this project's CPU, over 1M tokens of real text, k=256
         and nprobe=16 kept 96% of the exact recall's text and every needle, in a third of
-        the time (benchmarks/README.md, "Approximate prefilter (FAISS)")."""
+        the time (docs/lab-notes.md, "Approximate prefilter (FAISS)")."""
         pipeline = self.engine.pipeline
         pipeline.query_ids(query)  # a bad query is refused before any shard is read
         return pipeline.recall(

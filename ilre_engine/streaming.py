@@ -325,7 +325,7 @@ def stream_keys(
 BATCH_LENGTH_STEP = 64
 """A batch's last chunk is read rounded up to a multiple of this many tokens (within the
 chunk): its length otherwise follows the batch's longest document, and each new shape costs
-a fresh process more (benchmarks/README.md, "Documents side by side on the GPU: 64")."""
+a fresh process more (docs/lab-notes.md, "Documents side by side on the GPU: 64")."""
 
 
 def batch_width(longest: int, chunk_size: int) -> int:

@@ -478,7 +478,7 @@ def test_lcel_chain_answers_from_the_recalled_context(retriever, llm, task):
 def test_lcel_chain_with_the_compressor_runnable(engine, documents, embeddings, llm, task):
     # One recall pass: from the default two-pass context, which holds the needle's sentence
     # whole (asserted for the default in the retriever chains above and below), this greedy
-    # 270M reader answers "Quito is the number that ..." (benchmarks/README.md, "Two recall
+    # 270M reader answers "Quito is the number that ..." (docs/lab-notes.md, "Two recall
     # passes"). What this test checks is the runnable in a chain, not the default.
     single = ILRe(
         engine.model,
