@@ -273,19 +273,21 @@ def test_fuzzed_documents_keep_every_invariant(engine, documents, query, budget)
         contents[s.document][s.start : s.end] for s in result.spans
     )
 
-    inputs = [Document(page_content=t, metadata=dict(m)) for t, m in documents]
+    inputs = [
+        Document(id=str(i), page_content=t, metadata=dict(m)) for i, (t, m) in enumerate(documents)
+    ]
     before = [d.model_dump() for d in inputs]
     output = ILReCompressor(engine=engine, budget_tokens=budget).compress_documents(inputs, query)
     assert [d.model_dump() for d in inputs] == before
-    sources = iter(inputs)  # outputs come in input order, each from one input
+    # Outputs come in input order, each from one input, which keeps its id (inputs may share
+    # a text, so the id, not the text, names the source).
+    order = [int(document.id) for document in output]
+    assert order == sorted(set(order))
     for document in output:
         ilre = document.metadata[METADATA_KEY]
-        source = next(
-            d
-            for d in sources
-            if GAP_MARKER.join(d.page_content[s["start"] : s["end"]] for s in ilre["spans"])
-            == document.page_content
-        )
+        source = inputs[int(document.id)]
+        spans = GAP_MARKER.join(source.page_content[s["start"] : s["end"]] for s in ilre["spans"])
+        assert spans == document.page_content
         added = (METADATA_KEY, "relevance_score")
         assert {k: v for k, v in document.metadata.items() if k not in added} == source.metadata
         assert ilre["total_output_tokens"] <= budget
