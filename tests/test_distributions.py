@@ -1,4 +1,5 @@
-"""The `ilre` wheel and the three partner wheels, as `scripts/build_wheels.py` builds them.
+"""The `ilre` wheel and the three partner wheels, as
+`ilre_integrations/distributions/build_wheels.py` builds them.
 
 The partner packages (``ilre_integrations/distributions/``) hold the LangChain and LlamaIndex
 classes themselves, so serialised ids and tracebacks name them; the `ilre` wheel holds the
@@ -30,7 +31,7 @@ pytest.importorskip("setuptools", minversion="77")
 
 ROOT = Path(__file__).resolve().parents[1]
 DISTRIBUTIONS = ROOT / "ilre_integrations" / "distributions"
-SCRIPT = ROOT / "scripts" / "build_wheels.py"
+SCRIPT = ROOT / "ilre_integrations" / "distributions" / "build_wheels.py"
 
 # name -> (module, its files besides py.typed, classes, the framework's core)
 EXPECTED = {

@@ -1,6 +1,6 @@
 """Build the `ilre` wheel and the three partner wheels into one folder.
 
-    python scripts/build_wheels.py [OUT]        (OUT: dist/ by default)
+    python ilre_integrations/distributions/build_wheels.py [OUT]        (OUT: dist/ by default)
 
 Each distribution is copied to a temporary folder first, so that no stale ``build/`` or
 ``*.egg-info`` of the checkout can add or hide a file, and built there with
@@ -22,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DISTRIBUTIONS = ROOT / "ilre_integrations" / "distributions"
 PARTNERS = ("langchain-ilre", "llama-index-postprocessor-ilre", "llama-index-retrievers-ilre")
 """The partner distributions, each a folder of `DISTRIBUTIONS`."""
