@@ -31,6 +31,13 @@ GRANULARITIES = ("word", "clause", "sentence", "passage")
 """Units a selection is made of, finest first: words (names, dates and numbers whole),
 clauses, sentences (or list runs), and passages (`PASSAGE_TOKENS`)."""
 
+SPLIT_SHARE = 0.5
+"""A unit too long for what is left of the budget gives way to its finer units only when it
+scores at least this share of the best unit: an answer inside a long sentence still comes
+out as its clause or words, while the rest of the budget is not filled with fragments of
+sentences that merely scored something (on hard-wrapped essays, most spans that did not
+start and end on a sentence boundary were such fillers)."""
+
 PASSAGE_TOKENS = 128
 """The longest passage: consecutive sentence units of one paragraph packed up to this many
 model tokens (a longer sentence is a passage of its own); a selection of passages ranks
@@ -303,7 +310,8 @@ def select_within_budget(
     filled as needed (they depend on the text only, so recalls over one context share them).
 
     Units are taken best first (a unit scores its best token); one that does not fit what is
-    left of the budget is replaced by its finer units, which compete with the rest. The
+    left of the budget is replaced by its finer units, which compete with the rest, when it
+    scores at least `SPLIT_SHARE` of the best unit. The
     taken units are then counted as the joined text they make: the longest prefix of the
     order they were taken in that fits is kept, and what is left of the budget is filled
     again, so the result is as full as the units allow and never over the budget.
@@ -314,6 +322,7 @@ def select_within_budget(
     _unit_cache(context, finer, units)
     levels = [_Units(g, units) for g in finer]
     coarsest = _BestFirst(levels[0].scores(token_scores))
+    split_floor = SPLIT_SHARE * coarsest.frontier
     gap = count_tokens(GAP_MARKER)
     cost_cache: dict[tuple[int, int], int] = {}
 
@@ -365,13 +374,13 @@ def select_within_budget(
                     heapq.heappush(heap, item)
             if not heap:
                 break
-            _, level, index = heapq.heappop(heap)
+            negated, level, index = heapq.heappop(heap)
             price = cost(level, index)
             if spent + price <= budget:
                 take(level, index)
                 spent += price
                 added = True
-            elif level + 1 < len(levels):
+            elif level + 1 < len(levels) and -negated >= split_floor:
                 for child in children(level, index):
                     heapq.heappush(heap, child)
         if not added:
