@@ -129,6 +129,9 @@ ABLATIONS: dict[str, dict] = {
         "Question: {query}\nAnswer:"
     },
     "ilre_twice": {"query_template": "\n\nQuestion: {query}\nQuestion: {query}"},
+    # Chunk-level ILRe: whole passages (a paragraph's sentences up to 128 tokens) ranked by
+    # ILRe's scores, each giving way to its sentences where it does not fit.
+    "ilre_passage": {"granularity": "passage"},
 }
 """Settings recalled from ILRe's own encoding (one that changes nothing of the engine's own
 settings is skipped: its rows are ILRe's)."""

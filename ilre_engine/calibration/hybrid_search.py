@@ -12,6 +12,7 @@ as well.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,12 +23,13 @@ from tqdm.auto import tqdm
 
 from ..engine import ILRe
 from ..hybrid import Hybrid
+from ..scoring import ContextKeys
 from ..tokenization import tokenize_documents
 from .families import ALL_FAMILIES
 from .metric import answer_recall, answer_words_of
 from .tasks import haystack
 
-HYBRID_WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.5)
+HYBRID_WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
 """Candidate weights of the prior."""
 
 HYBRID_PASSAGE_TOKENS = (32, 64, 128)
@@ -64,14 +66,7 @@ def calibrate_hybrid(
     layer, kernels and passes, without a hybrid of its own), averaged over `samples` tasks
     per family and length (depths spread evenly, seeded by `seed`) and over `budgets` (shares
     of the context's tokens), as `layer_search.calibrate` measures layers."""
-    plain = ILRe(
-        engine.model,
-        engine.tokenizer,
-        layer=engine.layer,
-        name=engine.name,
-        config=engine.config,
-        profile=engine.profile,
-    )
+    plain = dataclasses.replace(engine.pipeline, hybrid=None)
     rng = random.Random(seed)
     jobs = [
         (length, family, (i + 0.5) / samples)
@@ -85,8 +80,8 @@ def calibrate_hybrid(
     }
     for length, family, depth in tqdm(jobs, desc="ILRe hybrid weight", disable=not progress):
         task = ALL_FAMILIES[family](texts[length], depth, rng)
-        encoded = plain.encode(task.context, progress=False)
-        scores = plain.token_scores(encoded, task.query)
+        encoded = engine.encode(task.context, progress=False)
+        scores = plain.token_scores(ContextKeys(encoded, engine.config.score_block), task.query)
         tokens = tokenize_documents(engine.tokenizer, [task.context])
         words = answer_words_of(tokens, task.answer_spans)
         cache = encoded.cache
