@@ -219,6 +219,22 @@ def best_first(scores: Sequence[float], limit: int | None = None) -> list[int]:
     return order if limit is None else order[:limit]
 
 
+def require_items(items: Any, kind: type | tuple[type, ...], what: str) -> list[Any]:
+    """`items` as a list, or `InvalidDocumentError` naming the argument `what`: items that
+    are not a list or tuple (a lone string, None), or an item that is not a `kind`."""
+    names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+    if isinstance(items, (str, bytes)) or not isinstance(items, (list, tuple)):
+        raise errors.InvalidDocumentError(
+            f"{what} must be a list of {names}, got {type(items).__name__}"
+        )
+    for index, item in enumerate(items):
+        if not isinstance(item, kind):
+            raise errors.InvalidDocumentError(
+                f"{what}[{index}] is {type(item).__name__}, not a {names}"
+            )
+    return list(items)
+
+
 def require_texts(contents: Sequence[Any], what: str = "document") -> list[str]:
     """The texts, or `InvalidDocumentError` naming the first item that is not a string."""
     for index, content in enumerate(contents):

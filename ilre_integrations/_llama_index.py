@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from llama_index.core.schema import BaseNode, ImageNode, MetadataMode, QueryBundle
 
 from ilre_engine import errors
-from ilre_integrations._common import METADATA_KEY, require_texts
+from ilre_integrations._common import METADATA_KEY, require_items, require_texts
 
 if TYPE_CHECKING:
     from ilre_engine import RecallResult, Span
@@ -27,6 +27,10 @@ _IDS = uuid.UUID("1b1e0d6a-6c1f-4c55-9d8e-5e2f0c3a7b11")
 
 
 def query_text(query_bundle: QueryBundle | None) -> str:
+    if query_bundle is not None and not isinstance(query_bundle.query_str, str):
+        raise errors.ILReError(
+            f"query_bundle.query_str must be a string, got {type(query_bundle.query_str).__name__}"
+        )
     if query_bundle is None or not query_bundle.query_str.strip():
         raise errors.EmptyInputError(
             "ILRe recalls what a query attends to: pass a non-empty query_str or query_bundle"
@@ -35,7 +39,9 @@ def query_text(query_bundle: QueryBundle | None) -> str:
 
 
 def node_texts(nodes: Sequence[BaseNode]) -> list[str]:
-    """Each node's text (without metadata); a node that holds only media is refused."""
+    """Each node's text (without metadata); a node that holds only media, or anything that
+    is not a node, is refused."""
+    nodes = require_items(nodes, BaseNode, "nodes")
     contents = []
     for index, node in enumerate(nodes):
         content = node.get_content(metadata_mode=MetadataMode.NONE)

@@ -320,6 +320,33 @@ def test_compressor_refuses_content_that_is_not_text(compressor, documents, task
 
 
 @pytest.mark.parametrize(
+    ("documents_of", "message"),
+    [
+        (lambda docs: [None], r"documents\[0\] is NoneType, not a Document"),
+        (lambda docs: [docs[0], None], r"documents\[1\] is NoneType, not a Document"),
+        (lambda docs: docs[0].page_content, "must be a list of Document, got str"),
+        (lambda docs: None, "must be a list of Document, got NoneType"),
+    ],
+)
+def test_every_face_refuses_what_is_not_a_list_of_documents(
+    compressor, retriever, documents, task, documents_of, message
+):
+    """A caller's mistake is an ILReError naming the argument, never an AttributeError from
+    inside ILRe: the compressor (sync and async), from_documents and add_documents."""
+    import asyncio
+
+    given = documents_of(documents)
+    with pytest.raises(InvalidDocumentError, match=message):
+        compressor.compress_documents(given, task.query)
+    with pytest.raises(InvalidDocumentError, match=message):
+        asyncio.run(compressor.acompress_documents(given, task.query))
+    with pytest.raises(InvalidDocumentError, match=message):
+        ILReRetriever.from_documents(given, engine=compressor.engine, budget_tokens=BUDGET)
+    with pytest.raises(InvalidDocumentError, match=message):
+        retriever.add_documents(given)
+
+
+@pytest.mark.parametrize(
     "budget",
     [
         {},

@@ -396,6 +396,21 @@ def test_non_text_nodes_are_refused(engine, small_nodes, node, message):
         ILRePostprocessor(engine=engine, budget_tokens=40).postprocess_nodes(nodes, query_str="q")
 
 
+def test_every_face_refuses_what_is_not_a_node_or_a_query(engine, small_nodes, retriever):
+    """A caller's mistake is an ILReError naming the argument, never an AttributeError from
+    inside ILRe: the postprocessor's nodes and query, the retriever's nodes and inserts."""
+    postprocessor = ILRePostprocessor(engine=engine, budget_tokens=40)
+    with pytest.raises(InvalidDocumentError, match=r"nodes\[0\] is NoneType, not a NodeWithScore"):
+        postprocessor.postprocess_nodes([None], query_str="q")
+    unset = QueryBundle(query_str=None)  # a dataclass: nothing checks the type
+    with pytest.raises(ILReError, match=r"query_bundle\.query_str must be a string, got NoneType"):
+        postprocessor.postprocess_nodes([small_nodes[0][0]], query_bundle=unset)
+    with pytest.raises(InvalidDocumentError, match=r"nodes\[0\] is NoneType, not a BaseNode"):
+        ILReRetriever([None], engine=engine, budget_tokens=40)
+    with pytest.raises(InvalidDocumentError, match=r"nodes\[0\] is NoneType, not a BaseNode"):
+        retriever.insert(None)
+
+
 @pytest.mark.parametrize(
     "budget", [{}, {"budget_tokens": 10, "ratio": 0.5}, {"budget_tokens": 0}, {"ratio": 1.5}]
 )

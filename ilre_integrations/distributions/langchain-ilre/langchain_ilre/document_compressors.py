@@ -24,6 +24,7 @@ from ilre_integrations._common import (
     given,
     one_scale,
     per_document,
+    require_items,
     require_texts,
 )
 from langchain_ilre._shared import RELEVANCE_KEY, atraced, to_document, traced
@@ -144,6 +145,7 @@ class ILReCompressor(BaseDocumentCompressor):
             InvalidDocumentError: a ``page_content`` is not a string.
             EmptyInputError: the query is empty, or every document is only whitespace.
         """
+        documents = require_items(documents, Document, "documents")
         return traced(
             CallbackManager.configure(inheritable_callbacks=callbacks),
             type(self).__name__,
@@ -159,6 +161,7 @@ class ILReCompressor(BaseDocumentCompressor):
     ) -> list[Document]:
         """`compress_documents` with the engine in the default executor; the run is reported
         to `callbacks` from the event loop, as async handlers expect."""
+        documents = require_items(documents, Document, "documents")
         return await atraced(
             AsyncCallbackManager.configure(inheritable_callbacks=callbacks),
             type(self).__name__,

@@ -28,6 +28,7 @@ from ilre_integrations._common import (
     check_fields,
     documented,
     engine_for,
+    require_items,
     require_texts,
 )
 from langchain_ilre._shared import atraced, to_document, traced
@@ -108,6 +109,7 @@ class ILReRetriever(BaseRetriever):
         `kwargs` are the retriever's fields: one budget (``k``, ``budget_tokens`` or
         ``ratio``), ``tokens_per_k``, and BaseRetriever's (``tags``, ``metadata``). `load`
         reopens a `store`, as it opens a store built by ``ilre index``."""
+        documents = require_items(documents, Document, "documents")
         settings = dict(model=model, layer=layer, device=device, config=config)
         retriever = cls._unloaded(engine, budget_tokenizer, kwargs)
         engine = engine_for(engine, {**settings, "budget_tokenizer": budget_tokenizer})
@@ -158,6 +160,7 @@ class ILReRetriever(BaseRetriever):
     def add_documents(self, documents: Sequence[Document]) -> None:
         """Encode `documents` after the corpus; the documents already there are not re-read.
         Each one's metadata is deep-copied, and its id kept beside it."""
+        documents = require_items(documents, Document, "documents")
         texts = require_texts([document.page_content for document in documents])
         self.corpus.add(texts, [_corpus_record(document) for document in documents])
 

@@ -26,6 +26,7 @@ from ilre_integrations._common import (
     given,
     one_scale,
     per_document,
+    require_items,
 )
 from ilre_integrations._llama_index import (
     char_span,
@@ -166,6 +167,7 @@ class ILRePostprocessor(BaseNodePostprocessor):
         query_bundle: QueryBundle | None = None,
     ) -> list[NodeWithScore]:
         query = query_text(query_bundle)
+        nodes = require_items(nodes, NodeWithScore, "nodes")
         if not nodes:
             return []
         texts = node_texts([n.node for n in nodes])
