@@ -33,7 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 
 from gpu_long_context import GiB, kernel_breakdown, llama_8b, random_tokens, seconds, time_ilre
-from results_folder import dated_path
+from output_folder import dated_path
 from transformers import AutoModel
 
 from ilre_engine import ILRe, ILReConfig

@@ -34,7 +34,7 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from results_folder import dated_path
+from output_folder import dated_path
 from transformers import AutoModel, LlamaConfig
 
 from ilre_engine import ILRe, ILReConfig, compiled

@@ -98,7 +98,7 @@ from chunk_peers import (
     sized,
     unsized,
 )
-from results_folder import dated_path
+from output_folder import dated_path
 
 from ilre_engine import GAP_MARKER, Hybrid, ILRe, resolve_budget
 from ilre_engine.calibration.families import ALL_FAMILIES

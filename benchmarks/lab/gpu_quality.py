@@ -49,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).parents[1]))
 
 import quality
 from gguf_pack import build_trunk, pack_trunk, rebuild_state
-from results_folder import dated_folder
+from output_folder import dated_folder
 
 RATIOS = (0.05, 0.1)
 DEFAULT_VARIANT = "prior_k17"

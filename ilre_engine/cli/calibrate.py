@@ -6,50 +6,49 @@ import argparse
 import sys
 
 from ..errors import ILReError
-from . import arguments, parser
+from .arguments import MIN_CALIBRATION_LENGTH, layers, lengths, positive, profile_path, tolerance
 from .model import model_errors
 from .output import note, shows_progress, summary
+from .parser import EMBEDDED, add_command, add_device, add_model, add_quiet
 from .preflight import preflight
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
-    command = parser.add_command(
+    command = add_command(
         commands,
         "calibrate",
         "choose the retrieval layer and pooling kernels of a model",
         "Measure every layer's recall on retrieval tasks and write the model's\n"
         "profile, which ILRe.from_pretrained then uses.",
     )
-    parser.add_model(command)
+    add_model(command)
     command.add_argument(
         "--lengths",
         default="4k,8k",
-        type=arguments.lengths,
-        help=f"context lengths in model tokens, each >= {arguments.MIN_CALIBRATION_LENGTH} "
+        type=lengths,
+        help=f"context lengths in model tokens, each >= {MIN_CALIBRATION_LENGTH} "
         "and within the model's positions (e.g. 4k,8k,16k)",
     )
-    command.add_argument(
-        "--samples", type=arguments.positive, default=2, help="tasks per family and length"
-    )
+    command.add_argument("--samples", type=positive, default=2, help="tasks per family and length")
     command.add_argument(
         "--families", help="task families (default: the RULER needle variants + paraphrase)"
     )
     command.add_argument(
-        "--layers", type=arguments.layers, help="candidate layers, e.g. 2-8 or 2,4,6 (default: all)"
+        "--layers", type=layers, help="candidate layers, e.g. 2-8 or 2,4,6 (default: all)"
     )
     command.add_argument(
         "--tolerance",
-        type=arguments.tolerance,
+        type=tolerance,
         default=0.02,
         help="how far below the best recall the chosen layer may be, in [0, 1]",
     )
-    parser.add_device(command)
+    add_device(command)
     command.add_argument(
         "--out",
-        type=arguments.profile_path,
+        type=profile_path,
         help="profile file (default: where from_pretrained finds it)",
     )
-    parser.add_quiet(command)
+    add_quiet(command)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -65,14 +64,14 @@ def run(args: argparse.Namespace) -> int:
         layers=args.layers,
         tolerance=args.tolerance,
     )
-    note(args, f"reading the config of {args.model or parser.EMBEDDED} ...")
+    note(args, f"reading the config of {args.model or EMBEDDED} ...")
     with model_errors(args.model):
         config = load_config(resolve_model(args.model))
     positions = getattr(config, "max_position_embeddings", None)
     if positions is not None and max(settings.lengths) > positions:
         raise ILReError(
             f"--lengths {max(settings.lengths)} is longer than the {positions} positions "
-            f"{args.model or parser.EMBEDDED} was trained on"
+            f"{args.model or EMBEDDED} was trained on"
         )
     # Only file errors here: the config loaded above, so what is left to fail is reading the
     # weights, and a ValueError from the calibration itself would be a bug.

@@ -8,15 +8,22 @@ import json
 from pathlib import Path
 
 from ..errors import ILReError
-from . import parser
 from .model import load_engine
 from .output import print_result, shows_progress, summary, warn
+from .parser import (
+    add_command,
+    add_device,
+    add_model,
+    add_query_and_budget,
+    add_quiet,
+    add_tokenizer,
+)
 from .preflight import preflight
 from .reading import MAX_INPUT_BYTES, read_documents
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
-    command = parser.add_command(
+    command = add_command(
         commands,
         "compress",
         "keep what a query needs from long text",
@@ -30,18 +37,18 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help=f"documents, one per file (default: standard input); at most "
         f"{MAX_INPUT_BYTES // 2**20} MiB in all",
     )
-    parser.add_query_and_budget(command, "the input")
+    add_query_and_budget(command, "the input")
     command.add_argument("--json", action="store_true", help="print the result as JSON")
-    parser.add_model(command)
+    add_model(command)
     command.add_argument("--layer", type=int, help="retrieval layer (default: the model's)")
-    parser.add_device(command)
-    parser.add_tokenizer(command)
+    add_device(command)
+    add_tokenizer(command)
     command.add_argument(
         "--max-tokens",
         type=int,
         help="longest context in model tokens (default: no limit but memory)",
     )
-    parser.add_quiet(command)
+    add_quiet(command)
 
 
 def run(args: argparse.Namespace) -> int:

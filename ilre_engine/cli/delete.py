@@ -6,14 +6,14 @@ import argparse
 import os
 
 from ..errors import ILReError
-from . import parser
 from .model import open_store
 from .output import summary
+from .parser import add_command, add_device, add_model, add_quiet, add_store
 from .store_files import live_document_ids, read_store_manifest
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
-    command = parser.add_command(
+    command = add_command(
         commands,
         "delete",
         "delete documents from a corpus store",
@@ -21,13 +21,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "their source (a file's path, as `ilre index` was given it or absolute). Nothing\n"
         "is deleted unless every one is found.",
     )
-    parser.add_store(command)
+    add_store(command)
     command.add_argument(
         "documents", nargs="+", metavar="ID|SOURCE", help="document ids or sources"
     )
-    parser.add_model(command)
-    parser.add_device(command)
-    parser.add_quiet(command)
+    add_model(command)
+    add_device(command)
+    add_quiet(command)
 
 
 def run(args: argparse.Namespace) -> int:

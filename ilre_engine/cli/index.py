@@ -12,10 +12,12 @@ import os
 from pathlib import Path
 
 from ..errors import ILReError
-from . import parser, ray_driver
 from .model import load_engine
 from .output import shows_progress, summary, warn
+from .parser import add_command, add_device, add_model, add_quiet, add_store
 from .preflight import preflight
+from .ray_driver import add_arguments as add_ray_arguments
+from .ray_driver import driver_engine, encode_on_ray, import_ray, ray_options
 from .reading import MAX_INPUT_BYTES, STDIN, TEXT_SUFFIXES, Document, expand, read_documents
 from .store_files import check_store_path, holds_store
 
@@ -24,7 +26,7 @@ _OUTCOMES = ("added", "updated", "skipped", "deleted")
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
-    command = parser.add_command(
+    command = add_command(
         commands,
         "index",
         "bring a corpus store up to date with documents on disk",
@@ -34,7 +36,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "--cleanup full the documents of files not given are deleted. Empty files are\n"
         "skipped with a warning. `ilre query` recalls from the store.",
     )
-    parser.add_store(command)
+    add_store(command)
     command.add_argument(
         "files",
         nargs="*",
@@ -49,12 +51,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         choices=["full"],
         help="full: also delete the store's documents whose path is not among these",
     )
-    parser.add_model(command)
-    parser.add_device(
-        command, "; with --ray the actors' (default: cuda with --gpus-per-actor, else cpu)"
-    )
-    parser.add_quiet(command)
-    ray_driver.add_arguments(command)
+    add_model(command)
+    add_device(command, "; with --ray the actors' (default: cuda with --gpus-per-actor, else cpu)")
+    add_quiet(command)
+    add_ray_arguments(command)
 
 
 def source_id(document: Document) -> str:
@@ -66,20 +66,20 @@ def source_id(document: Document) -> str:
 def run(args: argparse.Namespace) -> int:
     check_store_path(args.store)
     exists = holds_store(args.store)  # a damaged manifest: said before the model loads
-    ray_options = ray_driver.ray_options(args)  # refused before reading input or loading
-    if ray_options is not None and args.cleanup is not None:
+    on_ray = ray_options(args)  # refused before reading input or loading
+    if on_ray is not None and args.cleanup is not None:
         raise ILReError("--cleanup does not work with --ray yet: index without --ray")
     documents = read_documents(expand(args.files), "index")
     for document in documents:
         if document.is_empty:
             warn(f"skipped {document.source}: empty (only whitespace)")
     documents = [d for d in documents if not d.is_empty]
-    if ray_options is None:
+    if on_ray is None:
         preflight(args.model, args.device)
         engine = load_engine(args, device=args.device)
     else:
-        ray = ray_driver.import_ray()
-        engine = ray_driver.driver_engine(args.model, ray_options.device)
+        ray = import_ray()
+        engine = driver_engine(args.model, on_ray.device)
     from ..store import CorpusStore
 
     store = (CorpusStore.open if exists else CorpusStore.create)(args.store, engine)
@@ -88,13 +88,13 @@ def run(args: argparse.Namespace) -> int:
     # The source is the id: the path as typed would make the same file, indexed from
     # another directory, a changed document (the content digest covers the metadata).
     metadata = [{"source": i} for i in ids]
-    if ray_options is None:
+    if on_ray is None:
         report = store.index(
             texts, metadata, ids=ids, cleanup=args.cleanup, progress=shows_progress(args)
         )
         done = [report.added, report.updated, report.skipped, report.deleted]
     else:
-        done = [ray_driver.encode_on_ray(ray, ray_options, args.model, store, texts, metadata)]
+        done = [encode_on_ray(ray, on_ray, args.model, store, texts, metadata)]
         done += [[], [], []]  # added, without the identities that would skip or replace
     counts = ", ".join(f"{what} {len(which)}" for what, which in zip(_OUTCOMES, done, strict=True))
     summary(f"{args.store}: {counts}; {len(store)} documents, {store.num_tokens:,} model tokens")

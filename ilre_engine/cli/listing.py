@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 
-from . import parser
 from .model import open_store
 from .output import print_result
+from .parser import add_command, add_device, add_model, add_quiet, add_store, add_tokenizer
 from .store_files import live_document_ids, read_store_manifest
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
-    command = parser.add_command(
+    command = add_command(
         commands,
         "list",
         "list a corpus store's documents",
@@ -20,12 +20,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "document's length in budget tokens, and its source (the id `ilre index` knows it\n"
         "by, its file's absolute path).",
     )
-    parser.add_store(command)
+    add_store(command)
     command.add_argument("--json", action="store_true", help="print one JSON object a line")
-    parser.add_tokenizer(command)
-    parser.add_model(command)
-    parser.add_device(command)
-    parser.add_quiet(command)
+    add_tokenizer(command)
+    add_model(command)
+    add_device(command)
+    add_quiet(command)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 from typing import NoReturn
 
-from . import arguments
+from .arguments import text
 
 EXIT_USAGE = 2
 
@@ -71,7 +71,7 @@ def add_store(parser: argparse.ArgumentParser, help: str = "the store's director
 
 def add_query_and_budget(parser: argparse.ArgumentParser, of: str) -> None:
     """``--query`` and one of ``--budget`` / ``--ratio`` (a fraction of `of`)."""
-    parser.add_argument("--query", "-q", required=True, type=arguments.text, help="the question")
+    parser.add_argument("--query", "-q", required=True, type=text, help="the question")
     budget = parser.add_mutually_exclusive_group(required=True)
     budget.add_argument("--budget", type=int, help="budget in reader-LLM tokens")
     budget.add_argument("--ratio", type=float, help=f"budget as a fraction of {of}, in (0, 1]")

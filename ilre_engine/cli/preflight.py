@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ILReError, UnsupportedModelError
-from . import hub
+from .hub import check_cached, prepare_hub
 
 
 def preflight(model: str | None, device: str | None) -> None:
@@ -18,11 +18,11 @@ def preflight(model: str | None, device: str | None) -> None:
     check_gguf(model)
     from ..loading import is_hub_id  # torch, but neither transformers nor huggingface_hub
 
-    why_offline = hub.prepare_hub() if is_hub_id(model) else None
+    why_offline = prepare_hub() if is_hub_id(model) else None
     if device is not None:
         check_device(device)
     if why_offline is not None:
-        hub.check_cached(str(model), why_offline)
+        check_cached(str(model), why_offline)
 
 
 def check_gguf(model: str | None) -> None:

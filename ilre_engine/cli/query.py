@@ -5,27 +5,35 @@ from __future__ import annotations
 import argparse
 import json
 
-from . import parser
 from .model import open_store
 from .output import print_result, summary
+from .parser import (
+    add_command,
+    add_device,
+    add_model,
+    add_query_and_budget,
+    add_quiet,
+    add_store,
+    add_tokenizer,
+)
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
-    command = parser.add_command(
+    command = add_command(
         commands,
         "query",
         "keep what a query needs from a corpus store",
         "Print the parts of a store's documents that a query needs, within a budget.",
     )
-    parser.add_store(command, "the store's directory (from `ilre index`)")
-    parser.add_query_and_budget(command, "the store")
+    add_store(command, "the store's directory (from `ilre index`)")
+    add_query_and_budget(command, "the store")
     command.add_argument(
         "--json", action="store_true", help="print the result as JSON, with each span's source"
     )
-    parser.add_tokenizer(command)
-    parser.add_model(command)
-    parser.add_device(command)
-    parser.add_quiet(command)
+    add_tokenizer(command)
+    add_model(command)
+    add_device(command)
+    add_quiet(command)
 
 
 def run(args: argparse.Namespace) -> int:

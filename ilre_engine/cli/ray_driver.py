@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ILReError
-from . import arguments
+from .arguments import fraction, positive, whole
 from .model import model_errors
 from .output import one_line
 from .preflight import parse_device, preflight
@@ -43,13 +43,13 @@ def add_arguments(command: argparse.ArgumentParser) -> None:
     )
     ray.add_argument(
         "--actors",
-        type=arguments.positive,
+        type=positive,
         metavar="N",
         help="engines encoding at once, one per GPU (default: 1)",
     )
     ray.add_argument(
         "--tokenizer-actors",
-        type=arguments.whole,
+        type=whole,
         metavar="N",
         help="CPU actors tokenising batches ahead of the engines, so that the engines' "
         "devices do not wait for it; 0: each engine tokenises its own batches (default: 1, "
@@ -57,13 +57,13 @@ def add_arguments(command: argparse.ArgumentParser) -> None:
     )
     ray.add_argument(
         "--gpus-per-actor",
-        type=arguments.fraction,
+        type=fraction,
         metavar="G",
         help="GPUs each actor reserves (default: 0; give 1 with --device cuda)",
     )
     ray.add_argument(
         "--batch-size",
-        type=arguments.positive,
+        type=positive,
         metavar="N",
         help="documents per batch and shard (default: 128)",
     )

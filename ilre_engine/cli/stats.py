@@ -5,19 +5,19 @@ from __future__ import annotations
 import argparse
 import json
 
-from . import parser
 from .output import print_result
+from .parser import add_command, add_store
 from .store_files import read_store_manifest
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
-    command = parser.add_command(
+    command = add_command(
         commands,
         "stats",
         "show what a corpus store holds",
         "Print a corpus store's model, layer, documents, shards and tokens (no model loads).",
     )
-    parser.add_store(command)
+    add_store(command)
     command.add_argument("--json", action="store_true", help="print the figures as JSON")
 
 
