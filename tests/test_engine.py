@@ -196,9 +196,9 @@ def test_cli_reads_stdin_and_refuses_bad_input_in_one_line():
     )
     assert done.returncode == 0 and done.stdout.strip()
     for args, stdin, message in [
-        (("--budget", "0"), "text", "budget_tokens must be > 0"),
+        (("--budget", "0"), "text", "budget_tokens must be an integer >= 1, got 0"),
         (("--ratio", "2"), "text", "ratio must be in (0, 1]"),
-        (("--budget", "5"), "  \n", "the context is empty"),
+        (("--budget", "5"), "  \n", "standard input is empty"),
         (("--budget", "5", "/no/such/file"), None, "cannot read /no/such/file"),
     ]:
         done = run_cli("compress", "--query", "q", *args, stdin=stdin)

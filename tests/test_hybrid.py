@@ -47,7 +47,7 @@ def test_paraphrased_answer_is_recalled(engine, essays):
     assert ANSWER in hybrid.text
     # The plain method misses it (else this test would prove nothing), and so does a
     # weight of 0.
-    assert ANSWER not in engine.recall(encoded, PARAPHRASE, ratio=0.05).text
+    assert ANSWER not in _with(engine, None).recall(encoded, PARAPHRASE, ratio=0.05).text
     off = _with(engine, Hybrid(weight=0))
     assert ANSWER not in off.recall(encoded, PARAPHRASE, ratio=0.05).text
 
@@ -60,33 +60,34 @@ def test_a_store_recalls_with_its_engines_hybrid(engine, essays, tmp_path):
     text, _ = essays
     half = text.find(". ", len(text) // 2) + 2
     CorpusStore.create(tmp_path, engine).add([text[:half], text[half:]])
-    plain = CorpusStore.open(tmp_path, engine)
-    assert ANSWER not in plain.recall(PARAPHRASE, ratio=0.05).text
+    plain = CorpusStore.open(tmp_path, _with(engine, None))
+    # At 3%, where the plain method misses it (the structure units find it at 5%).
+    assert ANSWER not in plain.recall(PARAPHRASE, ratio=0.03).text
     store = CorpusStore.open(tmp_path, _with(engine, Hybrid()))
-    recalled = store.recall(PARAPHRASE, ratio=0.05)
+    recalled = store.recall(PARAPHRASE, ratio=0.03)
     assert ANSWER in recalled.text
     cache = store._cache.recall.embeddings
     (embedded,) = cache.values()  # the passages, embedded once for later recalls
-    assert store.recall(PARAPHRASE, ratio=0.05) == recalled
+    assert store.recall(PARAPHRASE, ratio=0.03) == recalled
     assert next(iter(cache.values())) is embedded
     store.add(["A short note on something else entirely."])  # the store changed: again
-    assert ANSWER in store.recall(PARAPHRASE, ratio=0.05).text
+    assert ANSWER in store.recall(PARAPHRASE, ratio=0.03).text
     (grown,) = store._cache.recall.embeddings.values()
     assert len(grown) > len(embedded)
     question = "What did the author say about tablets?"
     off = CorpusStore.open(tmp_path, _with(engine, Hybrid(weight=0))).token_scores(question)
-    plain = CorpusStore.open(tmp_path, engine).token_scores(question)
+    plain = CorpusStore.open(tmp_path, _with(engine, None)).token_scores(question)
     assert off.keys() == plain.keys() == {0, 1, 2}
     assert all(np.array_equal(off[i], plain[i]) for i in plain)
 
 
 def test_weight_zero_is_the_plain_method(engine, essays):
     _, encoded = essays
-    off = _with(engine, Hybrid(weight=0))
+    off, plain = _with(engine, Hybrid(weight=0)), _with(engine, None)
     assert np.array_equal(
-        off.token_scores(encoded, PARAPHRASE), engine.token_scores(encoded, PARAPHRASE)
+        off.token_scores(encoded, PARAPHRASE), plain.token_scores(encoded, PARAPHRASE)
     )
-    assert off.recall(encoded, PARAPHRASE, ratio=0.05) == engine.recall(
+    assert off.recall(encoded, PARAPHRASE, ratio=0.05) == plain.recall(
         encoded, PARAPHRASE, ratio=0.05
     )
 

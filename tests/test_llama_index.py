@@ -768,11 +768,13 @@ def test_top_n_keeps_the_best_nodes_after_the_budget_in_input_order(
     index, every_chunk, engine, story
 ):
     retrieved = index.as_retriever(similarity_top_k=every_chunk).retrieve(story.task.query)
-    every = ILRePostprocessor(engine=engine, budget_tokens=BUDGET).postprocess_nodes(
+    # A budget that keeps something of several nodes, so that a cap of 2 has work to do.
+    budget = 3 * BUDGET
+    every = ILRePostprocessor(engine=engine, budget_tokens=budget).postprocess_nodes(
         retrieved, query_str=story.task.query
     )
     assert len(every) > 2
-    capped = ILRePostprocessor(engine=engine, budget_tokens=BUDGET, top_n=2)
+    capped = ILRePostprocessor(engine=engine, budget_tokens=budget, top_n=2)
     kept = capped.postprocess_nodes(retrieved, query_str=story.task.query)
     best = {n.node.node_id for n in sorted(every, key=lambda n: n.score, reverse=True)[:2]}
     assert [n.node.node_id for n in kept] == [

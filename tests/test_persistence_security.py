@@ -279,7 +279,15 @@ def relocated(engine, tmp_path_factory):
     engine.tokenizer.save_pretrained(directory)
     tokenizer = AutoTokenizer.from_pretrained(directory)
     assert tokenizer.name_or_path != engine.tokenizer.name_or_path
-    return ILRe(engine.model, tokenizer, layer=engine.layer, name=engine.name, config=engine.config)
+    return ILRe(
+        engine.model,
+        tokenizer,
+        layer=engine.layer,
+        name=engine.name,
+        config=engine.config,
+        profile=engine.profile,
+        hybrid=engine.hybrid,
+    )
 
 
 def test_a_corpus_loads_with_the_same_tokenizer_from_another_path(engine, relocated, tmp_path):
