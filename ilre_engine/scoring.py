@@ -37,7 +37,7 @@ from .hybrid import Hybrid
 from .inputs import check_query
 from .recall import head_scores, pool_scores, remove_prior
 from .results import RecallResult
-from .selection import select_within_budget, whole_documents
+from .selection import prepare_units, select_within_budget, whole_documents
 from .streaming import StreamObserver, StreamState
 from .tokenization import cut_to_tokens
 
@@ -97,6 +97,16 @@ class KeySource(Protocol):
         """The whole source in `counter`'s tokens, as `RecallResult.text` would join it."""
 
 
+def whole_text_tokens(
+    documents: Sequence[str], counter: TokenCounter, counts: dict[str, int]
+) -> int:
+    """`documents` joined as `RecallResult.text` joins spans, in `counter`'s tokens, kept in
+    `counts` by the counter's name (`RecallCache.input_tokens`)."""
+    if counter.name not in counts:
+        counts[counter.name] = counter.count(whole_documents(documents)[1])
+    return counts[counter.name]
+
+
 @dataclass(frozen=True)
 class ContextKeys:
     """An `EncodedContext` as a `KeySource`: its question continues its stream."""
@@ -126,10 +136,7 @@ class ContextKeys:
         return head_scores(queries, self.encoded.keys, scaling, self.segments(), self.block)
 
     def input_tokens(self, counter: TokenCounter) -> int:
-        counts = self.encoded.cache.input_tokens
-        if counter.name not in counts:
-            counts[counter.name] = counter.count(whole_documents(self.encoded.documents)[1])
-        return counts[counter.name]
+        return whole_text_tokens(self.encoded.documents, counter, self.encoded.cache.input_tokens)
 
 
 @dataclass(frozen=True)
@@ -319,8 +326,20 @@ class RecallPipeline:
         if self.hybrid is None:
             return scores
         cache = source.cache
-        prior = self.hybrid.token_prior(source.tokens, query, cache.units, cache.embeddings)
+        prior = self.hybrid.token_prior(
+            source.tokens, query, cache.units, cache.embeddings, str(self.device)
+        )
         return self.hybrid.combine(scores, prior)
+
+    def prepare_text(self, tokens: TokenizedContext, cache: RecallCache) -> None:
+        """Fill `cache` with what a recall over `tokens` needs of the text alone: the units
+        of the selection, the whole text in budget tokens, and the hybrid's passage
+        embeddings. None of it needs keys, so `ILRe.compress` runs it on the host while an
+        accelerator encodes; a recall that finds it cached does not redo it."""
+        prepare_units(tokens, self.config.granularity, cache.units)
+        whole_text_tokens(tokens.documents, self.counter, cache.input_tokens)
+        if self.hybrid is not None:
+            self.hybrid.passage_embeddings(tokens, cache.units, cache.embeddings, str(self.device))
 
     def recall(
         self,

@@ -44,30 +44,56 @@ model tokens (a longer sentence is a passage of its own); a selection of passage
 them as chunk retrieval ranks its chunks, by ILRe's scores."""
 
 
-def unit_ids(context: TokenizedContext, granularity: str) -> np.ndarray:
+def unit_ids(
+    context: TokenizedContext, granularity: str, scans: dict[int, _TextScan] | None = None
+) -> np.ndarray:
     """``(L,)`` id of the unit each token belongs to (-1 outside the documents); ids increase
     along the context. A token belongs to the unit of its first non-space character. Where
-    units end follows the text's structure (`ilre_engine.units`)."""
+    units end follows the text's structure (`ilre_engine.units`).
+
+    `scans`: each document's `_TextScan` by index, filled as needed, so that several
+    granularities of one context read each text once."""
     if granularity not in GRANULARITIES:
         raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
+    if scans is None:
+        scans = {}
     ids = np.full(len(context), -1, dtype=np.int64)
     first_unit = 0
     for document, members in _document_tokens(context):
         text = context.documents[document]
-        starts = _first_visible(text, context.offsets[members])
+        if document not in scans:
+            scans[document] = _TextScan(text, _first_visible(text, context.offsets[members]))
+        scan = scans[document]
         if granularity == "word":
-            local = _phrase_ids(text, context.word_ids[members], starts, context.offsets[members])
+            local = _phrase_ids(
+                text, context.word_ids[members], scan.starts, context.offsets[members]
+            )
         elif granularity == "passage":
-            local = _passage_ids(unit_ends(text), starts)
+            local = _passage_ids(scan.ends, scan.starts)
         else:
-            ends = unit_ends(text)
-            bounds = ends.sentence if granularity == "sentence" else ends.clause
-            local = np.searchsorted(bounds, starts, side="right")
+            bounds = scan.ends.sentence if granularity == "sentence" else scan.ends.clause
+            local = np.searchsorted(bounds, scan.starts, side="right")
         # Unit ids count only the units that hold tokens, so they stay dense.
         _, dense = np.unique(local, return_inverse=True)
         ids[members] = first_unit + dense
         first_unit += int(dense.max()) + 1
     return ids
+
+
+class _TextScan:
+    """One document's tokens' first visible characters, and where its units end (read on
+    first use): what every granularity of it is cut from."""
+
+    def __init__(self, text: str, starts: np.ndarray) -> None:
+        self.text = text
+        self.starts = starts
+        self._ends: UnitEnds | None = None
+
+    @property
+    def ends(self) -> UnitEnds:
+        if self._ends is None:
+            self._ends = unit_ends(self.text)
+        return self._ends
 
 
 def _document_tokens(context: TokenizedContext) -> Iterator[tuple[int, np.ndarray]]:
@@ -282,6 +308,14 @@ class _BestFirst:
         return batch
 
 
+def prepare_units(
+    context: TokenizedContext, granularity: str, cache: dict[str, np.ndarray]
+) -> None:
+    """Fill `cache` with what `select_within_budget` at `granularity` reads of the text: the
+    unit ids and layouts of that granularity and every finer one."""
+    _unit_cache(context, GRANULARITIES[: GRANULARITIES.index(granularity) + 1][::-1], cache)
+
+
 def _unit_cache(
     context: TokenizedContext, finer: Sequence[str], cache: dict[str, np.ndarray]
 ) -> None:
@@ -289,9 +323,10 @@ def _unit_cache(
     if "selectable" not in cache:
         offsets = context.offsets
         cache["selectable"] = (context.doc_ids >= 0) & (offsets[:, 1] > offsets[:, 0])
+    scans: dict[int, _TextScan] = {}
     for g in finer:
         if g not in cache:
-            cache[g] = unit_ids(context, g)
+            cache[g] = unit_ids(context, g, scans)
         if f"{g}/members" not in cache:
             _Units.layout(g, cache)
 
@@ -319,7 +354,7 @@ def select_within_budget(
     finer = GRANULARITIES[: GRANULARITIES.index(granularity) + 1][::-1]
     if units is None:
         units = {}
-    _unit_cache(context, finer, units)
+    prepare_units(context, granularity, units)
     levels = [_Units(g, units) for g in finer]
     coarsest = _BestFirst(levels[0].scores(token_scores))
     split_floor = SPLIT_SHARE * coarsest.frontier

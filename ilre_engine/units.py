@@ -22,6 +22,7 @@ unit (`phrase_starts`), so a selection down to words never keeps half a name.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
@@ -167,17 +168,25 @@ def phrase_starts(text: str, starts: np.ndarray, ends: np.ndarray) -> np.ndarray
     a single space) joins the one before, up to `PHRASE_WORDS` words."""
     if not len(starts):
         return np.zeros(0, dtype=bool)
-    first_chars = [text[s : s + 1] for s in starts.tolist()]
-    namely = np.array([c.isupper() or c.isdigit() for c in first_chars], dtype=bool)
-    single_space = np.zeros(len(starts), dtype=bool)
+    points = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    inside = starts < len(points)
+    namely = np.zeros(len(starts), dtype=bool)
+    namely[inside] = _holds(points[starts[inside]], lambda c: c.isupper() or c.isdigit())
     # Joined only across a single space after a letter or digit: never across punctuation,
     # so a word unit stays within its clause.
-    single_space[1:] = [
-        text[a:b] == " " and text[a - 1 : a].isalnum()
-        for a, b in zip(ends[:-1].tolist(), starts[1:].tolist(), strict=True)
-    ]
+    gap_start, gap_end = ends[:-1], starts[1:]
+    spaced = (gap_end - gap_start == 1) & (gap_start >= 1) & (gap_start < len(points))
+    spaced[spaced] = points[gap_start[spaced]] == ord(" ")
+    spaced[spaced] = _holds(points[gap_start[spaced] - 1], str.isalnum)
+    single_space = np.r_[False, spaced]
     begins = ~(single_space & namely & np.roll(namely, 1))
     begins[0] = True
     run = np.cumsum(begins) - 1
     run_start = np.flatnonzero(begins)[run]
     return begins | ((np.arange(len(starts)) - run_start) % PHRASE_WORDS == 0)
+
+
+def _holds(points: np.ndarray, test: Callable[[str], bool]) -> np.ndarray:
+    """`test` of each code point's character, asked once per distinct code point."""
+    distinct, where = np.unique(points, return_inverse=True)
+    return np.array([test(chr(c)) for c in distinct.tolist()], dtype=bool)[where]

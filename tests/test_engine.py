@@ -233,3 +233,40 @@ def test_the_questions_first_word_votes(engine):
     ids, lead_in = engine.query_ids("How much longer must they wait?")
     assert engine.tokenizer.decode(ids[lead_in:]).strip().startswith("How much")
     assert "Question" in engine.tokenizer.decode(ids[:lead_in])
+
+
+@pytest.mark.parametrize("beside", [False, True])
+def test_the_text_prepared_beside_the_encode_gives_the_same_recall(
+    engine, sample, monkeypatch, beside
+):
+    """`compress` on an accelerator prepares the text's share of the recall (units, budget
+    count, the prior's passage embeddings) in a thread while the device encodes; the
+    recall then finds it cached and must be the one the lazy path gives."""
+    import threading
+
+    from ilre_engine import engine as engine_module
+
+    documents = [sample, sample[: len(sample) // 2]]
+    lazy = engine.encode(documents)
+    expected = {
+        "budget": engine.recall(lazy, QUESTION, budget_tokens=60),
+        "ratio": engine.recall(lazy, QUESTION, ratio=0.1),
+    }
+    threads: list[str] = []
+    prepare_text = type(engine.pipeline).prepare_text
+
+    def spy(pipeline, tokens, cache):
+        threads.append(threading.current_thread().name)
+        prepare_text(pipeline, tokens, cache)
+        assert {"sentence", "clause", "word"} <= set(cache.units) and cache.input_tokens
+        assert bool(cache.embeddings) == (engine.hybrid is not None)
+
+    monkeypatch.setattr(type(engine.pipeline), "prepare_text", spy)
+    monkeypatch.setattr(engine_module, "_host_free_while_encoding", lambda device: beside)
+    got = {
+        "budget": engine.compress(documents, QUESTION, budget_tokens=60),
+        "ratio": engine.compress(documents, QUESTION, ratio=0.1),
+    }
+    for name, result in got.items():
+        assert result.spans == expected[name].spans and result.text == expected[name].text
+    assert threads == (["ilre-text_0"] * 2 if beside else [])

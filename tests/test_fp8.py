@@ -15,9 +15,17 @@ import pytest
 import torch
 from torch import nn
 
+from ilre_engine import ILRe, fp8
 from ilre_engine.compiled import FUSED_ATTENTION, compile_layers
 from ilre_engine.errors import ConfigError
-from ilre_engine.fp8 import FP8_MAX, Fp8Linear, require_fp8, swap_linears, trunk_linears
+from ilre_engine.fp8 import (
+    FP8_MAX,
+    Fp8Linear,
+    quantize_trunk,
+    require_fp8,
+    swap_linears,
+    trunk_linears,
+)
 from ilre_engine.loading import model_fingerprint
 from ilre_engine.testing.reference import relative_error
 from tests.tiny_models import build_models, random_context, tiny_configs, tiny_engine
@@ -86,6 +94,28 @@ def test_refused_below_compute_capability_8_9(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA A100")
     with pytest.raises(ConfigError, match=r"A100 has 8\.0"):
         require_fp8(torch.device("cuda"))
+
+
+def test_from_pretrained_refuses_an_unknown_fp8_setting_before_loading(monkeypatch):
+    monkeypatch.setattr(
+        "ilre_engine.engine.resolve_model", lambda *a, **k: pytest.fail("loaded a model")
+    )
+    with pytest.raises(ConfigError, match=r"fp8 must be False, True or 'fast', got 'fastest'"):
+        ILRe.from_pretrained(device="cpu", fp8="fastest")
+    with pytest.raises(ConfigError, match="CUDA GPU"):
+        ILRe.from_pretrained(device="cpu", fp8="fast")
+
+
+def test_fast_accumulation_is_set_on_every_fp8_projection_and_switches_back(monkeypatch):
+    # The switch itself needs no GPU: only its device check does.
+    monkeypatch.setattr(fp8, "require_fp8", lambda device: None)
+    _, trunk = bf16_trunk()
+    assert quantize_trunk(trunk, LAYER, fast_accumulation=True) == 7 * LAYER
+    modules = [m for m in trunk.modules() if isinstance(m, Fp8Linear)]
+    assert len(modules) == 7 * LAYER and all(m.fast_accum for m in modules)
+    assert "fast_accum=True" in repr(modules[0])
+    assert quantize_trunk(trunk, LAYER) == 0  # nothing left to replace; the flag follows
+    assert not any(m.fast_accum for m in modules)
 
 
 def test_refuses_a_model_that_is_not_bf16():
