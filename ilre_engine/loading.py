@@ -3,7 +3,11 @@
 Only what recall needs is loaded: the embeddings and decoder layers ``0..l_R`` (through a
 config with ``num_hidden_layers = l_R + 1``); the layers above and the LM head never leave
 the disk. A GGUF file (the embedded Gemma 3 270M is one) is dequantised once into a
-ready-to-load copy in the cache directory, written atomically.
+ready-to-load copy in the cache directory, written atomically: the whole float32 causal LM
+(`embedded_model_path`, what a reader LLM loads). Beside it, in a folder of that copy, the
+engine keeps what it loads on every start (`run_copy`): the weights in the run dtype, read
+memory-mapped without a conversion, and a tokenizer config that transformers reads without
+parsing the vocabulary in Python. Both are built once, from the converted copy.
 """
 
 from __future__ import annotations
@@ -33,6 +37,12 @@ EMBEDDED_MODEL = "gemma3-270m"
 CACHE_ENV = "ILRE_CACHE_DIR"
 _READY = "ilre-converted.ok"
 
+RUN_COPY_FORMAT = 2
+"""Version of `run_copy`'s layout, in its folder's name: a copy of another version is not
+read, and one of this version is built from the converted model on first load (the
+converted float32 copy itself, format 1, is read as before)."""
+_RUN_READY = "ilre-run-copy.json"
+
 logger = logging.getLogger(__name__)
 
 
@@ -43,6 +53,9 @@ class ModelSource:
     path: str
     name: str
     hub_kwargs: dict[str, Any]
+    converted: bool = False
+    """Whether `path` is a copy this package converted (from a GGUF file): then the engine
+    loads it through `run_copy`."""
 
 
 def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -63,14 +76,14 @@ def resolve_model(
 ) -> ModelSource:
     """Turn what the user named into a directory or hub id that transformers can load."""
     if model is None or str(model) == EMBEDDED_MODEL:
-        return ModelSource(str(_embedded_model_dir(cache_dir)), EMBEDDED_MODEL, {})
+        return ModelSource(str(_embedded_model_dir(cache_dir)), EMBEDDED_MODEL, {}, True)
     path = Path(model).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
             raise UnsupportedModelError(f"GGUF file not found: {path}")
         digest = file_sha256(path)
         target = cache_root(cache_dir) / "models" / f"{path.stem}-{digest[:16]}"
-        return ModelSource(str(_convert_gguf(path, target)), str(path), {})
+        return ModelSource(str(_convert_gguf(path, target)), str(path), {}, True)
     if not is_hub_id(model):
         return ModelSource(str(path), str(path), {})
     return ModelSource(str(model), str(model), hub_kwargs)
@@ -138,6 +151,109 @@ def _convert_gguf(gguf: Path, target: Path) -> Path:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return target
+
+
+def run_copy(converted: str | os.PathLike[str], dtype: torch.dtype) -> Path:
+    """The folder the engine loads a converted model from when it runs in `dtype`: its
+    config, its weights cast to `dtype` (safetensors, which transformers reads memory-mapped,
+    with no cast at load) and its tokenizer, whose config lists the added tokens and names
+    the generic fast tokenizer class, so that loading it parses the vocabulary once, in the
+    tokenizers library, instead of three times (twice as Python JSON). Built once beside the
+    converted model, atomically; the weights and tokenizer it yields equal the converted
+    model's loaded in `dtype` (tests/test_warm_start.py). Where the cache cannot be written,
+    the converted model itself is returned (a slower load, the same engine)."""
+    converted = Path(converted)
+    target = converted / f"ilre-run-v{RUN_COPY_FORMAT}-{str(dtype).removeprefix('torch.')}"
+    if (target / _RUN_READY).exists():
+        return target
+    try:
+        return _build_run_copy(converted, target, dtype)
+    except OSError as error:
+        logger.warning("ILRe: cannot write %s (%s); loading %s as it is", target, error, converted)
+        return converted
+
+
+def _build_run_copy(converted: Path, target: Path, dtype: torch.dtype) -> Path:
+    logger.warning("ILRe: preparing %s once for loading in %s", converted.name, dtype)
+    scratch = Path(tempfile.mkdtemp(prefix=".run-copy-", dir=converted))
+    try:
+        for file in converted.iterdir():
+            if file.suffix == ".safetensors":
+                _write_weights(file, scratch / file.name, dtype)
+            elif file.is_file() and file.name != _READY:
+                _link_or_copy(file, scratch / file.name)
+        _write_tokenizer_config(converted, scratch)
+        (scratch / _RUN_READY).write_text(
+            json.dumps({"format": RUN_COPY_FORMAT, "dtype": str(dtype)}) + "\n"
+        )
+        try:
+            os.replace(scratch, target)
+        except OSError:
+            if not (target / _RUN_READY).exists():  # not another process's finished copy
+                raise
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return target
+
+
+def _write_weights(source: Path, target: Path, dtype: torch.dtype) -> None:
+    """`source`'s tensors with floating ones cast to `dtype` (a link when none changes)."""
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(source)
+    cast = {name: t.to(dtype) if t.is_floating_point() else t for name, t in weights.items()}
+    if all(cast[name] is weights[name] for name in weights):
+        _link_or_copy(source, target)
+    else:
+        save_file(cast, target, metadata={"format": "pt"})
+
+
+def _write_tokenizer_config(converted: Path, scratch: Path) -> None:
+    """The converted tokenizer's config with what transformers otherwise takes from parsing
+    tokenizer.json in Python and from the tokenizer's own class: the added tokens, the
+    padding side, and the generic fast class over the same tokenizer.json. Kept only where
+    the tokenizer it loads equals the converted one (a class whose own code changes the
+    tokenizer keeps its config, and its slower load)."""
+    from transformers import AutoTokenizer
+
+    reference = AutoTokenizer.from_pretrained(converted)
+    config = json.loads((converted / "tokenizer_config.json").read_text(encoding="utf-8"))
+    fast = {
+        **config,
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "padding_side": reference.padding_side,
+        "added_tokens_decoder": {
+            str(index): token.__getstate__()
+            for index, token in reference.added_tokens_decoder.items()
+        },
+    }
+    path = scratch / "tokenizer_config.json"
+    path.unlink(missing_ok=True)  # a link to the converted model's: replaced, not written through
+    path.write_text(json.dumps(fast, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    if not _same_tokenizer(reference, AutoTokenizer.from_pretrained(scratch)):
+        path.unlink()
+        shutil.copyfile(converted / "tokenizer_config.json", path)
+
+
+def _same_tokenizer(reference: Any, candidate: Any) -> bool:
+    """Whether two tokenizers tokenise alike: the same backend (vocabulary, merges,
+    normalizer, templates), added and special tokens, padding side and special-token use."""
+    probe = "Probe: a text, with numbers 12,345 and <b>tags</b>."
+    return (
+        reference.backend_tokenizer.to_str() == candidate.backend_tokenizer.to_str()
+        and reference.added_tokens_decoder == candidate.added_tokens_decoder
+        and reference.special_tokens_map == candidate.special_tokens_map
+        and reference.padding_side == candidate.padding_side
+        and reference(probe)["input_ids"] == candidate(probe)["input_ids"]
+    )
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """A hard link where the file system allows one (no second copy on disk), else a copy."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
 
 
 ProfileChoice = Profile | str | os.PathLike[str] | bool | None
@@ -225,16 +341,17 @@ def load_trunk(
             f"layer {layer} is out of range: {source.name} has {config.num_hidden_layers} layers"
         )
     adapter.truncate(config, layer + 1)
+    files = str(run_copy(source.path, dtype)) if source.converted else source.path
     with _quiet_transformers():
         # Loading from a full checkpoint reports every skipped layer as unexpected: by design.
         model = AutoModel.from_pretrained(
-            source.path,
+            files,
             config=config,
             dtype=dtype,
             attn_implementation=attn_implementation,
             **source.hub_kwargs,
         )
-        tokenizer = AutoTokenizer.from_pretrained(source.path, **source.hub_kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(files, **source.hub_kwargs)
     model.to(device).eval()
     return model, tokenizer, layer, applied
 
