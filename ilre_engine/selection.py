@@ -437,9 +437,11 @@ def _longest_fitting_prefix(
     budget: int,
     count_tokens: Callable[[str], int],
 ) -> tuple[tuple[list[Span], str], int]:
-    """The spans and text of the longest prefix of `taken` that fits `budget` (binary search:
-    a longer prefix never counts fewer tokens but for merged gap markers, and every returned
-    candidate was counted), and that prefix's length."""
+    """The spans and text of the longest prefix of `taken` that fits `budget`, and that
+    prefix's length: all of it when it fits (as it almost always does: each unit was taken at
+    its own count, and a join rarely counts more), else by binary search (a longer prefix
+    never counts fewer tokens but for merged gap markers); every returned candidate was
+    counted."""
 
     def build(n: int) -> tuple[list[Span], str]:
         firsts = np.array([levels[level].first[index] for level, index in taken[:n]])
@@ -447,8 +449,11 @@ def _longest_fitting_prefix(
         spans = spans_from_ranges(context, firsts, lasts, scores)
         return spans, join_spans(context.documents, spans)
 
+    whole = build(len(taken))
+    if count_tokens(whole[1]) <= budget:
+        return whole, len(taken)
     best: tuple[tuple[list[Span], str], int] = (([], ""), 0)
-    low, high = 1, len(taken)
+    low, high = 1, len(taken) - 1
     while low <= high:
         middle = (low + high) // 2
         candidate = build(middle)
