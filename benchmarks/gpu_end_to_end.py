@@ -256,6 +256,7 @@ def run_variants(name: str, build: Callable[[], object], args, task: dict, repor
             row["top5pct_shared_with_bf16"] = top_share(scores, reference)
         report[f"{name}/{variant}"] = row
         print(name, variant, json.dumps({k: v for k, v in row.items() if k != "runs"}), flush=True)
+        save(report, args.out)  # after every variant: a run cut short keeps what it measured
         del engine
         torch._dynamo.reset()
         if torch.cuda.is_available():
@@ -300,10 +301,14 @@ def run(args: argparse.Namespace) -> None:
             task,
             report,
         )
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "gpu_end_to_end.json").write_text(json.dumps(report, indent=1))
+    save(report, args.out)
     print_table(report)
+
+
+def save(report: dict, out: str) -> None:
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "gpu_end_to_end.json").write_text(json.dumps(report, indent=1))
 
 
 def print_table(report: dict) -> None:
