@@ -19,7 +19,9 @@ machine's load falls on both), each run a fresh process with the model cache war
   shared engine the compressor then uses) and the call.
 
 A tree runs with ``PYTHONPATH`` set to its root and its LangChain partner package, and the
-files each tree's processes import are recorded (``imported``). With ``--first-run`` each
+files each tree's processes import are recorded (``imported``). As the README's reader (and
+CI's first command) runs it, no hub is switched off: ``HF_HUB_OFFLINE`` and
+``TRANSFORMERS_OFFLINE`` are removed from the processes' environment. With ``--first-run`` each
 tree also runs once on an empty model cache (the GGUF conversion included) and once
 without compiled bytecode, as after ``pip install``.
 """
@@ -47,6 +49,7 @@ QUERY = "How much longer must the lifeboat wait at low tide?"
 BUDGET = 80
 COMMAND = ["compress", "--query", QUERY, "--budget", str(BUDGET), str(SAMPLE)]
 PARTNER = Path("ilre_integrations", "distributions", "langchain-ilre")
+OFFLINE = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 
 README_STEPS = f"""
 import json, sys, time
@@ -98,33 +101,44 @@ def ilre_script() -> str:
     return str(script)
 
 
-def tree_env(root: Path, **more: str) -> dict[str, str]:
-    """The environment of a process that imports the engine from the tree at `root`."""
+def reader_env() -> dict[str, str]:
+    """This process's environment without the hub switches, as a README reader has it."""
+    return {name: value for name, value in os.environ.items() if name not in OFFLINE}
+
+
+def run_in(root: Path, command: list[str], **env: str) -> str:
+    """Standard output of `command` run in the tree at `root`: from that directory (which
+    ``python -c`` puts first on its path), with ``PYTHONPATH`` naming the tree and its
+    LangChain package (ahead of the editable installs' finders), plus `env`."""
     path = os.pathsep.join([str(root), str(root / PARTNER)])
-    return {**os.environ, "PYTHONPATH": path, **more}
-
-
-def python(code: str, env: dict[str, str]) -> dict:
     run = subprocess.run(
-        [sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True
+        command,
+        cwd=root,
+        env={**reader_env(), "PYTHONPATH": path, **env},
+        check=True,
+        capture_output=True,
+        text=True,
     )
-    return json.loads(run.stdout.splitlines()[-1])
+    return run.stdout
 
 
-def readme_run(env: dict[str, str]) -> tuple[dict[str, float], str]:
+def python(code: str, root: Path, **env: str) -> dict:
+    """The JSON that `code` prints last, run in a fresh interpreter in the tree at `root`."""
+    return json.loads(run_in(root, [sys.executable, "-c", code], **env).splitlines()[-1])
+
+
+def readme_run(root: Path) -> tuple[dict[str, float], str]:
     """End-to-end seconds of the README command and its output; then its steps' seconds."""
     started = time.perf_counter()
-    run = subprocess.run(
-        [ilre_script(), *COMMAND], env=env, check=True, capture_output=True, text=True
-    )
+    printed = run_in(root, [ilre_script(), *COMMAND])
     end_to_end = time.perf_counter() - started
-    return {"end_to_end": end_to_end, **python(README_STEPS, env)}, run.stdout
+    return {"end_to_end": end_to_end, **python(README_STEPS, root)}, printed
 
 
-def langchain_run(env: dict[str, str]) -> tuple[dict[str, float], list[str]]:
+def langchain_run(root: Path) -> tuple[dict[str, float], list[str]]:
     """End-to-end seconds of a first LangChain compression, its steps, and its output."""
     started = time.perf_counter()
-    steps = python(LANGCHAIN, env)
+    steps = python(LANGCHAIN, root)
     steps["end_to_end"] = time.perf_counter() - started
     return steps, steps.pop("text")
 
@@ -143,16 +157,18 @@ def medians(runs: list[dict[str, float]]) -> dict[str, float]:
     return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
 
 
-def first_run(env: dict[str, str], scratch: Path) -> dict[str, dict[str, float]]:
+def first_run(root: Path, scratch: Path) -> dict[str, dict[str, float]]:
     """The README command's steps on an empty model cache (the conversion included), then
     without compiled bytecode; each followed by the next end-to-end run."""
     cases = {}
-    for case, extra in (("first_run", "ILRE_CACHE_DIR"), ("fresh_install", "PYTHONPYCACHEPREFIX")):
+    for case, variable in (
+        ("first_run", "ILRE_CACHE_DIR"),
+        ("fresh_install", "PYTHONPYCACHEPREFIX"),
+    ):
         folder = scratch / case
-        case_env = {**env, extra: str(folder)}
-        steps = python(README_STEPS, case_env)
+        steps = python(README_STEPS, root, **{variable: str(folder)})
         started = time.perf_counter()
-        subprocess.run([ilre_script(), *COMMAND], env=case_env, check=True, capture_output=True)
+        run_in(root, [ilre_script(), *COMMAND], **{variable: str(folder)})
         cases[case] = {**steps, "next_end_to_end": time.perf_counter() - started}
         shutil.rmtree(folder, ignore_errors=True)
     return cases
@@ -172,25 +188,24 @@ def main() -> None:
     args = parser.parse_args()
     trees = dict(tree.split("=", 1) for tree in args.tree or [f"this={ROOT}"])
     trees = {name: Path(path).resolve() for name, path in trees.items()}
-    envs = {name: tree_env(root) for name, root in trees.items()}
     results: dict[str, object] = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
         "python": platform.python_version(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "command": shlex.join(["ilre", *COMMAND[:-1], str(SAMPLE.relative_to(ROOT))]),
         "trees": {name: str(root) for name, root in trees.items()},
-        "imported": {name: python(IMPORTED, env) for name, env in envs.items()},
+        "imported": {name: python(IMPORTED, root) for name, root in trees.items()},
     }
     readme: dict[str, list] = {name: [] for name in trees}
     langchain: dict[str, list] = {name: [] for name in trees}
     outputs: dict[str, set[str]] = {name: set() for name in trees}
     kept: dict[str, set[str]] = {name: set() for name in trees}
     for _ in range(args.repeats):
-        for name, env in envs.items():
-            steps, printed = readme_run(env)
+        for name, root in trees.items():
+            steps, printed = readme_run(root)
             readme[name].append(steps)
             outputs[name].add(printed)
-            steps, texts = langchain_run(env)
+            steps, texts = langchain_run(root)
             langchain[name].append(steps)
             kept[name].add(json.dumps(texts))
     results["readme_warm"] = {
@@ -206,7 +221,7 @@ def main() -> None:
     if args.first_run:
         with tempfile.TemporaryDirectory() as scratch:
             results["first_run"] = {
-                name: first_run(env, Path(scratch)) for name, env in envs.items()
+                name: first_run(root, Path(scratch)) for name, root in trees.items()
             }
     results["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     for case in ("readme_warm", "langchain_first"):

@@ -212,15 +212,17 @@ class SentenceModel:
         path = Path(path)
         modules = json.loads((path / "modules.json").read_text(encoding="utf-8"))
         pooling = json.loads((path / "1_Pooling" / "config.json").read_text(encoding="utf-8"))
+        settings = json.loads((path / "sentence_bert_config.json").read_text(encoding="utf-8"))
         modes = {key for key, on in pooling.items() if key.startswith("pooling_mode") and on}
-        if tuple(m["type"] for m in modules) != SENTENCE_MODULES or modes != {
-            "pooling_mode_mean_tokens"
-        }:
+        if (
+            tuple(module["type"] for module in modules) != SENTENCE_MODULES
+            or modes != {"pooling_mode_mean_tokens"}
+            or settings.get("do_lower_case")
+        ):
             raise ILReError(
                 f"the sentence model at {path} is not a transformer with mean pooling and "
-                "normalisation"
+                "normalisation of the text as written"
             )
-        settings = json.loads((path / "sentence_bert_config.json").read_text(encoding="utf-8"))
         self.max_length: int = settings["max_seq_length"]
         self.device = device
         self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)

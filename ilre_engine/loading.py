@@ -76,14 +76,14 @@ def resolve_model(
 ) -> ModelSource:
     """Turn what the user named into a directory or hub id that transformers can load."""
     if model is None or str(model) == EMBEDDED_MODEL:
-        return ModelSource(str(_embedded_model_dir(cache_dir)), EMBEDDED_MODEL, {}, True)
+        return ModelSource(str(_embedded_model_dir(cache_dir)), EMBEDDED_MODEL, {}, converted=True)
     path = Path(model).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
             raise UnsupportedModelError(f"GGUF file not found: {path}")
         digest = file_sha256(path)
         target = cache_root(cache_dir) / "models" / f"{path.stem}-{digest[:16]}"
-        return ModelSource(str(_convert_gguf(path, target)), str(path), {}, True)
+        return ModelSource(str(_convert_gguf(path, target)), str(path), {}, converted=True)
     if not is_hub_id(model):
         return ModelSource(str(path), str(path), {})
     return ModelSource(str(model), str(model), hub_kwargs)
@@ -230,7 +230,11 @@ def _write_tokenizer_config(converted: Path, scratch: Path) -> None:
     path = scratch / "tokenizer_config.json"
     path.unlink(missing_ok=True)  # a link to the converted model's: replaced, not written through
     path.write_text(json.dumps(fast, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    if not _same_tokenizer(reference, AutoTokenizer.from_pretrained(scratch)):
+    try:
+        same = _same_tokenizer(reference, AutoTokenizer.from_pretrained(scratch))
+    except (OSError, ValueError, TypeError, KeyError):  # the generic class cannot read it
+        same = False
+    if not same:
         path.unlink()
         shutil.copyfile(converted / "tokenizer_config.json", path)
 

