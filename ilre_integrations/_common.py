@@ -19,6 +19,7 @@ import numbers
 import os
 import textwrap
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -302,34 +303,31 @@ def per_document(
     return recalls
 
 
-class EncodedCorpus:
-    """Documents encoded once for many queries, with their metadata; documents can be added
-    without re-encoding the earlier ones, and the whole corpus saved and loaded.
+class EncodedCorpus(ABC):
+    """Documents encoded once for many queries, with their metadata: what a retriever recalls
+    from. Documents can be added without re-encoding the earlier ones, and the whole corpus
+    saved and loaded (`load` opens either kind from its directory).
 
-    In memory, the corpus is one encoded context. Backed by a `CorpusStore` (`in_store`, or
-    `load` of a store's directory, e.g. one built by ``ilre index``) it is the store's
-    documents on disk, each encoded on its own, with no limit but the disk."""
+    Two kinds: a `ContextCorpus` is one encoded context in memory; a `StoreCorpus` is a
+    `CorpusStore`'s documents on disk, each encoded on its own, with no limit but the disk."""
 
-    def __init__(self, engine: ILRe, store: CorpusStore | None = None) -> None:
-        self.engine = engine
-        self.store = store
-        self.encoded: EncodedContext | None = None
-        self.metadata: list[dict[str, Any]] = []
-        self._lock = threading.Lock()
+    engine: ILRe
 
-    @classmethod
-    def in_store(cls, directory: str | os.PathLike[str], engine: ILRe) -> EncodedCorpus:
-        """A corpus kept in the corpus store at `directory`, opened, or created when there is
-        none."""
-        from ilre_engine.store import MANIFEST, CorpusStore
+    @staticmethod
+    def load(directory: str | os.PathLike[str], engine: ILRe) -> EncodedCorpus:
+        """The corpus saved in `directory`: a corpus store's directory (``from_documents(
+        store=...)``, ``ilre index``) opens that store, any other reads a `ContextCorpus`
+        saved by `save`."""
+        from ilre_engine.store import MANIFEST
 
         root = Path(directory)
         if (root / MANIFEST).exists():
-            return cls(engine, CorpusStore.open(root, engine))
-        return cls(engine, CorpusStore.create(root, engine))
+            return StoreCorpus.open_or_create(root, engine)
+        return ContextCorpus.read(root, engine)
 
+    @abstractmethod
     def __len__(self) -> int:
-        return len(self.store) if self.store is not None else len(self.metadata)
+        """How many documents the corpus holds."""
 
     def add(
         self, texts: Sequence[str], metadatas: Sequence[Mapping[str, Any]] | None = None
@@ -339,11 +337,45 @@ class EncodedCorpus:
         metadatas = [dict(m) for m in metadatas] if metadatas is not None else [{} for _ in texts]
         if len(metadatas) != len(texts):
             raise ValueError(f"{len(texts)} texts but {len(metadatas)} metadata entries")
-        if not texts:
-            return
-        if self.store is not None:
-            self.store.add(texts, metadatas)
-            return
+        if texts:
+            self._append(texts, metadatas)
+
+    @abstractmethod
+    def _append(self, texts: list[str], metadatas: list[dict[str, Any]]) -> None:
+        """Encode checked, non-empty `texts` with their metadata after the corpus."""
+
+    @abstractmethod
+    def recall(
+        self, query: str, *, budget_tokens: int | None = None, ratio: float | None = None
+    ) -> tuple[RecallResult, list[DocumentRecall]]:
+        """Recall over the whole corpus; per document, with its metadata."""
+
+    @abstractmethod
+    def save(self, directory: str | os.PathLike[str]) -> Path:
+        """Write the corpus to `directory`, for `load`."""
+
+
+def _nothing_recalled(budget_tokens: int | None) -> tuple[RecallResult, list[DocumentRecall]]:
+    """The recall of an empty corpus."""
+    from ilre_engine import RecallResult
+
+    return RecallResult("", (), 0, 0, budget_tokens or 0, True), []
+
+
+class ContextCorpus(EncodedCorpus):
+    """A corpus in memory: its documents are one encoded context, which added documents
+    extend (`ILRe.extend`), and its metadata a list beside it."""
+
+    def __init__(self, engine: ILRe) -> None:
+        self.engine = engine
+        self.encoded: EncodedContext | None = None
+        self.metadata: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self.metadata)
+
+    def _append(self, texts: list[str], metadatas: list[dict[str, Any]]) -> None:
         with self._lock:
             if self.encoded is None:
                 self.encoded = self.engine.encode(texts)
@@ -355,13 +387,9 @@ class EncodedCorpus:
         self, query: str, *, budget_tokens: int | None = None, ratio: float | None = None
     ) -> tuple[RecallResult, list[DocumentRecall]]:
         """Recall over the whole corpus; per document, with its metadata."""
-        if self.store is not None:
-            return self._recall_store(query, budget_tokens, ratio)
         encoded = self.encoded
         if encoded is None:
-            from ilre_engine import RecallResult
-
-            return RecallResult("", (), 0, 0, budget_tokens or 0, True), []
+            return _nothing_recalled(budget_tokens)
         result = self.engine.recall(encoded, query, budget_tokens=budget_tokens, ratio=ratio)
         recalls = per_document(self.engine, result, encoded.documents)
         return result, [
@@ -371,14 +399,74 @@ class EncodedCorpus:
             for r in recalls
         ]
 
-    def _recall_store(
-        self, query: str, budget_tokens: int | None, ratio: float | None
+    def save(self, directory: str | os.PathLike[str]) -> Path:
+        """Write the encoded context and the metadata to `directory` in one atomic commit.
+
+        Both go to ``encoded/`` (`EncodedContext.save`, the metadata as its ``metadata``
+        payload, values JSON cannot hold written as their ``str``), so a crash at any point
+        leaves the previous corpus or the new one, never a mix. Concurrent saves: the last
+        one wins, each complete. A ``metadata.json`` of the former two-file layout is removed
+        once the new corpus is committed."""
+        if self.encoded is None:
+            raise errors.EncodedContextError("the corpus is empty: nothing to save")
+        with self._lock:
+            encoded, metadata = self.encoded, list(self.metadata)
+        root = Path(directory)
+        payload = json.loads(json.dumps(metadata, ensure_ascii=False, default=str))
+        encoded.save(root / "encoded", extra={"metadata": payload})
+        (root / _LEGACY_METADATA).unlink(missing_ok=True)
+        return root
+
+    @classmethod
+    def read(cls, directory: str | os.PathLike[str], engine: ILRe) -> ContextCorpus:
+        """Read a corpus saved by `save` (or in the former layout, with its metadata in a
+        separate ``metadata.json``); refuses one encoded by a different model, or damaged,
+        with `EncodedContextError`."""
+        from ilre_engine.context import EncodedContext
+
+        root = Path(directory)
+        corpus = cls(engine)
+        corpus.encoded, extra = EncodedContext.load_with_extra(root / "encoded", engine)
+        metadata = extra["metadata"] if "metadata" in extra else _legacy_metadata(root)
+        if not isinstance(metadata, list) or not all(isinstance(m, dict) for m in metadata):
+            raise errors.EncodedContextError(f"{root}: the metadata is not a list of objects")
+        if len(metadata) != len(corpus.encoded.documents):
+            raise errors.EncodedContextError(f"{root}: metadata does not match the documents")
+        corpus.metadata = metadata
+        return corpus
+
+
+class StoreCorpus(EncodedCorpus):
+    """A corpus kept in a `CorpusStore`: its documents on disk, each encoded on its own, their
+    metadata in the store's shards."""
+
+    def __init__(self, store: CorpusStore) -> None:
+        self.store = store
+        self.engine = store.engine
+
+    @classmethod
+    def open_or_create(cls, directory: str | os.PathLike[str], engine: ILRe) -> StoreCorpus:
+        """The corpus store at `directory`, opened, or created when there is none."""
+        from ilre_engine.store import MANIFEST, CorpusStore
+
+        root = Path(directory)
+        if (root / MANIFEST).exists():
+            return cls(CorpusStore.open(root, engine))
+        return cls(CorpusStore.create(root, engine))
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def _append(self, texts: list[str], metadatas: list[dict[str, Any]]) -> None:
+        self.store.add(texts, metadatas)
+
+    def recall(
+        self, query: str, *, budget_tokens: int | None = None, ratio: float | None = None
     ) -> tuple[RecallResult, list[DocumentRecall]]:
+        """Recall over the store's live documents; per document, with its metadata."""
         store = self.store
         if not len(store):
-            from ilre_engine import RecallResult
-
-            return RecallResult("", (), 0, 0, budget_tokens or 0, True), []
+            return _nothing_recalled(budget_tokens)
         result = store.recall(query, budget_tokens=budget_tokens, ratio=ratio)
         documents = {s.document: store.document(s.document) for s in result.spans}
         texts = {index: text for index, (text, _) in documents.items()}
@@ -390,50 +478,11 @@ class EncodedCorpus:
         ]
 
     def save(self, directory: str | os.PathLike[str]) -> Path:
-        """Write the encoded context and the metadata to `directory` in one atomic commit.
-
-        A store-backed corpus is already on disk: saving it to its own directory does
-        nothing, to another one copies the store there.
-
-        Both go to ``encoded/`` (`EncodedContext.save`, the metadata as its ``metadata``
-        payload, values JSON cannot hold written as their ``str``), so a crash at any point
-        leaves the previous corpus or the new one, never a mix. Concurrent saves: the last
-        one wins, each complete. A ``metadata.json`` of the former two-file layout is removed
-        once the new corpus is committed."""
+        """The store is already on disk: saving it to its own directory does nothing, to
+        another one copies the store there (its own files only, no symlink followed)."""
         root = Path(directory)
-        if self.store is not None:
-            self.store.copy_to(root)  # its own files only, no symlink followed
-            return root
-        if self.encoded is None:
-            raise errors.EncodedContextError("the corpus is empty: nothing to save")
-        with self._lock:
-            encoded, metadata = self.encoded, list(self.metadata)
-        payload = json.loads(json.dumps(metadata, ensure_ascii=False, default=str))
-        encoded.save(root / "encoded", extra={"metadata": payload})
-        (root / _LEGACY_METADATA).unlink(missing_ok=True)
+        self.store.copy_to(root)
         return root
-
-    @classmethod
-    def load(cls, directory: str | os.PathLike[str], engine: ILRe) -> EncodedCorpus:
-        """Read a corpus saved by `save` (or in the former layout, with its metadata in a
-        separate ``metadata.json``); refuses one encoded by a different model, or damaged,
-        with `EncodedContextError`. The directory of a corpus store opens that store."""
-        from ilre_engine.context import EncodedContext
-        from ilre_engine.errors import EncodedContextError
-        from ilre_engine.store import MANIFEST
-
-        root = Path(directory)
-        if (root / MANIFEST).exists():
-            return cls.in_store(root, engine)
-        corpus = cls(engine)
-        corpus.encoded, extra = EncodedContext.load_with_extra(root / "encoded", engine)
-        metadata = extra["metadata"] if "metadata" in extra else _legacy_metadata(root)
-        if not isinstance(metadata, list) or not all(isinstance(m, dict) for m in metadata):
-            raise EncodedContextError(f"{root}: the metadata is not a list of objects")
-        if len(metadata) != len(corpus.encoded.documents):
-            raise EncodedContextError(f"{root}: metadata does not match the documents")
-        corpus.metadata = metadata
-        return corpus
 
 
 def split_record(record: Mapping[str, Any]) -> tuple[dict[str, Any], str | None, dict[str, Any]]:

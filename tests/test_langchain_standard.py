@@ -14,15 +14,15 @@ from langchain_ilre import ILReRetriever
 from langchain_tests.integration_tests import RetrieversIntegrationTests
 
 from ilre_engine import GAP_MARKER
-from ilre_integrations._common import METADATA_KEY, EncodedCorpus, shared_engine
+from ilre_integrations._common import METADATA_KEY, ContextCorpus, shared_engine
 
 TOPICS = ("tides", "volcanoes", "glaciers", "deserts", "rainforests")
 
 
 @pytest.fixture(scope="module")
-def corpus() -> EncodedCorpus:
+def corpus() -> ContextCorpus:
     """Five short documents; a 3-result budget recalls from more than three of them."""
-    corpus = EncodedCorpus(shared_engine())
+    corpus = ContextCorpus(shared_engine())
     texts = [
         f"This note is about {topic}. "
         + " ".join(
@@ -42,7 +42,7 @@ def corpus() -> EncodedCorpus:
 @pytest.mark.filterwarnings("ignore:The test <Function .* is marked with '@pytest.mark.asyncio'")
 class TestILReRetrieverStandard(RetrieversIntegrationTests):
     @pytest.fixture(autouse=True)
-    def _corpus(self, corpus: EncodedCorpus) -> None:
+    def _corpus(self, corpus: ContextCorpus) -> None:
         # The suite reads the constructor's parameters from a property, which cannot take
         # fixtures: hand the module's corpus to this test's instance first.
         self.corpus = corpus

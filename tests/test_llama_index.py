@@ -61,7 +61,7 @@ from ilre_engine import (
 )
 from ilre_engine.calibration.tasks import RetrievalTask, essays, needle_task
 from ilre_engine.loading import resolve_model
-from ilre_integrations._common import METADATA_KEY, EncodedCorpus, shared_engine
+from ilre_integrations._common import METADATA_KEY, ContextCorpus, shared_engine
 
 BUDGET = 100
 """Tokens (cl100k) the reader LLM gets, against about 1,000 in the three documents."""
@@ -477,7 +477,7 @@ def test_retriever_inserts_without_reencoding_and_persists(
 def test_retriever_loads_a_corpus_saved_by_the_langchain_face(engine, small_nodes, tmp_path):
     nodes, task = small_nodes
     # The LangChain retriever saves each document's metadata as it is, with no node record.
-    corpus = EncodedCorpus(engine)
+    corpus = ContextCorpus(engine)
     corpus.add([n.node.get_content() for n in nodes], [{"page": 4}, {"page": 5}])
     corpus.save(tmp_path)
     found = ILReRetriever.from_persist_dir(tmp_path, engine=engine, budget_tokens=40).retrieve(

@@ -19,7 +19,7 @@ import pytest
 from ilre_engine import EncodedContext, EncodedContextError
 from ilre_engine.errors import ConfigError
 from ilre_engine.manifest import digest as manifest_digest
-from ilre_integrations._common import EncodedCorpus
+from ilre_integrations._common import ContextCorpus, EncodedCorpus
 from tests.crafting import (
     TEXTS_A,
     TEXTS_B,
@@ -47,8 +47,8 @@ def contents(tiny):
     }
 
 
-def corpus_of(tiny, contents, which: str) -> EncodedCorpus:
-    corpus = EncodedCorpus(tiny)
+def corpus_of(tiny, contents, which: str) -> ContextCorpus:
+    corpus = ContextCorpus(tiny)
     corpus.encoded, metadata = contents[which]
     corpus.metadata = list(metadata)
     return corpus

@@ -13,7 +13,7 @@ import torch
 
 from ilre_engine import EncodedContext, EncodedContextError, ILRe
 from ilre_engine.tokenization import tokenizer_identity
-from ilre_integrations._common import EncodedCorpus
+from ilre_integrations._common import ContextCorpus, EncodedCorpus
 from tests.conftest import QUESTION
 from tests.crafting import (
     TEXTS_A,
@@ -291,7 +291,7 @@ def relocated(engine, tmp_path_factory):
 
 
 def test_a_corpus_loads_with_the_same_tokenizer_from_another_path(engine, relocated, tmp_path):
-    corpus = EncodedCorpus(engine)
+    corpus = ContextCorpus(engine)
     corpus.add(["The tide turns at noon.", "The crew waits twenty-five minutes."], [{}, {}])
     corpus.save(tmp_path)
     loaded = EncodedCorpus.load(tmp_path, relocated)
@@ -308,7 +308,7 @@ def test_a_context_loads_with_the_same_tokenizer_from_another_path(engine, reloc
 
 
 def test_another_tokenizer_under_the_same_name_is_refused(engine, relocated, tmp_path):
-    corpus = EncodedCorpus(engine)
+    corpus = ContextCorpus(engine)
     corpus.add(["The tide turns at noon."], [{}])
     corpus.save(tmp_path)
     changed = copy.deepcopy(relocated.tokenizer)

@@ -21,7 +21,9 @@ from ilre_integrations._common import (
     ENGINE_SETTINGS,
     FIELDS,
     LANGCHAIN_RECORD,
+    ContextCorpus,
     EncodedCorpus,
+    StoreCorpus,
     best_first,
     check_budget_tokenizer,
     check_engine,
@@ -114,7 +116,7 @@ class ILReRetriever(BaseRetriever):
         retriever = cls._unloaded(engine, budget_tokenizer, kwargs)
         engine = engine_for(engine, {**settings, "budget_tokenizer": budget_tokenizer})
         retriever.corpus = (
-            EncodedCorpus(engine) if store is None else EncodedCorpus.in_store(store, engine)
+            ContextCorpus(engine) if store is None else StoreCorpus.open_or_create(store, engine)
         )
         retriever.add_documents(documents)
         return retriever
@@ -151,7 +153,7 @@ class ILReRetriever(BaseRetriever):
         bad budget, an unknown field or a bad engine is refused before any engine loads."""
         check_engine(engine)
         check_budget_tokenizer(budget_tokenizer)
-        return cls(corpus=EncodedCorpus(None), **fields)  # type: ignore[arg-type]
+        return cls(corpus=ContextCorpus(None), **fields)  # type: ignore[arg-type]
 
     def save(self, directory: str | os.PathLike[str]) -> Path:
         """Write the encoded corpus and its metadata to `directory` (for `load`)."""

@@ -12,14 +12,14 @@ import pytest
 from langchain_ilre import ILReRetriever
 from langchain_tests.integration_tests import RetrieversIntegrationTests
 
-from ilre_integrations._common import EncodedCorpus, shared_engine
+from ilre_integrations._common import ContextCorpus, shared_engine
 
 TOPICS = ("tides", "volcanoes", "glaciers", "deserts", "rainforests")
 
 
 @pytest.fixture(scope="module")
-def corpus() -> EncodedCorpus:
-    corpus = EncodedCorpus(shared_engine())
+def corpus() -> ContextCorpus:
+    corpus = ContextCorpus(shared_engine())
     texts = [
         f"This note is about {topic}. "
         + " ".join(f"Fact {n}: {topic} shape the land in way number {n}." for n in range(1, 8))
@@ -31,7 +31,7 @@ def corpus() -> EncodedCorpus:
 
 class TestILReRetrieverStandard(RetrieversIntegrationTests):
     @pytest.fixture(autouse=True)
-    def _corpus(self, corpus: EncodedCorpus) -> None:
+    def _corpus(self, corpus: ContextCorpus) -> None:
         self.corpus = corpus
 
     @property

@@ -26,8 +26,10 @@ from ilre_integrations._common import (
     ENGINE_SETTINGS,
     LLAMA_INDEX_RECORD,
     METADATA_KEY,
+    ContextCorpus,
     DocumentRecall,
     EncodedCorpus,
+    StoreCorpus,
     best_first,
     check_fields,
     documented,
@@ -106,10 +108,10 @@ class ILReRetriever(BaseRetriever):
         )
         super().__init__(callback_manager=callback_manager, verbose=verbose)
         self.engine: ILRe = engine_for(engine, settings)
-        self.corpus = (
-            EncodedCorpus(self.engine)
+        self.corpus: EncodedCorpus = (
+            ContextCorpus(self.engine)
             if store is None
-            else EncodedCorpus.in_store(store, self.engine)
+            else StoreCorpus.open_or_create(store, self.engine)
         )
         if nodes:
             self.insert_nodes(nodes)
