@@ -26,7 +26,7 @@ the first value's way is ``ray``, as with one value, the others' ``ray_tokenizer
 with its own figures in the summary (its name as their prefix) and its store checked
 against the single process's (``stores_<way>``; ``stores`` for ``ray``).
 
-Each encode (`ILRe.document_keys`, synchronised) is timed in both ways: a single-process
+Each encode (`Encoder.document_keys`, synchronised) is timed in both ways: a single-process
 round reports its ``encode_seconds``; a Ray round the actor's ``encode_seconds``, the time
 ``between_encodes_seconds`` (writing a shard, waiting for the next batch) and
 ``after_last_encode_seconds`` (its last shard, the commit). Each way also records its
@@ -181,7 +181,7 @@ def build_engine(
         config=config,
         budget_tokenizer=words,
     )
-    encode = engine.document_keys
+    encode = engine.encoder.document_keys
     engine.encodes = []  # (start, end) of each encode, synchronised: both ways report them
 
     def timed_keys(*args, **kwargs):
@@ -191,7 +191,7 @@ def build_engine(
         engine.encodes.append((began, time.time()))
         return encoded
 
-    engine.document_keys = timed_keys
+    engine.encoder.document_keys = timed_keys
     if stats is None:
         return engine
     cuda = torch.device(device).type == "cuda"
@@ -218,7 +218,7 @@ def build_engine(
         write()
         return encoded
 
-    engine.document_keys = document_keys
+    engine.encoder.document_keys = document_keys
     write()
     return engine
 

@@ -118,7 +118,7 @@ def write_shard(store: CorpusStore, engine: ILRe, tokens: int, seed: int) -> str
         keys=torch.randn(1, length, 256, dtype=engine.model.dtype),
         kept={},
         identity=engine.identity,
-        query_position=engine.plan_segments(1, end_aligned=True)[0].position + 1,
+        query_position=engine.encoder.plan_segments(1, end_aligned=True)[0].position + 1,
     )
     counts = {engine.counter.name: [engine.counter.count(text)] * count}
     name = f"pending-{seed:012x}"

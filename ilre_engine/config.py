@@ -53,9 +53,9 @@ class ILReConfig:
             scores count by its weight in the average over heads (normalised to sum 1);
             None counts every head alike.
         batch_documents: how many documents of a `CorpusStore` are read side by side, each
-            its own stream (`ILRe.document_keys`). Each forward step then reads a chunk of
+            its own stream (`Encoder.document_keys`). Each forward step then reads a chunk of
             each, so a corpus of short documents is not bound by the host's per-step work.
-            None: `ILRe.batch_documents` chooses by device, 64 on CUDA and 16 elsewhere
+            None: `Encoder.batch_documents` chooses by device, 64 on CUDA and 16 elsewhere
             (docs/lab-notes.md, "Documents side by side on the GPU: 64"), and a batch
             takes fewer where the device's free memory holds fewer; a count given here is
             read as given.

@@ -1,8 +1,9 @@
 """`ILRe`: encode a context once, recall budgeted spans for any number of queries.
 
-This is the public façade, longer than the other modules because it carries the documented
-API (loading, encode, extend, recall, compress); each method delegates its steps to the
-modules that own them (docs/ARCHITECTURE.md).
+This is the public façade: loading, the documented API (encode, extend, recall, compress)
+and the knobs. Each method delegates its steps to the modules that own them: an encode to
+`encoding.Encoder` (`ILRe.encoder`), a recall to `scoring.RecallPipeline` (`ILRe.pipeline`)
+(docs/ARCHITECTURE.md).
 """
 
 from __future__ import annotations
@@ -12,25 +13,18 @@ import functools
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from typing import Any, Literal
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from . import compiled, streaming
-from .architectures import ModelDims, adapter_for, layer_keep
+from .architectures import ModelDims, adapter_for
 from .budget import TokenCounter, resolve_budget
 from .config import ILReConfig
-from .context import EncodedContext, KeptKV, RecallCache, TokenizedContext
-from .errors import (
-    ConfigError,
-    ContextTooLongError,
-    EncodedContextError,
-    ILReError,
-    UnsupportedModelError,
-)
+from .context import EncodedContext, RecallCache, TokenizedContext
+from .encoding import Encoder
+from .errors import ConfigError, EncodedContextError, UnsupportedModelError
 from .fp8 import quantize_trunk, require_fp8
 from .hybrid import Hybrid
 from .identity import EncodingIdentity
@@ -43,18 +37,13 @@ from .loading import (
     model_fingerprint,
     resolve_model,
 )
-from .memory import MemoryEstimate, available_bytes, check_memory, estimate_encode_bytes
+from .memory import MemoryEstimate
 from .profiles import Profile
 from .results import RecallResult
 from .scoring import ContextKeys, RecallPipeline
-from .segments import Segment, plan_segments, query_position
-from .streaming import StreamObserver, StreamState
+from .segments import Segment
+from .streaming import StreamObserver
 from .tokenization import tokenize_documents, tokenizer_identity
-
-CPU_BATCH_DOCUMENTS = 16
-GPU_BATCH_DOCUMENTS = 64
-"""Documents read side by side when `ILReConfig.batch_documents` is None
-(`ILRe.batch_documents`)."""
 
 
 def _host_free_while_encoding(device: torch.device) -> bool:
@@ -242,17 +231,6 @@ class ILRe:
         return next(self.model.parameters()).device
 
     @property
-    def batch_documents(self) -> int:
-        """How many documents `document_keys` reads side by side: `ILReConfig.batch_documents`,
-        or by device when that is None. On an H200 the embedded model's encode is bound by
-        host work per step at 16 rows and by the GPU from 32-64 (1.5M tokens: 1.75-2.15 s at
-        16, 1.14 s at 32, 1.07 s at 64, 1.04 s at 128); on the CPU, where compute dominates,
-        more rows only cost memory."""
-        if self.config.batch_documents is not None:
-            return self.config.batch_documents
-        return GPU_BATCH_DOCUMENTS if self.device.type == "cuda" else CPU_BATCH_DOCUMENTS
-
-    @property
     def tokenizer_name(self) -> str:
         return getattr(self.tokenizer, "name_or_path", None) or type(self.tokenizer).__name__
 
@@ -284,6 +262,14 @@ class ILRe:
 
     # -- encode ---------------------------------------------------------------------------
 
+    @functools.cached_property
+    def encoder(self) -> Encoder:
+        """What reads contexts up to the retrieval layer for this engine
+        (`ilre_engine.encoding`): `encode`, `extend` and a `CorpusStore`'s documents. It reads
+        the engine's model and config at each call, so `fp8`, `compile` and a replaced
+        `config` apply to it."""
+        return Encoder(self)
+
     def encode(
         self, context: str | Sequence[str], *, progress: bool | None = None
     ) -> EncodedContext:
@@ -301,129 +287,15 @@ class ILRe:
         *,
         progress: bool | None = None,
         observer: StreamObserver | None = None,
-        end_aligned: bool = False,
     ) -> EncodedContext:
         """`encode` for already tokenised input.
 
         Args:
             observer: receives the keys of the early layers it names on the way to `l_R`
                 (`ilre_engine.streaming.StreamObserver`).
-            end_aligned: place a context that fits the window so that it ends where the
-                query begins past the window, as every segment of a longer one does: the
-                documents of a `CorpusStore` are read this way, so that one query pass
-                (read on its own, `scoring.QueryStream`) serves them all.
         """
-        cfg = self.config
-        self._check_capacity(len(tokens))
-        plan = self.plan_segments(len(tokens), end_aligned=end_aligned)
-        if len(plan) > 1:  # a segment's keys are read into a buffer of their own first
-            self._check_capacity(len(tokens), new_tokens=plan[0].end)
-        if observer is not None and len(plan) > 1:
-            raise ILReError(
-                "a StreamObserver reads contexts that fit the model's window in one stream; "
-                f"this one ({len(tokens):,} tokens) is read in {len(plan)} segments"
-            )
-        state = StreamState(self.layer, cfg.sink, cfg.window, observer=observer)
-        keys = self._new_keys(len(tokens))
-        state = self._stream_segments(tokens.input_ids, plan, keys, state, None, progress)
-        return self._encoded(tokens, keys, state, plan)
+        return self.encoder.encode_tokens(tokens, progress=progress, observer=observer)
 
-    @torch.inference_mode()
-    def document_keys(
-        self, documents: Sequence[TokenizedContext], *, progress: bool | None = None
-    ) -> list[torch.Tensor]:
-        """Each one-document context's ``(kv_heads, L, head_dim)`` keys at `l_R`, placed to
-        end where the query begins: ``encode_tokens(context, end_aligned=True).keys`` for
-        each, what a `CorpusStore` keeps.
-
-        Documents that fit the window are read `batch_documents` at a time (fewer where the
-        device's memory holds fewer, `_rows_side_by_side`), side by side
-        (`streaming.stream_batch`), by length so that a batch's rows end close together;
-        longer ones are read in segments, one at a time."""
-        keys: list[torch.Tensor | None] = [None] * len(documents)
-        plans = [self.plan_segments(len(tokens), end_aligned=True) for tokens in documents]
-        single = sorted(
-            (i for i, plan in enumerate(plans) if len(plan) == 1),
-            key=lambda i: len(documents[i]),
-            reverse=True,
-        )
-        batches, start = [], 0
-        while start < len(single):
-            rows = self._rows_side_by_side(len(documents[single[start]]))
-            batches.append(single[start : start + rows])
-            start += rows
-        longer = [i for i, plan in enumerate(plans) if len(plan) > 1]
-        # tqdm's disable=None hides the bar when stderr is not a terminal.
-        quiet = (not progress) if progress is not None else (None if len(documents) > 8 else True)
-        with tqdm(
-            total=len(documents), desc="ILRe documents", unit="doc", leave=False, disable=quiet
-        ) as bar:
-            for batch in batches:
-                rows = self._read_side_by_side([documents[i] for i in batch], plans, batch)
-                for i, row in zip(batch, rows, strict=True):
-                    keys[i] = row
-                bar.update(len(batch))
-            for i in longer:
-                keys[i] = self.encode_tokens(documents[i], end_aligned=True).keys
-                bar.update(1)
-        return keys
-
-    def _rows_side_by_side(self, longest: int) -> int:
-        """How many documents of at most `longest` tokens one batch reads side by side:
-        `batch_documents`, and when the device chose that (`ILReConfig.batch_documents` is
-        None) no more than the device's free memory holds (at least one, which
-        `check_memory` then refuses if it does not fit): 64 rows of a large model's long
-        documents can overflow a small GPU that holds 16."""
-        if self.config.batch_documents is not None:
-            return self.config.batch_documents
-        available = available_bytes(self.device)
-        if available is None:
-            return self.batch_documents
-        per_row = self._side_by_side_estimate(longest, 1).total
-        return max(1, min(self.batch_documents, available // max(per_row, 1)))
-
-    def _side_by_side_estimate(self, longest: int, rows: int) -> MemoryEstimate:
-        """What reading `rows` documents of at most `longest` tokens side by side needs: each
-        row's keys, early layers and activations (no recall follows)."""
-        one = self.memory_estimate(longest)
-        return MemoryEstimate(
-            keys=one.keys * rows,
-            early_layers=one.early_layers * rows,
-            activations=one.activations * rows,
-            recall=0,
-        )
-
-    def _read_side_by_side(
-        self,
-        documents: Sequence[TokenizedContext],
-        plans: Sequence[Sequence[Segment]],
-        indices: Sequence[int],
-    ) -> list[torch.Tensor]:
-        """`document_keys` of one batch (longest first), each in one stream."""
-        longest = len(documents[0])
-        self._check_capacity(longest)
-        rows = len(documents)
-        check_memory(self._side_by_side_estimate(longest, rows), self.device, longest * rows)
-        dims = ModelDims.from_config(self.model.config)
-        cfg = self.config
-        # The last chunk rounded up (fewer shapes), never to positions past the model's.
-        width = streaming.batch_width(longest, cfg.chunk_size)
-        if self.max_positions is not None:
-            width = min(width, longest + self.max_positions - plans[indices[0]][0].end_position)
-        keys = torch.empty(
-            rows, dims.kv_heads, width, dims.head_dim, dtype=self.model.dtype, device=self.device
-        )
-        streaming.stream_batch(
-            self.model,
-            [tokens.input_ids for tokens in documents],
-            [plans[i][0].position for i in indices],
-            StreamState(self.layer, cfg.sink, cfg.window),
-            keys,
-            cfg.chunk_size,
-        )
-        return [keys[row, :, : len(tokens)] for row, tokens in enumerate(documents)]
-
-    @torch.inference_mode()
     def extend(
         self,
         encoded: EncodedContext,
@@ -443,179 +315,31 @@ class ILRe:
         added = tokenize_documents(
             self.tokenizer, as_documents(documents), first_document=len(encoded.documents)
         )
-        tokens = encoded.tokens.concat(added)
-        self._check_capacity(len(tokens), new_tokens=len(added))
-        plan = self.plan_segments(len(tokens))
-        if len(plan) == 1:
-            state = StreamState(self.layer, encoded.sink, encoded.window, kept=dict(encoded.kept))
-            keys = self._new_keys(len(added))
-            streaming.stream_keys(
-                self.model,
-                added.input_ids,
-                len(encoded),
-                state,
-                keys,
-                self.config.chunk_size,
-                progress,
-            )
-            return self._encoded(tokens, torch.cat([encoded.keys, keys], dim=1), state, plan)
-        reused = self.plan_segments(len(encoded))[-1].own_start
-        if reused == 0 or encoded.query_position != plan[0].end:
-            return self.encode_tokens(tokens, progress=progress)
-        keys = self._new_keys(len(tokens))
-        keys[:, :reused] = encoded.keys[:, :reused]
-        state = StreamState(self.layer, encoded.sink, encoded.window)
-        remaining = [segment for segment in plan if segment.own_start >= reused]
-        sink_parts = {layer: kept.sink_only() for layer, kept in encoded.kept.items()}
-        state = self._stream_segments(
-            tokens.input_ids, remaining, keys, state, sink_parts, progress
-        )
-        return self._encoded(tokens, keys, state, plan)
+        return self.encoder.extend(encoded, added, progress=progress)
 
     @property
     def max_tokens(self) -> int | None:
         """The longest context an encode accepts (`ILReConfig.max_tokens`); None: no limit but
         the device's memory. Past the model's window a context is read in segments
         (`ilre_engine.segments`)."""
-        return self.config.max_tokens
+        return self.encoder.max_tokens
 
     @property
     def max_positions(self) -> int | None:
         """The model's window (``max_position_embeddings``): no distance ILRe computes is
         longer. None when the model states none."""
-        return getattr(self.model.config, "max_position_embeddings", None)
+        return self.encoder.max_positions
 
-    def plan_segments(self, num_tokens: int, *, end_aligned: bool = False) -> list[Segment]:
+    def plan_segments(self, num_tokens: int) -> list[Segment]:
         """The segments a context of `num_tokens` model tokens is read in: one when it fits
-        the model's window with a query after it, else `ilre_engine.segments`'s plan.
-        `end_aligned`: see `encode_tokens`."""
-        cfg = self.config
-        end = query_position(self.max_positions, cfg.max_query_tokens)
-        if end is None:
-            if end_aligned:
-                raise ConfigError(
-                    f"{self.name!r} states no max_position_embeddings: its documents cannot be "
-                    "aligned on a shared query position"
-                )
-            return [Segment(0, 0, num_tokens, 0)]
-        if end < 1:
-            raise ConfigError(
-                f"max_query_tokens ({cfg.max_query_tokens:,}) leaves no position for a context "
-                f"in the model's window of {self.max_positions:,}"
-            )
-        windows = ModelDims.from_config(self.model.config).sliding_windows
-        keeps = [layer_keep(windows[i], cfg.sink, cfg.window) for i in range(self.layer)]
-        sink = max((sink for sink, _ in keeps), default=0)
-        warmup = max((keep for _, keep in keeps), default=0)
-        plan = plan_segments(num_tokens, end, sink, warmup)
-        if end_aligned and len(plan) == 1:
-            return [Segment(0, 0, num_tokens, end - num_tokens)]
-        return plan
+        the model's window with a query after it, else `ilre_engine.segments`'s plan."""
+        return self.encoder.plan_segments(num_tokens)
 
     def memory_estimate(self, num_tokens: int) -> MemoryEstimate:
         """Bytes on the engine's device to encode `num_tokens` tokens and recall over them
         with a query of up to `ILReConfig.max_query_tokens` (the formula is in
         `ilre_engine.memory`). A count that is not an integer >= 0 raises `ConfigError`."""
-        if isinstance(num_tokens, bool) or not isinstance(num_tokens, (int, np.integer)):
-            raise ConfigError(f"num_tokens must be an integer, got {num_tokens!r}")
-        if num_tokens < 0:
-            raise ConfigError(f"num_tokens must be >= 0, got {num_tokens}")
-        cfg = self.config
-        return estimate_encode_bytes(
-            self.model.config,
-            self.layer,
-            length=num_tokens,
-            chunk_size=cfg.chunk_size,
-            sink=cfg.sink,
-            window=cfg.window,
-            score_block=cfg.score_block,
-            query_tokens=cfg.max_query_tokens,
-            dtype=self.model.dtype,
-        )
-
-    def _check_capacity(self, total_tokens: int, new_tokens: int | None = None) -> None:
-        """Refuse, before any work, a context over `max_tokens` or over the device's memory.
-        An extend (`new_tokens` of `total_tokens` are new) briefly holds the new keys twice:
-        in their own buffer, then in the concatenation with the earlier ones."""
-        limit = self.max_tokens
-        if limit is not None and total_tokens > limit:
-            raise ContextTooLongError(
-                f"the context is {total_tokens:,} model tokens, over the limit of {limit:,} "
-                "(raise it with ILReConfig(max_tokens=...); the default is no limit but memory)"
-            )
-        estimate = self.memory_estimate(total_tokens)
-        if new_tokens is not None:
-            new_keys = self.memory_estimate(new_tokens).keys
-            estimate = replace(estimate, keys=estimate.keys + new_keys)
-        check_memory(estimate, self.device, total_tokens)
-
-    def _encoded(
-        self,
-        tokens: TokenizedContext,
-        keys: torch.Tensor,
-        state: StreamState,
-        plan: Sequence[Segment],
-    ) -> EncodedContext:
-        last = plan[-1]
-        return EncodedContext(
-            tokens=tokens,
-            keys=keys,
-            kept={layer: kept.compact() for layer, kept in state.kept.items()},
-            identity=replace(self.identity, sink=state.sink, window=state.window),
-            query_position=last.end_position,
-        )
-
-    def _new_keys(self, length: int) -> torch.Tensor:
-        """An empty ``(kv_heads, length, head_dim)`` buffer for keys at `l_R`."""
-        dims = ModelDims.from_config(self.model.config)
-        return torch.empty(
-            dims.kv_heads, length, dims.head_dim, dtype=self.model.dtype, device=self.device
-        )
-
-    @torch.inference_mode()
-    def _stream_segments(
-        self,
-        input_ids: np.ndarray,
-        plan: Sequence[Segment],
-        keys: torch.Tensor,
-        state: StreamState,
-        sink_parts: dict[int, KeptKV] | None,
-        progress: bool | None,
-    ) -> StreamState:
-        """Read each segment of `plan` into `keys` (the whole context's buffer); return the
-        last segment's state. `sink_parts`: what every segment after the first starts from;
-        None takes it from the first segment, which `state` then reads."""
-        bar = tqdm(
-            plan,
-            desc="ILRe segments",
-            unit="segment",
-            disable=len(plan) == 1 or (not progress if progress is not None else None),
-            leave=False,
-        )
-        chunk = self.config.chunk_size
-        inner = progress if len(plan) == 1 else False
-        for segment in bar:
-            ids = input_ids[segment.read_start : segment.end]
-            offset = segment.position
-            if sink_parts is not None:
-                state = StreamState(self.layer, state.sink, state.window, kept=dict(sink_parts))
-            else:
-                # A new stream: its sink is its own first tokens wherever they are placed, so
-                # it counts its tokens from 0 and shifts their positions to where it lies.
-                state.row_positions = torch.tensor([[segment.position]], device=self.device)
-                offset = 0
-            if segment.read_start == segment.own_start:
-                view = keys[:, segment.read_start : segment.end]
-                streaming.stream_keys(self.model, ids, offset, state, view, chunk, inner)
-            else:
-                read = self._new_keys(len(ids))
-                streaming.stream_keys(self.model, ids, offset, state, read, chunk, inner)
-                keys[:, segment.own_start : segment.end] = read[
-                    :, segment.own_start - segment.read_start :
-                ]
-            if sink_parts is None:
-                sink_parts = {layer: kept.sink_only() for layer, kept in state.kept.items()}
-        return state
+        return self.encoder.memory_estimate(num_tokens)
 
     def _check_compatible(self, encoded: EncodedContext) -> None:
         if not isinstance(encoded, EncodedContext):

@@ -1,6 +1,6 @@
 """`CorpusStore`: a corpus of any size on disk, recalled with one query pass over all of it.
 
-Every document is its own stream (`ILRe.encode_tokens(..., end_aligned=True)`): it ends at
+Every document is its own stream (`Encoder.encode_tokens(..., end_aligned=True)`): it ends at
 the position where the query begins, or is read in window-bounded segments that all end
 there (`ilre_engine.segments`). So documents encode independently, a corpus has no length
 limit, and one query pass serves every document: the query is read on its own after the
@@ -674,7 +674,7 @@ def write_shard(
         budget_counts = {engine.counter.name: [engine.counter.count(text) for text in texts]}
     elif any(len(counts) != len(texts) for counts in budget_counts.values()):
         raise ILReError(f"budget_counts must hold {len(texts)} counts per counter")
-    keys = [row.cpu() for row in engine.document_keys(tokenized, progress=progress)]
+    keys = [row.cpu() for row in engine.encoder.document_keys(tokenized, progress=progress)]
     record = persistence.Record(
         documents=tuple(texts),
         tokens=_concatenated(tokenized),
@@ -774,7 +774,7 @@ def _copy_shard(source: Path, target_root: Path) -> None:
 
 def _query_position(engine: ILRe) -> int:
     """Where the store's queries begin: where every end-aligned document ends."""
-    return engine.plan_segments(1, end_aligned=True)[0].end_position
+    return engine.encoder.plan_segments(1, end_aligned=True)[0].end_position
 
 
 def _concatenated(parts: Sequence[TokenizedContext]) -> dict[str, np.ndarray]:

@@ -6,6 +6,7 @@ docs/ARCHITECTURE.md draws the layers; this test holds the code to them.
 from __future__ import annotations
 
 import ast
+import inspect
 import subprocess
 import sys
 from pathlib import Path
@@ -141,6 +142,120 @@ def test_one_recall_path_for_a_context_and_a_corpus_store():
             assert not deps & set(RECALL_STEPS), f"{module} runs recall steps"
     assert "ilre_engine.scoring" in graph["ilre_engine.engine"]
     assert "ilre_engine.scoring" in graph["ilre_engine.store"]
+
+
+def _module_attributes(path: Path, module: str) -> set[str]:
+    """``module.name`` for every attribute read off a module the file imports by name
+    (``from . import streaming`` then ``streaming.stream_keys``): uses `_imports` misses."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    modules = {name.rsplit(".", 1)[-1]: name for name in _imports(path, module)}
+    return {
+        f"{modules[node.value.id]}.{node.attr}"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Name)
+        and node.value.id in modules
+    }
+
+
+ENCODE_STEPS = (
+    "ilre_engine.streaming.stream_keys",
+    "ilre_engine.streaming.stream_batch",
+    "ilre_engine.streaming.StreamState",
+    "ilre_engine.segments.plan_segments",
+    "ilre_engine.memory.check_memory",
+    "ilre_engine.memory.estimate_encode_bytes",
+    "ilre_engine.memory.available_bytes",
+)
+"""The steps of an encode, which `ilre_engine.encoding` runs for the engine and the store."""
+
+
+def test_one_encode_path_below_the_engine():
+    """`ILRe` is a façade over `encoding`: engine.py runs no stream, segment plan or memory
+    check itself, and `encoding` knows no engine class (it reads one through a protocol)."""
+    path = ROOT / "ilre_engine" / "engine.py"
+    used = _imports(path, "ilre_engine.engine") | _module_attributes(path, "ilre_engine.engine")
+    steps = sorted(used & set(ENCODE_STEPS))
+    assert not steps, f"engine.py runs {steps} itself instead of encoding"
+    assert "ilre_engine.encoding.Encoder" in used
+    encoding = ROOT / "ilre_engine" / "encoding.py"
+    assert set(ENCODE_STEPS) - {"ilre_engine.streaming.stream_keys"} <= (
+        _imports(encoding, "ilre_engine.encoding")
+        | _module_attributes(encoding, "ilre_engine.encoding")
+    )
+    assert "ilre_engine.engine" not in _graph()["ilre_engine.encoding"]
+
+
+def _private_reads_of_an_engine(source: str) -> list[str]:
+    """Attributes with a leading underscore read off an engine or its encoder (``engine._x``,
+    ``self.engine._x``, ``engine.encoder._x``), dunders aside."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.Attribute) or not node.attr.startswith("_"):
+            continue
+        if node.attr.startswith("__"):
+            continue
+        owner = node.value
+        name = owner.id if isinstance(owner, ast.Name) else getattr(owner, "attr", None)
+        if name in ("engine", "encoder"):
+            found.append(f"{ast.unparse(node)} (line {node.lineno})")
+    return found
+
+
+def test_nothing_reads_a_private_member_of_the_engine():
+    """The store, the distributed encode, the command line and the integrations use the
+    engine (and its encoder) through public members only."""
+    assert _private_reads_of_an_engine("store.engine._keys(x)\nengine.encoder._new_keys(1)")
+    paths = [ROOT / "ilre_engine" / "store.py", ROOT / "ilre_engine" / "distributed.py"]
+    paths += [*(ROOT / "ilre_engine" / "cli").glob("*.py")]
+    paths += [*(ROOT / "ilre_integrations").rglob("*.py")]
+    for path in paths:
+        reads = _private_reads_of_an_engine(path.read_text(encoding="utf-8"))
+        assert not reads, f"{path.relative_to(ROOT)} reads {reads}"
+
+
+def _public_members(path: Path, cls: str) -> list[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    body = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == cls).body
+    return [n.name for n in body if isinstance(n, ast.FunctionDef) and n.name[0] != "_"]
+
+
+ENGINE_SEAMS = ("encoder", "pipeline")
+"""What the engine hands the modules it serves: its encoder (`ilre_engine.encoding`) and its
+recall pipeline (`ilre_engine.scoring`)."""
+
+
+def test_the_engine_has_no_public_member_that_only_the_store_uses():
+    """Every public method and property of `ILRe` but its two seams that the store or the
+    distributed encode reads is also read by the engine's other users (the file format, the
+    command line, calibration, the integrations, the cookbook) or shown in the README: the
+    store's own needs (documents side by side, end-aligned plans) are the encoder's."""
+    store_side = {ROOT / "ilre_engine" / "store.py", ROOT / "ilre_engine" / "distributed.py"}
+    engine_itself = {ROOT / "ilre_engine" / "engine.py", ROOT / "ilre_engine" / "encoding.py"}
+    users = [
+        *(p for p in (ROOT / "ilre_engine").rglob("*.py") if p not in engine_itself),
+        *(ROOT / "ilre_integrations").rglob("*.py"),
+        *(ROOT / "cookbook").glob("*.py"),
+    ]
+    users = [p for p in users if not p.is_relative_to(ROOT / "ilre_engine" / "testing")]
+    readers: dict[str, set[Path]] = {}
+    for path in users:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Attribute):
+                readers.setdefault(node.attr, set()).add(path)
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    members = _public_members(ROOT / "ilre_engine" / "engine.py", "ILRe")
+    assert set(ENGINE_SEAMS) <= set(members)
+    for name in set(members) - set(ENGINE_SEAMS):
+        found = readers.get(name, set())
+        only_the_store = found and found <= store_side and f".{name}(" not in readme
+        assert not only_the_store, f"ILRe.{name} is read only by {sorted(p.name for p in found)}"
+    assert not {"document_keys", "batch_documents"} & set(members)
+    # End-aligned reads are the store's alone: the encoder's, not the engine's.
+    from ilre_engine import ILRe
+
+    for method in (ILRe.encode_tokens, ILRe.plan_segments):
+        assert "end_aligned" not in inspect.signature(method).parameters
 
 
 def test_nothing_in_the_packages_imports_the_command_line():

@@ -4,13 +4,15 @@ model's own forward computes at the positions it is given (`ilre_engine.segments
 from __future__ import annotations
 
 import copy
+import dataclasses
+import weakref
 
 import numpy as np
 import pytest
 import torch
 from transformers import AutoModel
 
-from ilre_engine import ContextTooLongError, ILRe, ILReConfig
+from ilre_engine import ContextTooLongError, ILRe, ILReConfig, ILReError
 from ilre_engine.segments import plan_segments
 from ilre_engine.streaming import ATTENTION_NAME
 from ilre_engine.testing.reference import relative_error, segment_states
@@ -120,7 +122,7 @@ def test_a_document_placed_to_end_at_the_query_keeps_its_own_sink(models, length
     name, full, trunk = models
     engine = _engine(trunk)
     context = random_context(length, seed=4)
-    (segment,) = engine.plan_segments(length, end_aligned=True)
+    (segment,) = engine.encoder.plan_segments(length, end_aligned=True)
     assert segment.position > 0 and segment.end_position == POSITIONS - QUERY
     sink = 0 if name == "mistral-sliding" else SINK
     positions = torch.arange(segment.position, segment.end_position)
@@ -133,12 +135,12 @@ def test_a_document_placed_to_end_at_the_query_keeps_its_own_sink(models, length
         window=WINDOW,
         prefix=0,
     )
-    encoded = engine.encode_tokens(context, end_aligned=True)
+    encoded = engine.encoder.encode_tokens(context, end_aligned=True)
     assert relative_error(encoded.keys, keys) < 1e-4
 
 
 def test_documents_read_side_by_side_equal_each_read_alone(models):
-    """`ILRe.document_keys` reads a store's documents in batches (rows that end leave the
+    """`Encoder.document_keys` reads a store's documents in batches (rows that end leave the
     batch; one longer than the window goes through segments): each document's keys are its
     own stream's."""
     _, _, trunk = models
@@ -153,9 +155,9 @@ def test_documents_read_side_by_side_equal_each_read_alone(models):
     )
     lengths = [40, 1, 88, 17, 300, 16, 63, 33]
     documents = [random_context(n, seed=10 + i) for i, n in enumerate(lengths)]
-    batched = engine.document_keys(documents)
+    batched = engine.encoder.document_keys(documents)
     for tokens, keys in zip(documents, batched, strict=True):
-        alone = engine.encode_tokens(tokens, end_aligned=True).keys
+        alone = engine.encoder.encode_tokens(tokens, end_aligned=True).keys
         assert keys.shape == alone.shape
         assert relative_error(keys, alone) < 1e-5
 
@@ -192,16 +194,39 @@ def test_documents_side_by_side_default_by_device(models, monkeypatch):
     chosen = tiny_engine(trunk, LAYER, batch_documents=3)
     default = tiny_engine(trunk, LAYER)
     assert default.config.batch_documents is None
-    assert (default.batch_documents, chosen.batch_documents) == (16, 3)
+    assert (default.encoder.batch_documents, chosen.encoder.batch_documents) == (16, 3)
     monkeypatch.setattr(engine_module.ILRe, "device", property(lambda _: torch.device("cuda")))
-    assert (default.batch_documents, chosen.batch_documents) == (64, 3)
+    assert (default.encoder.batch_documents, chosen.encoder.batch_documents) == (64, 3)
+
+
+def test_the_encoder_reads_its_engines_settings_at_each_call(models, monkeypatch):
+    """`ILRe.encoder` keeps no copy of the model or the config: a config replaced on the
+    engine and a window changed on its model apply to the next encode. It is one object per
+    engine, so a wrapper set on its methods (benchmarks/ray_gpu.py times them) stays."""
+    _, _, trunk = models
+    engine = _engine(trunk)
+    encoder = engine.encoder
+    assert engine.encoder is encoder and len(encoder.plan_segments(LENGTH)) == 5
+    engine.config = dataclasses.replace(engine.config, max_tokens=LENGTH - 1, batch_documents=5)
+    assert encoder.batch_documents == 5
+    with pytest.raises(ContextTooLongError, match="over the limit of 299"):
+        engine.encode_tokens(random_context(LENGTH))
+    monkeypatch.setattr(trunk.config, "max_position_embeddings", 4 * POSITIONS)
+    assert len(engine.plan_segments(LENGTH)) == 1
+    # The encoder holds its engine weakly: dropping the engine frees it (and its model) at
+    # once, with no garbage collection.
+    dropped = weakref.ref(engine)
+    del engine
+    assert dropped() is None
+    with pytest.raises(ILReError, match="engine is gone"):
+        encoder.plan_segments(LENGTH)
 
 
 def test_rows_chosen_by_device_are_as_many_as_memory_holds(models, monkeypatch):
     """With `batch_documents` left to the device, a batch takes no more rows than the free
     memory holds (two here), and each document's keys are still its own stream's; a count
     given in the config is kept (its batch is then checked as a whole)."""
-    from ilre_engine import engine as engine_module
+    from ilre_engine import encoding
 
     _, _, trunk = models
     settings = {"chunk_size": 16, "sink": SINK, "window": WINDOW, "max_query_tokens": QUERY}
@@ -210,19 +235,20 @@ def test_rows_chosen_by_device_are_as_many_as_memory_holds(models, monkeypatch):
     documents = [random_context(n, seed=20 + i) for i, n in enumerate([40, 33, 30, 17, 9])]
     one = default.memory_estimate(40)
     room = int(2.5 * (one.keys + one.early_layers + one.activations))
-    monkeypatch.setattr(engine_module, "available_bytes", lambda device: room)
+    monkeypatch.setattr(encoding, "available_bytes", lambda device: room)
     read = {}
     for engine in (default, chosen):
         sizes = read.setdefault(engine.config.batch_documents, [])
-        original = engine._read_side_by_side
+        original = engine.encoder._read_side_by_side
 
         def spy(batch, plans, indices, original=original, sizes=sizes):
             sizes.append(len(batch))
             return original(batch, plans, indices)
 
-        monkeypatch.setattr(engine, "_read_side_by_side", spy)
-        for tokens, keys in zip(documents, engine.document_keys(documents), strict=True):
-            alone = engine.encode_tokens(tokens, end_aligned=True).keys
+        monkeypatch.setattr(engine.encoder, "_read_side_by_side", spy)
+        encoder = engine.encoder
+        for tokens, keys in zip(documents, encoder.document_keys(documents), strict=True):
+            alone = encoder.encode_tokens(tokens, end_aligned=True).keys
             assert relative_error(keys, alone) < 1e-5
     assert read == {None: [2, 2, 1], 3: [3, 2]}
 

@@ -2,7 +2,7 @@
 
     PYTHONPATH=. python benchmarks/lab/gpu_contexts.py --pack PACK --out result.json
 
-Times `ILRe.document_keys` over the pack's first `--documents` documents (ray_gpu.py's pack
+Times `Encoder.document_keys` over the pack's first `--documents` documents (ray_gpu.py's pack
 and engine) in this process: alone, while another process holds an idle CUDA context on the
 GPU (it made one tensor and sleeps), and alone again after it exits; and the latency of a
 tiny kernel followed by a synchronisation, of a launch, and of a plain Python loop in each
@@ -59,7 +59,7 @@ def measure(engine, contexts, repeats: int) -> dict:
     for _ in range(repeats):
         torch.cuda.synchronize()
         start = time.perf_counter()
-        engine.document_keys(contexts)
+        engine.encoder.document_keys(contexts)
         torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     return {
@@ -90,7 +90,7 @@ def main() -> None:
         ]
         result["model_tokens"] = sum(len(c) for c in contexts)
         with torch.inference_mode():
-            engine.document_keys(contexts[:64])  # warm-up
+            engine.encoder.document_keys(contexts[:64])  # warm-up
             run = {"alone": measure(engine, contexts, args.repeats)}
             idle = subprocess.Popen(
                 [sys.executable, "-c", IDLE_CONTEXT], stdout=subprocess.PIPE, text=True

@@ -2,7 +2,7 @@
 
     PYTHONPATH=. python benchmarks/lab/gpu_warm_passes.py --pack PACK --out result.json
 
-In one new process, encodes `ray_gpu.py`'s corpus (`ILRe.document_keys`, synchronised) in
+In one new process, encodes `ray_gpu.py`'s corpus (`Encoder.document_keys`, synchronised) in
 batches of `--batch-size` documents, `--passes` times over, and reports each batch's time
 and the caching allocator's device allocations in each pass. A Ray actor is such a fresh
 process for every `encode_corpus` call, while `ray_gpu.py`'s single process had encoded
@@ -50,7 +50,7 @@ def main() -> None:
 
     result = {
         "device": torch.cuda.get_device_name(),
-        "batch_documents": engine.batch_documents,
+        "batch_documents": engine.encoder.batch_documents,
         "model_tokens": sum(len(c) for c in contexts),
         "passes": [],
     }
@@ -64,7 +64,7 @@ def main() -> None:
         for batch in batches:
             torch.cuda.synchronize()
             start = time.perf_counter()
-            engine.document_keys(batch)
+            engine.encoder.document_keys(batch)
             torch.cuda.synchronize()
             seconds.append(time.perf_counter() - start)
         result["passes"].append(
