@@ -155,6 +155,11 @@ class RecallPipeline:
         return next(self.model.parameters()).device
 
     @property
+    def dtype(self) -> torch.dtype:
+        """The trunk's dtype, which the hybrid's sentence model runs in too."""
+        return next(self.model.parameters()).dtype
+
+    @property
     def max_positions(self) -> int | None:
         """The model's window (``max_position_embeddings``); None when it states none."""
         return getattr(self.model.config, "max_position_embeddings", None)
@@ -327,7 +332,7 @@ class RecallPipeline:
             return scores
         cache = source.cache
         prior = self.hybrid.token_prior(
-            source.tokens, query, cache.units, cache.embeddings, str(self.device)
+            source.tokens, query, cache.units, cache.embeddings, str(self.device), self.dtype
         )
         return self.hybrid.combine(scores, prior)
 
@@ -339,7 +344,9 @@ class RecallPipeline:
         prepare_units(tokens, self.config.granularity, cache.units)
         whole_text_tokens(tokens.documents, self.counter, cache.input_tokens)
         if self.hybrid is not None:
-            self.hybrid.passage_embeddings(tokens, cache.units, cache.embeddings, str(self.device))
+            self.hybrid.passage_embeddings(
+                tokens, cache.units, cache.embeddings, str(self.device), self.dtype
+            )
 
     def recall(
         self,

@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from ilre_engine import Hybrid, ILRe, join_spans
 from ilre_engine.calibration.tasks import haystack
@@ -111,6 +112,28 @@ def test_output_fits_the_budget_and_keeps_whole_spans(engine, essays):
         assert len(np.unique(encoded.tokens.doc_ids[passages == passage])) == 1
     assert list(encoded.cache.embeddings) == ["chunk_tokens=128"]
     assert len(encoded.cache.embeddings["chunk_tokens=128"]) == passages.max() + 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_prior_embeds_in_the_trunks_dtype(engine, dtype):
+    """The sentence model runs in the engine's dtype (bfloat16 where the trunk runs it, so the
+    prior gains what the trunk gains there): an engine's hybrid scores are its plain scores
+    mixed with the prior computed in its dtype, which differs from the other dtype's."""
+    trunk = engine if engine.model.dtype == dtype else ILRe.from_pretrained(dtype=dtype)
+    documents = [
+        "The harbour office keeps the tide tables. In other words, it is a hip flask.",
+        "The lifeboat crew waits two hours at low tide before the slipway clears.",
+    ]
+    hybrid = Hybrid(chunk_tokens=8)
+    encoded = trunk.encode(documents)
+    mixed = _with(trunk, hybrid).token_scores(encoded, PARAPHRASE)
+    plain = _with(trunk, None).token_scores(encoded, PARAPHRASE)
+    priors = {
+        kind: hybrid.token_prior(encoded.tokens, PARAPHRASE, {}, {}, "cpu", kind)
+        for kind in (torch.float32, torch.bfloat16)
+    }
+    assert np.array_equal(mixed, hybrid.combine(plain, priors[dtype]))
+    assert not np.array_equal(priors[torch.float32], priors[torch.bfloat16])
 
 
 def test_prior_sums_to_one_over_the_documents(engine, essays):

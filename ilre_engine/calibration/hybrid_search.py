@@ -87,7 +87,12 @@ def calibrate_hybrid(
         cache = encoded.cache
         for size in passage_tokens:
             prior = Hybrid(weight=1.0, chunk_tokens=size).token_prior(
-                encoded.tokens, task.query, cache.units, cache.embeddings
+                encoded.tokens,
+                task.query,
+                cache.units,
+                cache.embeddings,
+                str(plain.device),
+                plain.dtype,
             )
             for weight in weights:
                 mixed = torch.from_numpy((1 - weight) * scores + weight * prior)
