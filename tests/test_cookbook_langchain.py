@@ -58,3 +58,35 @@ def test_langchain_cookbook_runs_and_shows_the_compression():
     )
     assert after <= budget < before
     assert any("image/png" in out.get("data", {}) for out in tagged["plot"].outputs)
+
+
+def _png(pixels) -> str:
+    import base64
+    import io
+
+    from matplotlib.image import imsave
+
+    buffer = io.BytesIO()
+    imsave(buffer, pixels, format="png")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_images_compare_by_their_pixels_within_antialiasing():
+    """A plot redrawn a few edge pixels one level apart is the same image; a moved mark, a
+    recoloured band or another size is not."""
+    import numpy as np
+
+    plot = np.ones((60, 200, 3), dtype=np.float32)
+    plot[20:40, 50:90] = (1.0, 0.6, 0.2)  # a kept span
+    same = regenerate.same_pixels
+    assert same(_png(plot), _png(plot))
+    rounded = plot.copy()
+    rounded[[21, 30, 39], [50, 70, 89]] -= 1 / 255  # antialiasing of one redraw
+    assert same(_png(plot), _png(rounded))
+    moved = np.ones_like(plot)
+    moved[20:40, 60:100] = (1.0, 0.6, 0.2)
+    assert not same(_png(plot), _png(moved))
+    recoloured = plot.copy()
+    recoloured[20:40, 50:90] = (0.2, 0.6, 1.0)
+    assert not same(_png(plot), _png(recoloured))
+    assert not same(_png(plot), _png(plot[:, :199]))
