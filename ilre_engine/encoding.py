@@ -90,16 +90,8 @@ class Encoder:
         return GPU_BATCH_DOCUMENTS if cuda else CPU_BATCH_DOCUMENTS
 
     @property
-    def max_tokens(self) -> int | None:
-        """The longest context an encode accepts (`ILReConfig.max_tokens`); None: no limit but
-        the device's memory. Past the model's window a context is read in segments
-        (`ilre_engine.segments`)."""
-        return self.config.max_tokens
-
-    @property
     def max_positions(self) -> int | None:
-        """The model's window (``max_position_embeddings``): no distance ILRe computes is
-        longer. None when the model states none."""
+        """The model's window (`ILRe.max_positions`)."""
         return getattr(self.engine.model.config, "max_position_embeddings", None)
 
     # -- one context ----------------------------------------------------------------------
@@ -231,7 +223,7 @@ class Encoder:
         """Refuse, before any work, a context over `max_tokens` or over the device's memory.
         An extend (`new_tokens` of `total_tokens` are new) briefly holds the new keys twice:
         in their own buffer, then in the concatenation with the earlier ones."""
-        limit = self.max_tokens
+        limit = self.config.max_tokens
         if limit is not None and total_tokens > limit:
             raise ContextTooLongError(
                 f"the context is {total_tokens:,} model tokens, over the limit of {limit:,} "

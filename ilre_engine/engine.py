@@ -322,7 +322,7 @@ class ILRe:
         """The longest context an encode accepts (`ILReConfig.max_tokens`); None: no limit but
         the device's memory. Past the model's window a context is read in segments
         (`ilre_engine.segments`)."""
-        return self.encoder.max_tokens
+        return self.config.max_tokens
 
     @property
     def max_positions(self) -> int | None:
